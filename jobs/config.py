@@ -1,0 +1,257 @@
+"""Typed configuration: one TOML file (factory.toml) plus environment overrides.
+
+Precedence: dataclass defaults < the TOML file < FACTORY__SECTION__KEY environment variables.
+The file is $FACTORY_CONFIG if set, else ./factory.toml if it exists. Unknown keys are errors.
+Relative paths are resolved against the directory of the config file (or the working directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "FACTORY__"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = ".state"  # everything the local run writes: lake, landing, MLflow, Airflow
+    lake_uri: str = ""  # default: <state_dir>/lake; s3://bucket/lake on a cluster
+    landing_uri: str = ""  # default: <state_dir>/landing (raw log and catalog drops)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    seed: int = 7
+    start_date: str = "2026-01-01"
+    days: int = 4
+    users: int = 3000
+    new_users_per_day: int = 60
+    genres: int = 12
+    artists_per_genre: int = 25
+    tracks: int = 2400
+    shows: int = 60
+    episodes: int = 600
+    new_items_per_day: int = 40  # ~2% of the catalog
+    edited_items_per_day: int = 20  # ~1%
+    active_user_share: float = 0.6
+    sessions_per_active_user: float = 2.0
+    mean_session_length: float = 12.0
+    malformed_share: float = 0.01  # share of raw lines with an injected defect
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
+    storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+    extra_conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" = start a local Ray; "auto" or ray://host:10001 for a cluster
+    num_cpus: int = 0  # local Ray only; 0 = all cores
+    train_workers: int = 1
+    inference_actors: int = 1
+    actor_num_cpus: float = 0.5  # fractional, so the upstream read task always gets a CPU
+    inference_batch_size: int = 512
+    storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = ""  # default: sqlite:///<state_dir>/mlflow.db
+    artifact_uri: str = ""  # default: <state_dir>/mlartifacts
+    experiment: str = "daily_embeddings"
+    registered_model: str = "user_encoder"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    max_seq_len: int = 50
+    window_days: int = 30
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    retrain_every_days: int = 2  # otherwise the champion is reused
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    lr: float = 3e-3
+    batch_size: int = 128
+    epochs: int = 8
+    loss: str = "full"  # "full" softmax or "sampled" softmax with logQ correction
+    sampled_negatives: int = 512
+    temperature: float = 0.05
+    seed: int = 0
+    max_regression: float = 0.02  # gate: a new model may lose at most this much validation NDCG@10
+
+
+@dataclass(frozen=True)
+class SidConfig:
+    levels: int = 4
+    codes_per_level: int = 256
+    kmeans_iterations: int = 20
+    refit_every_days: int = 7
+    encode_batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    factory: str = "Flat"  # faiss index_factory string over inner product; e.g. "HNSW32" for large catalogs
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    max_quarantine_share: float = 0.2
+
+
+@dataclass(frozen=True)
+class FactoryConfig:
+    root: str = "."  # directory relative paths are resolved against (set by the loader)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sid: SidConfig = field(default_factory=SidConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    # Derived locations: one place that knows where the local run keeps things.
+    @property
+    def state_dir(self) -> Path:
+        return (Path(self.root) / self.paths.state_dir).resolve()
+
+    @property
+    def lake_uri(self) -> str:
+        return self.paths.lake_uri or str(self.state_dir / "lake")
+
+    @property
+    def landing_uri(self) -> str:
+        return self.paths.landing_uri or str(self.state_dir / "landing")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_uri(self) -> str:
+        return self.mlflow.artifact_uri or (self.state_dir / "mlartifacts").as_uri()
+
+    @property
+    def ray_storage_uri(self) -> str:
+        return self.ray.storage_uri or str(self.state_dir / "ray")
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> FactoryConfig:
+    """Load the config file, then FACTORY__SECTION__KEY env vars, then explicit overrides."""
+    path = Path(path) if path else _default_config_path()
+    raw: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; pass an existing TOML file or unset FACTORY_CONFIG.")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"Config file {path} is not valid TOML: {err}.") from None
+    root = str((path.parent if path else Path.cwd()).resolve())
+    raw = {"root": root, **raw}
+    env = {k[len(ENV_PREFIX):]: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    for dotted, value in {**{k.replace("__", ".").lower(): v for k, v in env.items()}, **(overrides or {})}.items():
+        _set_dotted(raw, dotted, value)
+    return _build(FactoryConfig, raw, "config")
+
+
+def with_overrides(cfg: FactoryConfig, **sections: dict) -> FactoryConfig:
+    """A copy of cfg with some fields of some sections replaced (used by tests and benchmarks)."""
+    changes = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(cfg, **changes)
+
+
+def as_dict(cfg: FactoryConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _default_config_path() -> Path | None:
+    if os.environ.get("FACTORY_CONFIG"):
+        return Path(os.environ["FACTORY_CONFIG"])
+    local = Path.cwd() / "factory.toml"
+    return local if local.is_file() else None
+
+
+def _set_dotted(raw: dict, dotted: str, value: str) -> None:
+    *sections, key = dotted.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[key] = value
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table of keys, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {', '.join(unknown)} in [{where}]; known keys: {', '.join(sorted(known))}.")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}.")
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes"}
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}.") from None
+    return value
