@@ -1,0 +1,265 @@
+"""User encoder: a causal transformer over a user's item-id history (SASRec/HSTU family).
+
+Read top to bottom: config -> attention -> MLP -> block -> UserEncoder -> losses -> warm start.
+
+Conventions (every caller relies on them):
+- Item ids are dense integers 1..num_items; 0 is padding. Event types: 0 = padding, 1 = play,
+  2 = skip, 3 = save.
+- Sequences are LEFT-padded, so position T-1 always holds the most recent item and a batch can be
+  trimmed to its longest sequence by dropping leading columns.
+- Positions are counted from the end (the most recent item is position 0), so left-padding more or
+  trimming padding never changes an item's position embedding.
+- The output layer is the item table itself (weight tying). Users (normalised last hidden state) and
+  items (normalised table rows) live on one unit hypersphere; score = cosine / temperature.
+No I/O here: training loops, data loading and model registries live in jobs/.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+INIT_STD = 0.02  # nanoGPT/SASRec-style init; also used for rows added by expand_item_table
+ITEM_TABLE_KEY = "item_emb.weight"  # the only parameter whose shape depends on num_items
+
+
+@dataclass(frozen=True)
+class UserEncoderConfig:
+    num_items: int  # item ids are 1..num_items; 0 is padding
+    max_len: int = 50  # longest history the model sees (positions table size)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    n_event_types: int = 4  # 0 = padding, 1 = play, 2 = skip, 3 = save
+    use_event_types: bool = True
+    temperature: float = 0.05  # scores = cos(user, item) / temperature
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError(f"UserEncoderConfig.num_items must be >= 1, got {self.num_items}.")
+        if self.max_len < 1:
+            raise ValueError(f"UserEncoderConfig.max_len must be >= 1, got {self.max_len}.")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"UserEncoderConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UserEncoderConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if self.temperature <= 0:
+            raise ValueError(f"UserEncoderConfig.temperature must be > 0, got {self.temperature}.")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: UserEncoderConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        # (B, T, D) -> (B, H, T, D/H)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, D/H)
+        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: UserEncoderConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: UserEncoderConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+        return x + self.mlp(self.ln2(x))
+
+
+class UserEncoder(nn.Module):
+    def __init__(self, cfg: UserEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)  # tied output
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)  # index 0 = most recent item
+        self.event_emb = (
+            nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0) if cfg.use_event_types else None
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+        # Residual projections scaled down with depth (GPT-2) so the residual stream starts small.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def forward(self, item_ids: torch.Tensor, event_types: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states for every position.
+
+        item_ids: (B, T) integer ids, left-padded with 0, T <= cfg.max_len.
+        event_types: (B, T) integer event types aligned with item_ids, or None to add no event
+            feature (a model trained with event types then sees a shifted input: pass them).
+        Returns (B, T, D) float hidden states; position t depends only on positions <= t.
+        """
+        B, T = item_ids.shape
+        if T > self.cfg.max_len:
+            raise ValueError(
+                f"item_ids has {T} positions but the model was built for max_len={self.cfg.max_len}; "
+                "keep the last max_len items (sequences.pad_left does)."
+            )
+        pos = torch.arange(T - 1, -1, -1, device=item_ids.device)  # (T,) distance from the end
+        x = self.item_emb(item_ids) + self.pos_emb(pos)  # (B, T, D)
+        if self.event_emb is not None and event_types is not None:
+            x = x + self.event_emb(event_types)
+        x = self.drop(x)
+        # Attend to earlier-or-same positions that hold an item. A padding query also sees itself,
+        # so no softmax row is empty (that would give NaN); padding outputs are never used.
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+        is_item = (item_ids != 0)[:, None, None, :]  # (B, 1, 1, T) key mask
+        eye = torch.eye(T, dtype=torch.bool, device=x.device)
+        attn_mask = causal & (is_item | eye)  # (B, 1, T, T), broadcast over heads
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)  # (B, T, D)
+
+    def user_embeddings(
+        self, item_ids: torch.Tensor, event_types: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) left-padded history -> (B, D) unit-norm user vectors (last position's state).
+
+        A row with no items at all gives a meaningless vector: drop empty histories before calling.
+        Runs with autograd as the caller set it; wrap in torch.inference_mode() for batch inference.
+        """
+        hidden = self(item_ids, event_types)  # (B, T, D)
+        return F.normalize(hidden[:, -1], dim=-1)  # (B, D)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(num_items + 1, D) unit-norm item vectors; row 0 (padding) is all zeros."""
+        return F.normalize(self.item_emb.weight, dim=-1)
+
+    def scores(self, user_emb: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit user vectors -> (B, num_items + 1) cosine / temperature; column 0 is -inf."""
+        logits = user_emb @ self.item_embeddings().T / self.cfg.temperature  # (B, V)
+        logits[:, 0] = float("-inf")  # padding is never a recommendation
+        return logits
+
+
+def _valid_positions(
+    hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep positions with a real target: (B, T, D), (B, T) -> (M, D) unit vectors, (M,) ids."""
+    keep = targets != 0
+    if not bool(keep.any()):
+        raise ValueError("targets has no non-zero entries; there is nothing to train on in this batch.")
+    return F.normalize(hidden[keep], dim=-1), targets[keep]
+
+
+def full_softmax_loss(model: UserEncoder, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-item cross-entropy over the whole catalog (for catalogs up to ~1e5 items).
+
+    hidden: (B, T, D) from model(...); targets: (B, T) next item per position, 0 = ignore.
+    Returns the mean loss (nats) over non-ignored positions.
+    """
+    h, y = _valid_positions(hidden, targets)  # (M, D), (M,)
+    logits = h @ model.item_embeddings().T / model.cfg.temperature  # (M, V)
+    logits[:, 0] = float("-inf")  # never predict padding
+    return F.cross_entropy(logits, y)
+
+
+def sampled_softmax_loss(
+    model: UserEncoder,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q: torch.Tensor,
+    in_batch_negatives: bool = True,
+) -> torch.Tensor:
+    """Next-item sampled softmax with logQ correction (Yi et al. 2019), for large catalogs.
+
+    hidden: (B, T, D); targets: (B, T), 0 = ignore.
+    negatives: (N,) item ids shared by every position, drawn by the caller from a sampler q.
+    log_q: (num_items + 1,) log sampling probability of each item under q (use the same q for
+        the negatives and, roughly, for the in-batch positives, e.g. item popularity).
+    in_batch_negatives: also use the other positions' targets as negatives.
+    Candidates are [targets of the batch, negatives]; column i is row i's positive (other rows'
+    positives are masked unless in_batch_negatives). Every candidate logit, the positive's too, is
+    cos / temperature - log_q[item], so popular items are not over-penalised as negatives.
+    Accidental hits (a candidate equal to the row's own target, other than the row's positive)
+    and padding candidates are masked. Returns the mean loss (nats) over non-ignored positions.
+    """
+    h, y = _valid_positions(hidden, targets)  # (M, D), (M,)
+    M = y.shape[0]
+    table = model.item_embeddings()  # (V, D)
+    cand = torch.cat([y, negatives])  # (C,) with C = M + N
+    logits = h @ table[cand].T / model.cfg.temperature - log_q[cand]  # (M, C)
+    if not in_batch_negatives:
+        # Row i keeps only its own positive (column i) and the shared negatives.
+        others = torch.zeros(M, cand.shape[0], dtype=torch.bool, device=h.device)
+        others[:, :M] = ~torch.eye(M, dtype=torch.bool, device=h.device)
+        logits = logits.masked_fill(others, float("-inf"))
+    label = torch.arange(M, device=h.device)  # row i's positive sits in column i
+    hit = (cand[None, :] == y[:, None]) | (cand[None, :] == 0)  # (M, C)
+    hit[label, label] = False
+    logits = logits.masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, label)
+
+
+def expand_item_table(state_dict: dict, num_items: int) -> dict:
+    """Warm start: grow a trained state dict's item table to ids 1..num_items.
+
+    Old rows (ids 0..old_num_items) are copied unchanged; new rows are drawn from N(0, INIT_STD)
+    like a fresh model's, using torch's global RNG (deterministic under torch.manual_seed).
+    Returns a new dict (the input is not modified), loadable with strict=True into
+    UserEncoder(replace(cfg, num_items=num_items)). Raises ValueError if num_items would shrink
+    the table (item ids are never reassigned, so the vocabulary only grows).
+    """
+    if ITEM_TABLE_KEY not in state_dict:
+        raise ValueError(f"state_dict has no '{ITEM_TABLE_KEY}'; is it a UserEncoder state dict?")
+    old = state_dict[ITEM_TABLE_KEY]  # (old_num_items + 1, D)
+    old_num_items = old.shape[0] - 1
+    if num_items < old_num_items:
+        raise ValueError(
+            f"num_items={num_items} is smaller than the trained table ({old_num_items} items); "
+            "item ids are append-only, so pass the current vocabulary size."
+        )
+    new_rows = torch.randn(num_items - old_num_items, old.shape[1]) * INIT_STD
+    out = dict(state_dict)
+    out[ITEM_TABLE_KEY] = torch.cat([old, new_rows.to(dtype=old.dtype, device=old.device)])
+    return out

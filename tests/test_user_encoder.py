@@ -1,0 +1,278 @@
+"""User encoder, its losses and warm start, and the sequence helpers that feed it (tiny models)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from models.sequences import leave_last_out, length_buckets, next_item_examples, pad_left
+from models.user_encoder import (
+    UserEncoder,
+    UserEncoderConfig,
+    expand_item_table,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run faster on one thread, and other tests may be using the second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = UserEncoderConfig(num_items=20, max_len=8, d_model=32, n_layers=2, n_heads=2, dropout=0.0)
+
+
+def tiny_model(cfg: UserEncoderConfig = TINY, seed: int = 0) -> UserEncoder:
+    torch.manual_seed(seed)
+    return UserEncoder(cfg).eval()
+
+
+def cyclic_batch(num_items: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sequence per start item walking 1..num_items cyclically: next item = current + 1."""
+    seqs = [np.array([(s + j) % num_items + 1 for j in range(length + 1)]) for s in range(num_items)]
+    events = [np.ones_like(s) for s in seqs]
+    inputs, input_events, targets = next_item_examples(seqs, events, max_len=length)
+    return torch.from_numpy(inputs), torch.from_numpy(input_events), torch.from_numpy(targets)
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+def test_outputs_have_documented_shapes():
+    model = tiny_model()
+    ids = torch.randint(1, 21, (3, 8))
+    events = torch.randint(1, 4, (3, 8))
+    assert model(ids, events).shape == (3, 8, 32)
+    users = model.user_embeddings(ids, events)
+    assert users.shape == (3, 32)
+    assert model.item_embeddings().shape == (21, 32)
+    scores = model.scores(users)
+    assert scores.shape == (3, 21)
+    assert torch.isneginf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+
+
+def test_forward_accepts_fewer_positions_and_rejects_more_than_max_len():
+    model = tiny_model()
+    assert model(torch.randint(1, 21, (2, 3))).shape == (2, 3, 32)
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.randint(1, 21, (2, 9)))
+
+
+def test_config_rejects_heads_that_do_not_divide_width():
+    with pytest.raises(ValueError, match="divisible"):
+        UserEncoderConfig(num_items=5, d_model=30, n_heads=4)
+
+
+def test_changing_a_later_item_does_not_change_earlier_hidden_states():
+    model = tiny_model()
+    ids = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    changed = ids.clone()
+    changed[0, 5] = 19
+    h, h2 = model(ids), model(changed)
+    torch.testing.assert_close(h[:, :5], h2[:, :5])
+    assert not torch.allclose(h[:, 5:], h2[:, 5:])
+
+
+def test_more_left_padding_does_not_change_the_last_position():
+    model = tiny_model()
+    short = torch.tensor([[0, 3, 4, 5]])
+    long = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]])
+    ev_short, ev_long = (short != 0).long(), (long != 0).long()
+    expected = model.user_embeddings(short, ev_short)
+    torch.testing.assert_close(model.user_embeddings(long, ev_long), expected)
+    # What sits at padding positions is never attended to.
+    noisy_ev = ev_long.clone()
+    noisy_ev[0, :5] = 2
+    torch.testing.assert_close(model.user_embeddings(long, noisy_ev), expected)
+
+
+def test_event_types_change_the_user_vector_only_when_enabled():
+    ids = torch.tensor([[3, 4, 5]])
+    plays, skips = torch.tensor([[1, 1, 1]]), torch.tensor([[1, 1, 2]])
+    model = tiny_model()
+    assert not torch.allclose(model.user_embeddings(ids, plays), model.user_embeddings(ids, skips))
+    blind = tiny_model(replace(TINY, use_event_types=False))
+    torch.testing.assert_close(blind.user_embeddings(ids, plays), blind.user_embeddings(ids, skips))
+
+
+def test_user_and_item_embeddings_have_unit_norm():
+    model = tiny_model()
+    users = model.user_embeddings(torch.randint(1, 21, (4, 8)))
+    torch.testing.assert_close(users.norm(dim=1), torch.ones(4))
+    items = model.item_embeddings()
+    torch.testing.assert_close(items[1:].norm(dim=1), torch.ones(20))
+    assert torch.all(items[0] == 0)  # padding row
+
+
+def test_full_softmax_learns_cyclic_sequences_and_ranks_the_next_item_first():
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    first = None
+    for _ in range(150):
+        loss = full_softmax_loss(model, model(inputs, events), targets)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        final = full_softmax_loss(model, model(inputs, events), targets).item()
+        top = model.scores(model.user_embeddings(inputs, events)).argmax(dim=1)
+    assert first > 2.5 and final < 0.05
+    assert torch.equal(top, targets[:, -1])
+
+
+def test_full_softmax_loss_ignores_positions_with_target_zero():
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=4)
+    masked = targets.clone()
+    masked[:, :2] = 0
+    h = model(inputs, events)
+    expected = full_softmax_loss(model, h[:, 2:], targets[:, 2:])
+    torch.testing.assert_close(full_softmax_loss(model, h, masked), expected)
+
+
+def test_sampled_softmax_loss_decreases_during_training():
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    log_q = torch.full((21,), -np.log(20.0))
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(100):
+        negatives = torch.randint(1, 21, (8,), generator=gen)
+        loss = sampled_softmax_loss(model, model(inputs, events), targets, negatives, log_q)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_logq_correction_changes_the_sampled_loss():
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=4)
+    h = model(inputs, events)
+    negatives = torch.tensor([1, 2, 3, 4])
+    uniform = torch.full((21,), -np.log(20.0))
+    skewed = torch.log_softmax(torch.linspace(0.0, 5.0, 21), dim=0)  # popular items at the end
+    a = sampled_softmax_loss(model, h, targets, negatives, uniform)
+    b = sampled_softmax_loss(model, h, targets, negatives, skewed)
+    assert not torch.isclose(a, b)
+
+
+def test_sampled_softmax_masks_negatives_equal_to_the_target():
+    model = tiny_model()
+    ids, targets = torch.tensor([[3, 4, 5]]), torch.tensor([[0, 0, 6]])
+    h = model(ids)
+    log_q = torch.zeros(21)
+    with_hit = sampled_softmax_loss(model, h, targets, torch.tensor([6, 9, 10, 0]), log_q)
+    without = sampled_softmax_loss(model, h, targets, torch.tensor([9, 10]), log_q)
+    torch.testing.assert_close(with_hit, without)
+
+
+def test_sampled_softmax_without_in_batch_negatives_treats_rows_independently():
+    model = tiny_model()
+    ids, targets = torch.tensor([[3, 4, 5], [7, 8, 9]]), torch.tensor([[0, 0, 6], [0, 0, 10]])
+    h = model(ids)
+    negatives, log_q = torch.tensor([11, 12, 13]), torch.zeros(21)
+    batch = sampled_softmax_loss(model, h, targets, negatives, log_q, in_batch_negatives=False)
+    rows = [sampled_softmax_loss(model, h[i : i + 1], targets[i : i + 1], negatives, log_q) for i in (0, 1)]
+    torch.testing.assert_close(batch, (rows[0] + rows[1]) / 2)
+    with_in_batch = sampled_softmax_loss(model, h, targets, negatives, log_q)
+    assert with_in_batch > batch  # each row also competes with the other row's positive
+
+
+def test_state_dict_round_trip_reproduces_outputs():
+    model = tiny_model(replace(TINY, dropout=0.2))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = tiny_model(replace(TINY, dropout=0.2), seed=123)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    fresh.eval()
+    ids = torch.randint(1, 21, (4, 8))
+    torch.testing.assert_close(model.user_embeddings(ids), fresh.user_embeddings(ids))
+    torch.testing.assert_close(model.item_embeddings(), fresh.item_embeddings())
+
+
+def test_expand_item_table_keeps_old_rows_and_grows():
+    model = tiny_model()
+    old = model.state_dict()
+    torch.manual_seed(7)
+    grown = expand_item_table(old, num_items=30)
+    torch.manual_seed(7)
+    again = expand_item_table(old, num_items=30)
+    table = grown["item_emb.weight"]
+    assert table.shape == (31, 32)
+    torch.testing.assert_close(table[:21], old["item_emb.weight"])
+    assert table[21:].abs().sum() > 0 and table[21:].std() < 0.1  # fresh-like small random rows
+    torch.testing.assert_close(table, again["item_emb.weight"])  # deterministic given the seed
+    assert old["item_emb.weight"].shape == (21, 32)  # input untouched
+    bigger = UserEncoder(replace(TINY, num_items=30)).eval()
+    bigger.load_state_dict(grown)  # strict: no other parameter depends on num_items
+    ids = torch.randint(1, 21, (3, 8))
+    old_scores = model.scores(model.user_embeddings(ids))
+    torch.testing.assert_close(bigger.scores(bigger.user_embeddings(ids))[:, :21], old_scores)
+
+
+def test_expand_item_table_refuses_to_shrink():
+    with pytest.raises(ValueError, match="smaller"):
+        expand_item_table(tiny_model().state_dict(), num_items=10)
+
+
+# ---- sequences ------------------------------------------------------------------------------
+
+
+def test_pad_left_keeps_the_most_recent_items():
+    out = pad_left([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([], dtype=np.int64)], max_len=3)
+    assert out.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
+    assert out.dtype == np.int64
+    assert pad_left([np.array([1, 2])], 3, dtype=np.int32).dtype == np.int32
+
+
+def test_next_item_examples_shift_targets_by_one_and_drop_short_sequences():
+    items = [np.array([10, 11, 12, 13]), np.array([5]), np.array([7, 8])]
+    events = [np.array([1, 2, 3, 1]), np.array([1]), np.array([3, 1])]
+    inputs, input_events, targets = next_item_examples(items, events, max_len=4)
+    assert inputs.tolist() == [[0, 10, 11, 12], [0, 0, 0, 7]]
+    assert input_events.tolist() == [[0, 1, 2, 3], [0, 0, 0, 3]]
+    assert targets.tolist() == [[0, 11, 12, 13], [0, 0, 0, 8]]
+    inputs, _, targets = next_item_examples(items[:1], events[:1], max_len=2)  # keeps the latest
+    assert inputs.tolist() == [[11, 12]] and targets.tolist() == [[12, 13]]
+
+
+def test_next_item_examples_reject_misaligned_event_types():
+    with pytest.raises(ValueError, match="align"):
+        next_item_examples([np.array([1, 2, 3])], [np.array([1, 1])], max_len=4)
+
+
+def test_leave_last_out_holds_out_the_last_item_and_drops_single_item_histories():
+    items = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6])]
+    events = [np.array([1, 1, 2]), np.array([1]), np.array([3, 1])]
+    train_items, train_events, held_out = leave_last_out(items, events)
+    assert [s.tolist() for s in train_items] == [[1, 2], [5]]
+    assert [s.tolist() for s in train_events] == [[1, 1], [3]]
+    assert held_out.tolist() == [3, 6] and held_out.dtype == np.int64
+
+
+def test_length_buckets_cover_every_index_once_and_group_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=103)
+    batches = length_buckets(lengths, batch_size=10, rng=rng)
+    assert len(batches) == 11 and max(len(b) for b in batches) == 10
+    assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    # Sorted before chunking: the batches' length ranges do not interleave.
+    spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:]))
