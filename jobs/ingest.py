@@ -1,0 +1,150 @@
+"""Step `ingest`: validate a day's raw event lines into `events`, everything else into `quarantine`.
+
+Every raw line ends up in exactly one of the two tables (checked before the step returns):
+a clean row, or a quarantine row with the raw bytes and the first rule it broke.
+
+Validation is plain Python over bytes, not Spark: it must see the undecoded bytes of every line
+(non-UTF-8 rows are kept byte-exact), and per-line JSON parsing is cheap next to the features job.
+Files of a drop are independent, so a cluster can shard them across workers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from jobs import lake
+from jobs.config import FactoryConfig
+from jobs.days import day_bounds_ms, parse_ds
+from jobs.errors import QuarantineShareExceeded
+from jobs.landing import drop_files, read_lines
+from jobs.tables import EVENTS, ITEMS, QUARANTINE
+from jobs.tracking import StepResult, track_step
+
+EVENT_FIELDS = {"event_id": str, "user_id": str, "item_id": str, "event_type": str, "ts": int, "ms_played": int}
+EVENT_TYPES = {"play", "skip", "save"}
+MAX_MS_PLAYED = 6 * 3_600_000  # longer than any track or episode we carry: a broken client counter
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class DayRules:
+    """What a line is checked against: the day's window and the catalog known on that day."""
+
+    ds: str
+    start_ms: int
+    end_ms: int
+    item_types: dict[str, str]  # item_id -> item_type
+
+
+def validate_line(line: bytes, rules: DayRules) -> dict:
+    """The clean event of a raw line, or Rejected(reason, detail) naming the first broken rule."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Rejected("non_utf8", f"invalid UTF-8 at byte {err.start}") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Rejected("invalid_json", err.msg) from None
+    if not isinstance(row, dict):
+        raise Rejected("invalid_json", f"expected an object, got {type(row).__name__}")
+    for key in ("user_id", "item_id"):
+        if row.get(key) in (None, ""):
+            raise Rejected("missing_id", f"{key} is missing or empty")
+    extra, missing = set(row) - set(EVENT_FIELDS), set(EVENT_FIELDS) - set(row)
+    if extra or missing:
+        raise Rejected("schema_drift", f"unexpected keys {sorted(extra)}, missing keys {sorted(missing)}")
+    for key, kind in EVENT_FIELDS.items():
+        value = row[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise Rejected("wrong_type", f"{key} must be {kind.__name__}, got {value!r:.40}")
+    if row["event_type"] not in EVENT_TYPES:
+        raise Rejected("wrong_type", f"event_type {row['event_type']!r:.40} is not one of {sorted(EVENT_TYPES)}")
+    if not 0 <= row["ms_played"] <= MAX_MS_PLAYED:
+        raise Rejected("invalid_duration", f"ms_played {row['ms_played']} outside [0, {MAX_MS_PLAYED}]")
+    if not rules.start_ms <= row["ts"] < rules.end_ms:
+        raise Rejected("ts_out_of_day", f"ts {row['ts']} is not inside {rules.ds} (UTC)")
+    item_type = rules.item_types.get(row["item_id"])
+    if item_type is None:
+        raise Rejected("unknown_item", f"item_id {row['item_id']!r:.60} is not in the catalog on {rules.ds}")
+    return {**row, "item_type": item_type}
+
+
+def known_items(cfg: FactoryConfig, ds: str) -> tuple[dict[str, str], int | None]:
+    """item_id -> item_type for items first seen on or before ds, and the items version read."""
+    version = lake.current_version(cfg, ITEMS)
+    items = lake.read(cfg, ITEMS, columns=["item_id", "item_type", "first_seen_ds"], version=version)
+    ids, types, first_seen = (items.column(c).to_pylist() for c in ("item_id", "item_type", "first_seen_ds"))
+    return {i: t for i, t, f in zip(ids, types, first_seen) if f <= ds}, version
+
+
+def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
+    """Validate the events drop of ds; replace the ds partitions of events and quarantine."""
+    parse_ds(ds)
+    with track_step(cfg, ds, "ingest", run_key) as step:
+        item_types, items_version = known_items(cfg, ds)
+        step.read(ITEMS, items_version)
+        rules = DayRules(ds, *day_bounds_ms(ds), item_types)
+        clean, rejected, seen_ids, raw_lines = [], [], set(), 0
+        for path in drop_files(cfg, "events", ds):
+            for number, line in read_lines(cfg, path):
+                raw_lines += 1
+                try:
+                    event = validate_line(line, rules)
+                    if event["event_id"] in seen_ids:
+                        raise Rejected("duplicate_event", f"event_id {event['event_id']} already seen on {ds}")
+                    seen_ids.add(event["event_id"])
+                    clean.append(event)
+                except Rejected as rejection:
+                    rejected.append(_quarantine_row(ds, path, number, line, rejection))
+
+        step.wrote(EVENTS, lake.replace_partition(cfg, EVENTS, _events_table(clean, ds), {"ds": ds}))
+        quarantine = pa.Table.from_pylist(rejected, schema=QUARANTINE.schema)
+        step.wrote(QUARANTINE, lake.replace_partition(cfg, QUARANTINE, quarantine, {"ds": ds, "source": "events"}))
+
+        _check_nothing_lost(cfg, ds, raw_lines)
+        reasons = Counter(row["reason"] for row in rejected)
+        share = len(rejected) / raw_lines if raw_lines else 0.0
+        step.metrics(raw_lines=raw_lines, clean_rows=len(clean), quarantined_rows=len(rejected),
+                     quarantine_share=share, **{f"quarantined.{r}": n for r, n in reasons.items()})
+        if raw_lines == 0:
+            step.note("empty day: the events drop has no lines")
+        if share > cfg.gate.max_quarantine_share:
+            raise QuarantineShareExceeded(
+                f"ds={ds}: {share:.1%} of {raw_lines} raw event lines were quarantined, above "
+                f"gate.max_quarantine_share={cfg.gate.max_quarantine_share:.1%}; inspect the quarantine "
+                f"table (`factory show --ds {ds}`) before publishing this day."
+            )
+        return step.result
+
+
+def _events_table(clean: list[dict], ds: str) -> pa.Table:
+    columns = {name: [event[name] for event in clean] for name in EVENTS.schema.names if name not in ("ts", "ds")}
+    columns["ts"] = pa.array([event["ts"] for event in clean], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    columns["ds"] = [ds] * len(clean)
+    return pa.table(columns).select(EVENTS.schema.names).cast(EVENTS.schema)
+
+
+def _quarantine_row(ds: str, path: str, number: int, line: bytes, rejection: Rejected) -> dict:
+    return {
+        "source": "events", "source_file": path, "line_number": number, "reason": rejection.reason,
+        "detail": rejection.detail, "raw": line.decode("utf-8", errors="backslashreplace"),
+        "raw_bytes": line, "ds": ds,
+    }
+
+
+def _check_nothing_lost(cfg: FactoryConfig, ds: str, raw_lines: int) -> None:
+    """Raw lines must equal clean rows + quarantined rows as committed in the lake."""
+    clean = lake.read(cfg, EVENTS, where={"ds": ds}, columns=["event_id"]).num_rows
+    bad = lake.read(cfg, QUARANTINE, where={"ds": ds, "source": "events"}, columns=["line_number"]).num_rows
+    if clean + bad != raw_lines:
+        raise RuntimeError(f"ds={ds}: {raw_lines} raw lines but {clean} clean + {bad} quarantined rows were committed")
