@@ -189,7 +189,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
     root = str((path.parent if path else Path.cwd()).resolve())
     raw = {"root": root, **raw}
     env = {k[len(ENV_PREFIX):]: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-    for dotted, value in {**{k.replace("__", ".").lower(): v for k, v in env.items()}, **(overrides or {})}.items():
+    for dotted, value in {**{_env_key(k): v for k, v in env.items()}, **(overrides or {})}.items():
         _set_dotted(raw, dotted, value)
     return _build(FactoryConfig, raw, "config")
 
@@ -211,8 +211,15 @@ def _default_config_path() -> Path | None:
     return local if local.is_file() else None
 
 
+def _env_key(name: str) -> str:
+    """SPARK__EXTRA_CONF__spark.x -> spark.extra_conf.spark.x: section and field names are
+    case-insensitive, keys inside a table (storage options, Spark conf) keep their case."""
+    parts = name.split("__")
+    return ".".join([p.lower() for p in parts[:2]] + parts[2:])
+
+
 def _set_dotted(raw: dict, dotted: str, value: str) -> None:
-    *sections, key = dotted.split(".")
+    *sections, key = dotted.split(".", 2) if dotted.count(".") >= 2 else dotted.split(".")
     node = raw
     for section in sections:
         node = node.setdefault(section, {})

@@ -1,0 +1,59 @@
+"""
+### Daily embedding factory
+
+One run per logical date `ds`: validate the day's listening logs, build per-user sequences with
+Spark, (re)train the user encoder with Ray Train when due, embed every user with Ray Data, rebuild
+or extend the semantic-ID codebooks, index the items with faiss, evaluate yesterday's embeddings on
+today's plays, and publish the day. Each task is one `jobs.<step>.run(ds, cfg)`; every task's MLflow
+run is nested under the day's parent run (tag `factory.run_key` = this DAG run's id).
+
+Params: `force_retrain` trains a new encoder even if the champion is fresh;
+`force_codebook_rebuild` refits the semantic-ID codebooks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, chain, dag, get_current_context, task
+
+from jobs import STEP_NAMES
+
+INFRASTRUCTURE_RETRIES = {"retries": 2, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": True}
+
+
+def step_task(step: str):
+    @task(task_id=step, **INFRASTRUCTURE_RETRIES)
+    def run_step() -> dict:
+        from jobs.config import load_config  # heavy imports at run time, not at parse time
+        from jobs.pipeline import run_step as run
+
+        context = get_current_context()
+        params = context["params"]
+        result = run(
+            step, context["ds"], load_config(), run_key=context["run_id"],
+            force_retrain=bool(params["force_retrain"]), force_codebook_rebuild=bool(params["force_codebook_rebuild"]),
+        )
+        return {"mlflow_run_id": result.mlflow_run_id, "metrics": result.metrics, "notes": result.notes}
+
+    return run_step()
+
+
+@dag(
+    dag_id="daily_embeddings",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,  # days build on each other (vocabulary, champion, codebooks)
+    doc_md=__doc__,
+    tags=["embeddings"],
+    params={
+        "force_retrain": Param(False, type="boolean", description="Train a new encoder even if the champion is fresh"),
+        "force_codebook_rebuild": Param(False, type="boolean", description="Refit the semantic-ID codebooks"),
+    },
+)
+def daily_embeddings():
+    chain(*[step_task(step) for step in STEP_NAMES])
+
+
+daily_embeddings()

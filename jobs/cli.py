@@ -1,0 +1,219 @@
+"""`factory`: the command line for everything a person does by hand.
+
+Errors a user can fix (bad ds, missing drop, bad config, unreachable service) print one line and
+exit 1; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jobs import STEP_NAMES
+from jobs.config import ConfigError, FactoryConfig, load_config
+from jobs.days import parse_ds
+from jobs.errors import FactoryError
+
+app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+sid_app = typer.Typer(help="Semantic-ID lookups.", no_args_is_help=True)
+app.add_typer(sid_app, name="sid")
+console = Console(stderr=True)
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
+
+
+def _config(path: Path | None) -> FactoryConfig:
+    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    return load_config(path)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _print_step(result) -> None:
+    shown = ", ".join(f"{k}={v:g}" for k, v in list(result.metrics.items())[:6])
+    console.print(f"[green]✓[/] {result.ds} [bold]{result.step:<13}[/] {result.wall_seconds:6.1f}s  {shown}", highlight=False)
+    for note in result.notes:
+        console.print(f"    {note}", highlight=False, style="dim")
+
+
+@app.command()
+def generate(
+    config: ConfigOption = None,
+    days: Annotated[Optional[int], typer.Option(help="Days to generate (default: generator.days).")] = None,
+    users: Annotated[Optional[int], typer.Option(help="Initial users (default: generator.users).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: generator.seed).")] = None,
+) -> None:
+    """Write seeded synthetic catalog and listening-log drops into the landing folder."""
+    import dataclasses
+
+    from jobs.generate import generate_drops
+
+    cfg = _config(config)
+    overrides = {k: v for k, v in {"days": days, "users": users, "seed": seed}.items() if v is not None}
+    gen = dataclasses.replace(cfg.generator, **overrides)
+    summary = generate_drops(gen, Path(cfg.landing_uri), progress=lambda line: console.print(line, highlight=False))
+    total = sum(d.raw_lines for d in summary.days)
+    console.print(f"wrote {len(summary.days)} days, {total} raw event lines to {cfg.landing_uri}", highlight=False)
+
+
+@app.command()
+def run(
+    ds: Annotated[str, typer.Option("--ds", help="Logical date YYYY-MM-DD.")],
+    step: Annotated[Optional[list[str]], typer.Option("--step", help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
+    force_retrain: Annotated[bool, typer.Option(help="Train a new encoder even if the champion is fresh.")] = False,
+    force_codebook_rebuild: Annotated[bool, typer.Option(help="Refit the semantic-ID codebooks.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the day's pipeline (all steps, or --step NAME) for one ds, without Airflow."""
+    from jobs.pipeline import run_day
+
+    cfg = _config(config)
+    parse_ds(ds)
+    unknown = [s for s in step or [] if s not in STEP_NAMES]
+    if unknown:
+        _fail(f"Unknown step(s) {', '.join(unknown)}; steps are: {', '.join(STEP_NAMES)}.")
+    ordered = [s for s in STEP_NAMES if s in step] if step else None
+    run_day(ds, cfg, steps=ordered, on_step=_print_step, force_retrain=force_retrain,
+            force_codebook_rebuild=force_codebook_rebuild)
+
+
+@app.command()
+def backfill(
+    from_ds: Annotated[str, typer.Option("--from", help="First ds (YYYY-MM-DD).")],
+    to_ds: Annotated[str, typer.Option("--to", help="Last ds, inclusive.")],
+    config: ConfigOption = None,
+) -> None:
+    """Run every day of a range in order, without Airflow (Airflow: `factory airflow backfill create ...`)."""
+    from jobs.pipeline import backfill as run_backfill
+
+    cfg = _config(config)
+    run_backfill(from_ds, to_ds, cfg, on_step=_print_step)
+
+
+@app.command()
+def show(
+    ds: Annotated[Optional[str], typer.Option("--ds", help="Day to show (default: the latest published day).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Every table with its Delta version and rows, the day's MLflow runs, metrics and published pointer."""
+    from jobs.show import day_report
+
+    cfg = _config(config)
+    if ds:
+        parse_ds(ds)
+    report = day_report(cfg, ds)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    out = Console()
+    tables = Table(title=f"Tables (lake {report['lake']})")
+    for column in ("table", "version", "rows", f"rows ds={report['ds']}"):
+        tables.add_column(column)
+    for t in report["tables"]:
+        tables.add_row(t["table"], str(t["version"]), str(t["rows"]), "" if t["rows_for_ds"] is None else str(t["rows_for_ds"]))
+    out.print(tables)
+    steps = Table(title=f"MLflow step runs for ds={report['ds']} ({report['mlflow_tracking_uri']})")
+    for column in ("step", "run id", "status", "wall s"):
+        steps.add_column(column)
+    for s in report["steps"]:
+        steps.add_row(s["step"], s["run_id"], s["status"], f"{s['metrics'].get('wall_seconds', 0):.1f}")
+    out.print(steps)
+    for m in report["eval_metrics"]:
+        out.print(f"{m['method']:>10} {m['metric']:<20} {m['value']:.4f}  (embeddings of {m['embeddings_ds']})")
+    out.print(f"semantic IDs: {report['semantic_ids']}")
+    out.print(f"published: {report['published']}")
+
+
+@sid_app.command("lookup")
+def sid_lookup(
+    key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123) or a SID (e.g. 12-201-7-88-0).")],
+    version: Annotated[Optional[int], typer.Option(help="Codebook version (default: the latest).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Item -> SID or SID -> item for a codebook version."""
+    import pyarrow.compute as pc
+
+    from jobs import lake
+    from jobs.tables import ITEM_TOKENS
+
+    cfg = _config(config)
+    tokens = lake.read(cfg, ITEM_TOKENS, columns=["codebook_version", "item_id", "sid"])
+    if tokens.num_rows == 0:
+        _fail("No item tokens yet; run the semantic_ids step first.")
+    version = version or pc.max(tokens.column("codebook_version")).as_py()
+    tokens = tokens.filter(pc.equal(tokens.column("codebook_version"), version))
+    column = "sid" if "-" in key and key.replace("-", "").isdigit() else "item_id"
+    match = tokens.filter(pc.equal(tokens.column(column), key)).to_pylist()
+    if not match:
+        _fail(f"No item with {column} {key!r} in codebook version {version}.")
+    print(json.dumps(match[0]))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def airflow(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Run any Airflow command with the factory's local Airflow (SQLite, LocalExecutor, dags/).
+
+    Examples: `factory airflow dags test daily_embeddings 2026-01-01`;
+    `factory airflow standalone` (scheduler + dag-processor + api-server on 127.0.0.1:8080), then
+    `factory airflow backfill create --dag-id daily_embeddings --from-date 2026-01-01 --to-date 2026-01-04`.
+    """
+    from jobs.airflow_setup import airflow_command
+
+    cfg = _config(config)
+    completed = airflow_command(cfg, list(ctx.args), check=False)
+    raise typer.Exit(completed.returncode)
+
+
+@app.command("mlflow-ui")
+def mlflow_ui(config: ConfigOption = None, port: int = 5000) -> None:
+    """Open the MLflow UI over the local store on http://127.0.0.1:PORT."""
+    cfg = _config(config)
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {cfg.mlflow_tracking_uri}); Ctrl-C stops it.")
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    raise typer.Exit(subprocess.call([mlflow, "ui", "--backend-store-uri", cfg.mlflow_tracking_uri,
+                                      "--default-artifact-root", cfg.mlflow_artifact_uri, "--host", "127.0.0.1", "--port", str(port)]))
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    use_airflow: Annotated[bool, typer.Option("--airflow/--no-airflow", help="Run each day with `airflow dags test`.")] = True,
+) -> None:
+    """Generate data, run every generated day through the pipeline, and print where to look."""
+    from jobs.demo import run_demo
+
+    run_demo(_config(config), use_airflow, console)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except (FactoryError, ConfigError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as err:  # click's usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
