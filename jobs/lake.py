@@ -62,7 +62,7 @@ def snapshot_files(cfg: FactoryConfig, spec: TableSpec, where_in: dict[str, list
     if table is None:
         return None, []
     filters = [(k, "in", list(v)) for k, v in (where_in or {}).items()] or None
-    files = table.file_uris(partition_filters=filters) if filters else table.file_uris()
+    files = table.file_uris(file_pruning_predicate=filters) if filters else table.file_uris()
     return table.version(), files
 
 
