@@ -53,6 +53,9 @@ class LakeConfig:
     engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
     storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
 
+    def __post_init__(self) -> None:
+        _one_of("lake.engine", self.engine, ("delta-rs", "delta-spark"))
+
 
 @dataclass(frozen=True)
 class SparkConfig:
@@ -102,6 +105,9 @@ class TrainConfig:
     temperature: float = 0.05
     seed: int = 0
     max_regression: float = 0.02  # gate: a new model may lose at most this much validation NDCG@10
+
+    def __post_init__(self) -> None:
+        _one_of("train.loss", self.loss, ("full", "sampled"))
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,11 @@ def with_overrides(cfg: FactoryConfig, **sections: dict) -> FactoryConfig:
 
 def as_dict(cfg: FactoryConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
 def _default_config_path() -> Path | None:

@@ -5,6 +5,9 @@ project cannot assume; delta-rs is a PyPI wheel and writes standard Delta tables
 DuckDB or delta-spark open unchanged. Spark and Ray read a consistent snapshot through
 `snapshot_files` (the Parquet files of one table version) and hand their output back as Arrow.
 
+`lake.engine = "delta-spark"` sends the same writes through Spark's Delta writer instead
+(jobs.lake_delta_spark), for clusters where Delta's jars are installed. Reads always use delta-rs.
+
 Every write is idempotent for its key: `replace_partition` is Delta's replaceWhere (a predicate
 overwrite in one atomic commit), `upsert` is a MERGE that changes nothing when nothing changed.
 """
@@ -17,6 +20,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from jobs import lake_delta_spark
 from jobs.config import FactoryConfig
 from jobs.tables import TableSpec
 
@@ -86,6 +90,9 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
     bad = [row for row in data.select(list(where)).to_pylist() if row != where] if data.num_rows else []
     if bad:
         raise ValueError(f"{spec.name}: rows outside the replaced partition {where}: {bad[:1]}")
+    if cfg.lake.engine == "delta-spark":
+        lake_delta_spark.replace_partition(cfg, spec, _conform(spec, data), table_uri(cfg, spec), _predicate(where))
+        return current_version(cfg, spec)
     write_deltalake(
         table_uri(cfg, spec), _conform(spec, data), mode="overwrite", predicate=_predicate(where),
         partition_by=list(spec.partition_by) or None, storage_options=cfg.lake.storage_options or None,
@@ -96,6 +103,9 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
 def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
     """Append rows (used only by append-only tables such as item_vocab); no commit if empty."""
     if data.num_rows == 0 and open_table(cfg, spec) is not None:
+        return current_version(cfg, spec)
+    if cfg.lake.engine == "delta-spark":
+        lake_delta_spark.append(cfg, spec, _conform(spec, data), table_uri(cfg, spec))
         return current_version(cfg, spec)
     write_deltalake(
         table_uri(cfg, spec), _conform(spec, data), mode="append",
@@ -110,6 +120,9 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
     aliases s and t) holds, update matched rows except the `preserve` columns. Creates the table on
     first use. Returns (version, merge metrics)."""
     data = _conform(spec, data)
+    if cfg.lake.engine == "delta-spark":
+        lake_delta_spark.upsert(cfg, spec, data, table_uri(cfg, spec), update_when, preserve)
+        return current_version(cfg, spec), {}
     table = open_table(cfg, spec)
     if table is None:
         write_deltalake(table_uri(cfg, spec), data, partition_by=list(spec.partition_by) or None,

@@ -1,0 +1,49 @@
+import pytest
+
+from jobs.config import ConfigError, load_config
+
+
+def test_defaults_load_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACTORY_CONFIG", raising=False)
+    cfg = load_config()
+    assert cfg.spark.master == "local[2]"
+    assert cfg.lake_uri == str(tmp_path / ".state" / "lake")
+
+
+def test_file_then_environment_override_defaults(tmp_path, monkeypatch):
+    path = tmp_path / "f.toml"
+    path.write_text('[spark]\nmaster = "local[1]"\n[train]\nepochs = 3\n')
+    monkeypatch.setenv("FACTORY__TRAIN__EPOCHS", "5")
+    cfg = load_config(path)
+    assert cfg.spark.master == "local[1]" and cfg.train.epochs == 5
+
+
+def test_unknown_key_is_rejected_with_the_known_keys(tmp_path):
+    path = tmp_path / "f.toml"
+    path.write_text("[spark]\nmastr = 'x'\n")
+    with pytest.raises(ConfigError, match="Unknown key.*mastr.*master"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="train.epochs must be of type int"):
+        load_config(overrides={"train.epochs": "many"})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_table_keys_from_environment_keep_their_case(monkeypatch):
+    monkeypatch.setenv("FACTORY__LAKE__STORAGE_OPTIONS__AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("FACTORY__SPARK__EXTRA_CONF__spark.executor.memory", "4g")
+    cfg = load_config(overrides={})
+    assert cfg.lake.storage_options == {"AWS_ALLOW_HTTP": "true"}
+    assert cfg.spark.extra_conf == {"spark.executor.memory": "4g"}
+
+
+def test_engine_must_be_a_known_one():
+    with pytest.raises(ConfigError, match="lake.engine must be one of"):
+        load_config(overrides={"lake.engine": "parquet"})
