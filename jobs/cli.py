@@ -41,6 +41,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _spinner(ds: str, step: str):
+    return console.status(f"{ds} [bold]{step}[/] running...")
+
+
 def _print_step(result) -> None:
     shown = ", ".join(f"{k}={v:g}" for k, v in list(result.metrics.items())[:6])
     console.print(f"[green]✓[/] {result.ds} [bold]{result.step:<13}[/] {result.wall_seconds:6.1f}s  {shown}", highlight=False)
@@ -77,15 +81,15 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Run the day's pipeline (all steps, or --step NAME) for one ds, without Airflow."""
-    from jobs.pipeline import run_day
-
     cfg = _config(config)
     parse_ds(ds)
     unknown = [s for s in step or [] if s not in STEP_NAMES]
     if unknown:
         _fail(f"Unknown step(s) {', '.join(unknown)}; steps are: {', '.join(STEP_NAMES)}.")
     ordered = [s for s in STEP_NAMES if s in step] if step else None
-    run_day(ds, cfg, steps=ordered, on_step=_print_step, force_retrain=force_retrain,
+    from jobs.pipeline import run_day  # torch, Spark, Ray: only once the arguments are known to be good
+
+    run_day(ds, cfg, steps=ordered, on_step=_print_step, while_running=_spinner, force_retrain=force_retrain,
             force_codebook_rebuild=force_codebook_rebuild)
 
 
@@ -96,10 +100,13 @@ def backfill(
     config: ConfigOption = None,
 ) -> None:
     """Run every day of a range in order, without Airflow (Airflow: `factory airflow backfill create ...`)."""
-    from jobs.pipeline import backfill as run_backfill
+    from jobs.days import day_range
 
     cfg = _config(config)
-    run_backfill(from_ds, to_ds, cfg, on_step=_print_step)
+    day_range(from_ds, to_ds)  # a bad range fails before the heavy imports
+    from jobs.pipeline import backfill as run_backfill
+
+    run_backfill(from_ds, to_ds, cfg, on_step=_print_step, while_running=_spinner)
 
 
 @app.command()
@@ -199,20 +206,12 @@ def demo(
 
 
 def main() -> None:
+    """Entry point: usage errors are click's; errors a user can fix print one line and exit 1."""
     try:
-        app(standalone_mode=False)
+        app()
     except (FactoryError, ConfigError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(1)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -33,14 +33,14 @@ def run_demo(cfg: FactoryConfig, use_airflow: bool, console: Console) -> None:
         day_started = time.perf_counter()
         if use_airflow:
             log_file = logs / f"airflow-dags-test-{ds}.log"
-            with open(log_file, "w") as out:
+            with open(log_file, "w") as out, console.status(f"ds={ds}: airflow dags test {DAG_ID} {ds} ..."):
                 done = airflow_command(cfg, ["dags", "test", DAG_ID, ds], check=False, stdout=out, stderr=out)
             if done.returncode != 0:
                 raise FactoryError(f"`airflow dags test {DAG_ID} {ds}` failed; see {log_file}.")
         else:
             from jobs.pipeline import run_day
 
-            run_day(ds, cfg)
+            run_day(ds, cfg, while_running=lambda ds, step: console.status(f"{ds} {step} running..."))
         console.print(f"    ds={ds} done in {time.perf_counter() - day_started:.0f}s", highlight=False)
     console.print("[bold]3/3[/] results")
     Console().print(step_times_table(cfg, days))

@@ -5,6 +5,7 @@ The Airflow DAG, the CLI and the tests all go through here, so a day runs the sa
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -33,13 +34,19 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
 
 
 def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key: str | None = None,
-            on_step: Callable[[StepResult], None] | None = None, **flags) -> list[StepResult]:
-    """Run the steps (all by default, in pipeline order) for ds under one MLflow parent run."""
+            on_step: Callable[[StepResult], None] | None = None,
+            while_running: Callable[[str, str], contextlib.AbstractContextManager] = lambda ds, step: contextlib.nullcontext(),
+            **flags) -> list[StepResult]:
+    """Run the steps (all by default, in pipeline order) for ds under one MLflow parent run.
+
+    `while_running(ds, step)` wraps each step (the CLI shows a spinner); `on_step` gets each result.
+    """
     run_key = run_key or new_run_key()
     results = []
     for step in steps or list(STEPS):
         started = time.perf_counter()
-        result = run_step(step, ds, cfg, run_key, **flags)
+        with while_running(ds, step):
+            result = run_step(step, ds, cfg, run_key, **flags)
         log.info("ds=%s %s done in %.1fs", ds, step, time.perf_counter() - started)
         results.append(result)
         if on_step:
