@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
-from jobs import lake, registry
+from jobs import lake, plots, registry
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.ray_runtime import ensure_ray
-from jobs.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.tracking import StepResult, track_step
 from models.sequences import pad_left
 from models.user_encoder import UserEncoder, UserEncoderConfig
@@ -91,6 +93,24 @@ def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa
     ).append_column("model_version", pa.array([champion.version] * known.num_rows, pa.string()))
 
 
+def sphere_plot(cfg: FactoryConfig, users: pa.Table, items: pa.Table, folder: Path, ds: str, version: str) -> Path:
+    """Up to 2,000 users, tracks and episodes each, projected together (the talk's shared-sphere picture)."""
+    rng = np.random.default_rng(0)
+    types = dict(zip(*(lake.read(cfg, ITEMS, columns=["item_id", "item_type"]).column(c).to_pylist() for c in ("item_id", "item_type"))))
+
+    def sample(table: pa.Table, keep=None) -> np.ndarray:
+        rows = [i for i in range(table.num_rows) if keep is None or keep(i)]
+        rows = rng.choice(rows, size=min(2000, len(rows)), replace=False) if rows else []
+        return np.stack([table.column("embedding")[int(i)].values.to_numpy() for i in rows]) if len(rows) else np.zeros((0, 1))
+
+    item_ids = items.column("item_id").to_pylist()
+    return plots.shared_sphere(
+        sample(users), sample(items, lambda i: types.get(item_ids[i]) == "track"),
+        sample(items, lambda i: types.get(item_ids[i]) == "episode"), folder,
+        f"users, tracks and episodes on one sphere (ds={ds}, model v{version})",
+    )
+
+
 def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
     parse_ds(ds)
     with track_step(cfg, ds, "embed", run_key) as step:
@@ -111,6 +131,8 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         items = item_vectors(cfg, champion)
         items = items.append_column("ds", pa.array([ds] * items.num_rows, pa.string()))
         step.wrote(ITEM_EMBEDDINGS, lake.replace_partition(cfg, ITEM_EMBEDDINGS, items, {"ds": ds}))
+        with tempfile.TemporaryDirectory() as folder:
+            step.artifact(sphere_plot(cfg, users, items, Path(folder), ds, champion.version), "plots")
         vocab_size = lake.read(cfg, ITEM_VOCAB, columns=["item_idx"]).num_rows
         step.metrics(users_embedded=users.num_rows, items_embedded=items.num_rows,
                      items_without_embedding=vocab_size - items.num_rows)

@@ -8,11 +8,14 @@ and on ds when both come from the same model version.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import lake
+from jobs import lake, plots
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds, shift
 from jobs.index import index_uri, read_index
@@ -83,7 +86,21 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                     record("encoder", "drift_mean_cosine", float((vectors[a] * today_vectors[b]).sum(1).mean()))
         metrics = pa.Table.from_pylist(rows, schema=EVAL_METRICS.schema)
         step.wrote(EVAL_METRICS, lake.replace_partition(cfg, EVAL_METRICS, metrics, {"ds": ds}))
+        _plot_history(cfg, step, f"hr_at_{k}")
         return step.result
+
+
+def _plot_history(cfg: FactoryConfig, step, metric: str) -> None:
+    """The metric of every evaluated day so far, encoder against popularity."""
+    history = lake.read(cfg, EVAL_METRICS)
+    history = history.filter(pc.equal(history.column("metric"), metric)).sort_by("ds").to_pylist()
+    days = sorted({row["ds"] for row in history})
+    if not days:
+        return
+    series = {method: [next((r["value"] for r in history if r["ds"] == d and r["method"] == method), float("nan")) for d in days]
+              for method in ("encoder", "popularity")}
+    with tempfile.TemporaryDirectory() as folder:
+        step.artifact(plots.metric_over_days(days, series, metric, Path(folder)), "plots")
 
 
 def _most_common(items: list[int], k: int) -> list[int]:

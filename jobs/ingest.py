@@ -11,12 +11,14 @@ Files of a drop are independent, so a cluster can shard them across workers.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
-from jobs import lake
+from jobs import lake, plots
 from jobs.config import FactoryConfig
 from jobs.days import day_bounds_ms, parse_ds
 from jobs.errors import QuarantineShareExceeded
@@ -118,6 +120,9 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                      quarantine_share=share, **{f"quarantined.{r}": n for r, n in reasons.items()})
         if raw_lines == 0:
             step.note("empty day: the events drop has no lines")
+        if reasons:
+            with tempfile.TemporaryDirectory() as folder:
+                step.artifact(plots.quarantine_reasons(dict(reasons), raw_lines, Path(folder), ds), "plots")
         if share > cfg.gate.max_quarantine_share:
             raise QuarantineShareExceeded(
                 f"ds={ds}: {share:.1%} of {raw_lines} raw event lines were quarantined, above "

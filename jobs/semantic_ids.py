@@ -16,12 +16,14 @@ import functools
 import json
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import lake
+from jobs import lake, plots
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
@@ -185,9 +187,13 @@ def _log_quality(cfg: FactoryConfig, step, version: int, items: pa.Table) -> Non
         "collision_rate_before_dedup": sid_metrics.collision_rate(codes),
         "largest_bucket": sid_metrics.largest_bucket(codes), "max_dedup_token": int(tokens[:, -1].max()),
     }
-    for level, usage in enumerate(sid_metrics.level_usage(codes, cfg.sid.codes_per_level)):
-        metrics[f"level{level}_used_codes"] = usage["used"]
-        metrics[f"level{level}_perplexity"] = usage["perplexity"]
+    usage = sid_metrics.level_usage(codes, cfg.sid.codes_per_level)
+    for level, level_usage in enumerate(usage):
+        metrics[f"level{level}_used_codes"] = level_usage["used"]
+        metrics[f"level{level}_perplexity"] = level_usage["perplexity"]
+    with tempfile.TemporaryDirectory() as folder:
+        step.artifact(plots.codebook_usage([u["used"] for u in usage], [u["perplexity"] for u in usage],
+                                           cfg.sid.codes_per_level, Path(folder)), "plots")
     purity = sid_metrics.prefix_purity(codes, labels, 1, np.random.default_rng(0))
     metrics["genre_purity_level1_lift"] = purity["lift"]
     step.metrics(**metrics)

@@ -1,0 +1,75 @@
+"""Pictures a person would rather look at than read, logged as MLflow artifacts of the steps.
+
+Each function draws one figure into `folder` and returns the PNG's path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on batch machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, folder: Path, name: str) -> Path:
+    path = Path(folder) / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def shared_sphere(users: np.ndarray, tracks: np.ndarray, episodes: np.ndarray, folder: Path, title: str) -> Path:
+    """Users, tracks and episodes projected together onto the top-2 principal axes of their union."""
+    groups = {"users": users, "tracks": tracks, "episodes": episodes}
+    stacked = np.concatenate([g for g in groups.values() if len(g)])
+    mean = stacked.mean(0)
+    _, _, axes = np.linalg.svd(stacked - mean, full_matrices=False)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for (name, vectors), color in zip(groups.items(), ("#4c72b0", "#55a868", "#c44e52")):
+        if len(vectors):
+            xy = (vectors - mean) @ axes[:2].T
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.45, label=f"{name} ({len(vectors)})", color=color)
+    ax.set_title(title)
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2")
+    ax.legend(markerscale=4)
+    return _save(fig, folder, "shared_sphere.png")
+
+
+def codebook_usage(used: list[int], perplexity: list[float], codes_per_level: int, folder: Path) -> Path:
+    """Used codes and usage perplexity per level against the codebook size."""
+    levels = np.arange(len(used))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(levels - 0.2, used, width=0.4, label="used codes")
+    ax.bar(levels + 0.2, perplexity, width=0.4, label="perplexity")
+    ax.axhline(codes_per_level, color="grey", linestyle="--", linewidth=1, label=f"K = {codes_per_level}")
+    ax.set_xticks(levels, [f"level {i + 1}" for i in levels])
+    ax.set_title("Semantic-ID codebook utilisation")
+    ax.legend()
+    return _save(fig, folder, "codebook_usage.png")
+
+
+def metric_over_days(days: list[str], series: dict[str, list[float]], metric: str, folder: Path) -> Path:
+    """One line per method (e.g. encoder vs popularity) of a daily metric."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for name, values in series.items():
+        ax.plot(days, values, marker="o", label=name)
+    ax.set_title(f"next-day {metric}")
+    ax.set_ylim(bottom=0)
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend()
+    return _save(fig, folder, f"{metric}_over_days.png")
+
+
+def quarantine_reasons(counts: dict[str, int], raw_lines: int, folder: Path, ds: str) -> Path:
+    """Quarantined rows of the day by reason."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    names = sorted(counts, key=counts.get, reverse=True)
+    ax.barh(names, [counts[n] for n in names])
+    ax.invert_yaxis()
+    ax.set_title(f"quarantine on {ds}: {sum(counts.values())} of {raw_lines} raw lines")
+    return _save(fig, folder, "quarantine_reasons.png")
