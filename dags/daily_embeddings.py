@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, chain, dag, get_current_context, task
+from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
 
 from jobs import STEP_NAMES
+from jobs.config import load_config
+from jobs.tables import ALL_TABLES
 
 INFRASTRUCTURE_RETRIES = {"retries": 2, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": True}
+LAKE_URI = load_config().lake_uri  # light: a TOML file and env vars
+
+
+def table_asset(spec) -> Asset:
+    uri = spec.uri(LAKE_URI)
+    return Asset(name=f"factory.{spec.name}", uri=uri if "://" in uri else f"file://{uri}")
 
 
 def step_task(step: str):
-    @task(task_id=step, **INFRASTRUCTURE_RETRIES)
+    outlets = [table_asset(spec) for spec in ALL_TABLES if spec.owner == step]
+
+    @task(task_id=step, outlets=outlets, **INFRASTRUCTURE_RETRIES)
     def run_step() -> dict:
         from jobs.config import load_config  # heavy imports at run time, not at parse time
         from jobs.pipeline import run_step as run

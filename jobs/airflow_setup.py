@@ -43,8 +43,9 @@ def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
 def airflow_command(cfg: FactoryConfig, args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run `airflow <args>` with the factory's environment; migrate the metadata DB first."""
     env = airflow_env(cfg)
-    cfg.airflow_home.mkdir(parents=True, exist_ok=True)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = str(Path(sys.executable).parent / "airflow")
-    if not (cfg.airflow_home / "airflow.db").exists():
+    database = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if not database.startswith("sqlite:///") or not Path(database.removeprefix("sqlite:///")).exists():
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     return subprocess.run([airflow, *args], env=env, check=check, **kwargs)

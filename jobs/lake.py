@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def table_uri(cfg: FactoryConfig, spec: TableSpec) -> str:
-    return f"{cfg.lake_uri.rstrip('/')}/{spec.name}"
+    return spec.uri(cfg.lake_uri)
 
 
 def open_table(cfg: FactoryConfig, spec: TableSpec, version: int | None = None) -> DeltaTable | None:

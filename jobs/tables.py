@@ -22,6 +22,10 @@ class TableSpec:
     owner: str  # the step that writes it
     doc: str
 
+    def uri(self, lake_uri: str) -> str:
+        """Where the table lives under a lake root (a path or an object-store URI)."""
+        return f"{lake_uri.rstrip('/')}/{self.name}"
+
 
 EVENTS = TableSpec(
     "events",
