@@ -144,6 +144,14 @@ def show(
     out.print(f"published: {report['published']}")
 
 
+@app.command()
+def tables() -> None:
+    """Print every table's name, key, partitioning, owner step and schema as Markdown."""
+    from jobs.tables import tables_markdown
+
+    print(tables_markdown())
+
+
 @sid_app.command("lookup")
 def sid_lookup(
     key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123) or a SID (e.g. 12-201-7-88-0).")],

@@ -148,3 +148,17 @@ ALL_TABLES: tuple[TableSpec, ...] = (
     CONTENT_VECTORS, CODEBOOKS, ITEM_TOKENS, EVAL_METRICS, PUBLISH,
 )
 TABLES_BY_NAME = {t.name: t for t in ALL_TABLES}
+
+
+def tables_markdown() -> str:
+    """docs/tables.md, rendered from this registry (a test keeps the file in step)."""
+    lines = ["# Tables", "", "Rendered from `jobs/tables.py` by `factory tables > docs/tables.md`; do not edit by hand.", ""]
+    for spec in ALL_TABLES:
+        lines += [f"## {spec.name}", "", spec.doc, "",
+                  f"- key: {', '.join(spec.key)}",
+                  f"- partitioned by: {', '.join(spec.partition_by) or 'not partitioned'}",
+                  f"- written by step: `{spec.owner}`", "",
+                  "| column | type |", "|---|---|"]
+        lines += [f"| {field.name} | {field.type} |" for field in spec.schema]
+        lines.append("")
+    return "\n".join(lines)
