@@ -152,6 +152,28 @@ def tables() -> None:
     print(tables_markdown())
 
 
+@app.command()
+def neighbours(
+    user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000042.")],
+    ds: Annotated[Optional[str], typer.Option("--ds", help="Day (default: the latest published day).")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    config: ConfigOption = None,
+) -> None:
+    """A user's nearest items on the shared sphere (the day's faiss index), with titles and SIDs."""
+    from jobs.lookup import nearest_items
+
+    cfg = _config(config)
+    if ds:
+        parse_ds(ds)
+    out = Table(title=f"nearest items for {user_id}")
+    for column in ("rank", "score", "item", "type", "genre", "title", "SID"):
+        out.add_column(column)
+    for row in nearest_items(cfg, user_id, ds, k):
+        out.add_row(str(row["rank"]), f"{row['score']:.3f}", row["item_id"], row.get("item_type", ""),
+                    row.get("genre", ""), row.get("title", ""), row.get("sid") or "")
+    Console().print(out)
+
+
 @sid_app.command("lookup")
 def sid_lookup(
     key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123) or a SID (e.g. 12-201-7-88-0).")],

@@ -122,8 +122,9 @@ def track_step(cfg: FactoryConfig, ds: str, step: str, run_key: str | None = Non
     step_run = StepRun(cfg, StepResult(step=step, ds=ds))
     started = time.perf_counter()
     tags = {TAG_DS: ds, TAG_RUN_KEY: run_key, TAG_KIND: "step", TAG_STEP: step}
+    # System metrics (CPU, memory, disk) are sampled in a background thread every 10 s.
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{step} ds={ds}", parent_run_id=parent,
-                          nested=True, tags=tags) as run:
+                          nested=True, tags=tags, log_system_metrics=True) as run:
         step_run.result.mlflow_run_id = run.info.run_id
         try:
             yield step_run
