@@ -72,7 +72,8 @@ def prefix_purity(codes: np.ndarray, labels, prefix_len: int, rng: np.random.Gen
     codes = np.asarray(codes)
     labels = np.asarray(labels)
     if codes.ndim != 2 or not 1 <= prefix_len <= codes.shape[1]:
-        raise ValueError(f"prefix_len must be in 1..{codes.shape[1] if codes.ndim == 2 else '?'} for codes of shape {codes.shape}.")
+        raise ValueError(f"prefix_len must be between 1 and the number of levels; got {prefix_len} for codes "
+                         f"of shape {codes.shape}.")
     if labels.shape != (codes.shape[0],):
         raise ValueError(f"labels must have shape ({codes.shape[0]},), got {labels.shape}.")
     if codes.shape[0] == 0:

@@ -1,5 +1,6 @@
 """Semantic-ID quantiser (models/residual_quantizer.py) and its metrics (models/sid_metrics.py)."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -8,6 +9,15 @@ from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig
 from models.sid_metrics import collision_rate, largest_bucket, level_usage, prefix_purity, sid_change_share
 
 SMALL = ResidualQuantizerConfig(levels=3, codes_per_level=16, kmeans_iterations=10)
+
+
+@pytest.fixture(autouse=True)
+def single_threaded_faiss():
+    # On data this small, OpenMP threads cost more than the work and are erratic on a busy machine.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 def clustered(n: int = 500, dim: int = 32, n_clusters: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
