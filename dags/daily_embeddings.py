@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, Param, chain, dag, get_current_context, task
+from airflow.sdk import Asset, Param, PokeReturnValue, chain, dag, get_current_context, task
 
 from jobs import STEP_NAMES
 from jobs.config import load_config
@@ -49,6 +49,20 @@ def step_task(step: str):
     return run_step()
 
 
+@task.sensor(task_id="wait_for_drops", poke_interval=300, timeout=6 * 3600, mode="reschedule")
+def wait_for_drops() -> PokeReturnValue:
+    """The day's catalog and events drops must have landed (mode=reschedule frees the worker slot)."""
+    from jobs.config import load_config
+    from jobs.errors import FactoryError
+    from jobs.landing import SOURCES, drop_files
+
+    cfg, ds = load_config(), get_current_context()["ds"]
+    try:
+        return PokeReturnValue(is_done=all(drop_files(cfg, source, ds) for source in SOURCES))
+    except FactoryError:
+        return PokeReturnValue(is_done=False)
+
+
 @dag(
     dag_id="daily_embeddings",
     schedule="@daily",
@@ -63,7 +77,7 @@ def step_task(step: str):
     },
 )
 def daily_embeddings():
-    chain(*[step_task(step) for step in STEP_NAMES])
+    chain(wait_for_drops(), *[step_task(step) for step in STEP_NAMES])
 
 
 daily_embeddings()

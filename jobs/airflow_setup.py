@@ -37,7 +37,10 @@ def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
     }
     if (Path(cfg.root) / "factory.toml").is_file():
         defaults["FACTORY_CONFIG"] = str(Path(cfg.root) / "factory.toml")
-    return {**defaults, **os.environ}
+    env = {**defaults, **os.environ}
+    # `airflow standalone` starts its components as `airflow ...` found on PATH: the venv's.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def airflow_command(cfg: FactoryConfig, args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
