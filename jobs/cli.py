@@ -199,7 +199,7 @@ def sid_lookup(
     print(json.dumps(match[0]))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def airflow(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Run any Airflow command with the factory's local Airflow (SQLite, LocalExecutor, dags/).
 
