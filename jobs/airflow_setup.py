@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from jobs.config import FactoryConfig
+from jobs.errors import FactoryError
 
 DAG_ID = "daily_embeddings"
 
@@ -49,6 +50,11 @@ def airflow_command(cfg: FactoryConfig, args: list[str], check: bool = True, **k
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = str(Path(sys.executable).parent / "airflow")
     database = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    if not database.startswith("sqlite:///") or not Path(database.removeprefix("sqlite:///")).exists():
-        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    sqlite_file = Path(database.removeprefix("sqlite:///")) if database.startswith("sqlite:///") else None
+    if sqlite_file is None or not sqlite_file.exists():
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        migrated = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
+        if migrated.returncode != 0:
+            raise FactoryError(f"`airflow db migrate` failed for {database}: {migrated.stderr.strip().splitlines()[-1:]}")
     return subprocess.run([airflow, *args], env=env, check=check, **kwargs)

@@ -51,6 +51,8 @@ def world(tmp_path_factory):
         [sys.executable, "-m", "jobs.cli", "airflow", "dags", "test", "daily_embeddings", day1],
         env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1],
     )
+    if airflow.returncode != 0:  # day 2 builds on day 1: stop here with Airflow's own words
+        pytest.fail(f"airflow dags test failed:\n{airflow.stdout[-4000:]}\n{airflow.stderr[-4000:]}")
     first_run = run_day(day2, cfg)
     before = table_digests(cfg)
     rerun = run_day(day2, cfg)
