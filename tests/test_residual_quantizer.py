@@ -6,7 +6,8 @@ import pytest
 
 import models.residual_quantizer as rq_module
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig, dedup_tokens, sid_string
-from models.sid_metrics import collision_rate, largest_bucket, level_usage, prefix_purity, sid_change_share
+from models.sid_metrics import (code_quality, collision_rate, largest_bucket, level_usage, near_duplicate_pairs,
+                                near_duplicate_report, prefix_purity, sid_change_share)
 
 SMALL = ResidualQuantizerConfig(levels=3, codes_per_level=16, kmeans_iterations=10)
 
@@ -152,6 +153,36 @@ def test_config_rejects_non_positive_sizes():
         ResidualQuantizerConfig(codes_per_level=0)
 
 
+def test_sticky_assign_keeps_previous_codes_unless_another_is_clearly_nearer():
+    x, _ = clustered()
+    rq = ResidualQuantizer(SMALL).fit(x)
+    plain = rq.assign(x)
+    np.testing.assert_array_equal(rq.assign(x, np.full_like(plain, -1), 5.0), plain)  # nothing to keep
+    np.testing.assert_array_equal(rq.assign(x, plain, 0.0), plain)
+    shifted = (plain + 1) % 16  # a wrong previous code at every level
+    assert (rq.assign(x, shifted, 0.0) == plain).all()  # stickiness 0: nearest wins
+    very_sticky = rq.assign(x, shifted, 1e9)
+    np.testing.assert_array_equal(very_sticky[:, 0], shifted[:, 0])
+    some = rq.assign(x, shifted, 1.0)
+    assert 0 < (some[:, 0] == shifted[:, 0]).mean() < 1
+
+
+def test_sticky_assign_rejects_a_previous_of_the_wrong_shape():
+    x, _ = clustered()
+    rq = ResidualQuantizer(SMALL).fit(x)
+    with pytest.raises(ValueError, match="previous must have shape"):
+        rq.assign(x, np.zeros((3, 3), int), 1.0)
+
+
+def test_fit_without_encoding_leaves_fit_codes_unset_and_the_same_codebook():
+    x, _ = clustered()
+    encoded = ResidualQuantizer(SMALL).fit(x)
+    bare = ResidualQuantizer(SMALL).fit(x, encode=False)
+    assert bare.fit_codes is None
+    for a, b in zip(encoded.centroids, bare.centroids):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_from_centroids_round_trip_gives_the_same_assign():
     x, _ = clustered()
     rq = ResidualQuantizer(SMALL).fit(x)
@@ -240,3 +271,27 @@ def test_sid_change_share_counts_only_items_present_in_both():
     new = {"a": "1-2-0", "b": "1-3-1", "d": "9-9-0"}
     assert sid_change_share(old, new) == 0.5
     assert sid_change_share({}, new) == 0.0
+
+
+def test_prefix_purity_counts_an_item_with_several_labels_as_matching_any_of_them():
+    codes = np.array([[0], [0], [0], [1]])
+    labels = [("drama", "war"), ("war",), ("comedy",), ("drama",)]
+    assert prefix_purity(codes, labels, prefix_len=1)["purity"] == pytest.approx(3 / 4)  # "war" in group 0: 2 of 3
+
+
+def test_code_quality_reports_collisions_and_per_level_shares():
+    codes = np.array([[0, 0], [0, 0], [1, 1], [2, 3]])
+    q = code_quality(codes, [4, 8])
+    assert q["collision_rate_before_dedup"] == 0.5 and q["largest_bucket"] == 2
+    assert q["level0_used_codes"] == 3 and q["level0_utilisation"] == 0.75
+    assert q["level1_utilisation"] == 3 / 8
+    assert q["level1_perplexity_share"] == pytest.approx(q["level1_perplexity"] / 8)
+
+
+def test_near_duplicates_are_found_exactly_and_related_to_collisions():
+    x = np.array([[1, 0], [0.999, 0.045], [0, 1], [-1, 0]], np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert near_duplicate_pairs(x, 0.95, chunk_rows=1).tolist() == [[0, 1]]
+    report = near_duplicate_report(x, np.array([[0], [0], [1], [1]]), 0.95)
+    assert report["near_duplicate_item_share"] == 0.5 and report["pairs_sharing_full_code"] == 1.0
+    assert report["collisions_explained"] == 0.5  # items 2 and 3 collide without being near-duplicates
