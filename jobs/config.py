@@ -21,11 +21,25 @@ class ConfigError(ValueError):
     """A configuration value or file is wrong; the message says which and what to do."""
 
 
+# Object stores the lake and landing may live on (delta-rs and pyarrow both speak them); "" is a local path.
+URI_SCHEMES = ("", "file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: str = ".state"  # everything the local run writes: lake, landing, MLflow, Airflow
     lake_uri: str = ""  # default: <state_dir>/lake; s3://bucket/lake on a cluster
     landing_uri: str = ""  # default: <state_dir>/landing (raw log and catalog drops)
+
+    def __post_init__(self) -> None:
+        for name in ("lake_uri", "landing_uri"):
+            value = getattr(self, name)
+            scheme = value.split("://", 1)[0] if "://" in value else ""
+            if scheme not in URI_SCHEMES:
+                raise ConfigError(f"paths.{name} {value!r} has an unsupported scheme; use a local path or one of "
+                                  f"{', '.join(s + '://' for s in URI_SCHEMES if s)}.")
+        if self.lake_uri and self.lake_uri.rstrip("/") == self.landing_uri.rstrip("/"):
+            raise ConfigError("paths.lake_uri and paths.landing_uri must differ: raw drops and Delta tables need their own roots.")
 
 
 @dataclass(frozen=True)
@@ -112,12 +126,40 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SidConfig:
+    """Semantic IDs (jobs/semantic_ids.py; numbers behind the defaults in docs/benchmarks.md)."""
+
     levels: int = 4
     codes_per_level: int = 256
     kmeans_iterations: int = 20
     refit_every_days: int = 7
     encode_batch_size: int = 256
     seed: int = 0
+    # Refit on quality drift: after a day's new and edited items are assigned, a threshold breached now
+    # but not when the codebook was built triggers a refit (1.0 / 0.0 switch a check off).
+    refit_max_collision_rate: float = 0.05  # share of items sharing their full code before de-duplication
+    refit_min_perplexity_share: float = 0.5  # per level: perplexity / codes in the level
+    refit_min_utilisation: float = 0.5  # per level: used codes / codes in the level
+    # At a refit (and for edited items) an item keeps its previous code at a level unless the nearest
+    # code is closer by more than a factor (1 + stickiness) in squared distance; 0 = plain nearest.
+    refit_stickiness: float = 1.0
+    # What a bare code (a SID without its de-duplication token) resolves to: "dedup" = nothing, a SID
+    # needs its token; "popular" = the day's most played item among those sharing the code (Spotify).
+    collision_policy: str = "dedup"
+    # Weight of the collaborative item vector (item_embeddings of the day) fused with the content
+    # vector: [sqrt(1-w) content, sqrt(w) collaborative]. 0 = content only.
+    fuse_collaborative_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _one_of("sid.collision_policy", self.collision_policy, ("dedup", "popular"))
+        for name in ("refit_max_collision_rate", "refit_min_perplexity_share", "refit_min_utilisation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"sid.{name} must be a share between 0 and 1; got {getattr(self, name)!r}.")
+        if self.refit_stickiness < 0:
+            raise ConfigError(f"sid.refit_stickiness must be >= 0; got {self.refit_stickiness!r}.")
+        if not 0.0 <= self.fuse_collaborative_weight < 1.0:
+            raise ConfigError(f"sid.fuse_collaborative_weight must be in [0, 1); got {self.fuse_collaborative_weight!r}.")
+        if min(self.levels, self.codes_per_level, self.kmeans_iterations, self.refit_every_days, self.encode_batch_size) < 1:
+            raise ConfigError("sid.levels, codes_per_level, kmeans_iterations, refit_every_days and encode_batch_size must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -132,7 +174,24 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    max_quarantine_share: float = 0.2
+    """What a day must pass before it is published (docs/reliability.md). A failed gate stops the day loudly."""
+
+    max_quarantine_share: float = 0.2  # ingest fails (after writing the evidence) above this share of bad lines
+    min_raw_lines: int = 1  # an events drop with fewer lines is refused: an empty day is an upstream outage
+    max_drop_bytes: int = 2 * 1024**3  # a larger events/catalog drop is refused unread (ingest holds a day in memory)
+    max_collision_rate: float = 0.9  # publish refuses a codebook where more items share a full code before de-dup
+    max_collision_rate_increase: float = 0.1  # ... or whose collision rate rose more than this over the serving codebook's
+    min_drift_cosine: float = 0.2  # publish refuses a day whose users moved further under an unchanged model
+    max_hr_drop: float = 0.5  # publish refuses a day whose next-day HR@10 fell by more than this share vs the last evaluated day
+
+    def __post_init__(self) -> None:
+        for name in ("max_quarantine_share", "max_collision_rate", "max_collision_rate_increase", "max_hr_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"gate.{name} must be a share between 0 and 1; got {getattr(self, name)!r}.")
+        if not -1.0 <= self.min_drift_cosine <= 1.0:
+            raise ConfigError(f"gate.min_drift_cosine must be a cosine between -1 and 1; got {self.min_drift_cosine!r}.")
+        if self.min_raw_lines < 0 or self.max_drop_bytes <= 0:
+            raise ConfigError("gate.min_raw_lines must be >= 0 and gate.max_drop_bytes > 0.")
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,25 @@
-"""The logical date `ds` (YYYY-MM-DD): parsing with a clear error, arithmetic, and day bounds."""
+"""The logical date `ds` (YYYY-MM-DD): parsing with a clear error, arithmetic, and day bounds.
+
+A ds becomes part of paths (`ds=2026-01-01` folders) and of Delta predicates, so only the exact
+ASCII form is accepted: no spaces, slashes, quotes or non-ASCII digits can ride along.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from jobs.errors import FactoryError
 
+_DS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
 
 def parse_ds(ds: str) -> dt.date:
+    if not isinstance(ds, str) or not _DS.fullmatch(ds):
+        _bad(ds)
     try:
-        return dt.date.fromisoformat(ds) if len(ds) == 10 else _bad(ds)
-    except (TypeError, ValueError):
+        return dt.date.fromisoformat(ds)
+    except ValueError:
         _bad(ds)
 
 

@@ -3,6 +3,11 @@
 Every raw line ends up in exactly one of the two tables (checked before the step returns):
 a clean row, or a quarantine row with the raw bytes and the first rule it broke.
 
+Gates (docs/reliability.md): a drop larger than gate.max_drop_bytes is refused before it is read; a
+drop with fewer than gate.min_raw_lines lines (an empty day) is refused before anything is written,
+so a good earlier run of the day is not wiped by an upstream outage; a day whose quarantine share
+is above gate.max_quarantine_share fails after writing the evidence, and publish refuses it.
+
 Validation is plain Python over bytes, not Spark: it must see the undecoded bytes of every line
 (non-UTF-8 rows are kept byte-exact), and per-line JSON parsing is cheap next to the features job.
 Files of a drop are independent, so a cluster can shard them across workers.
@@ -21,8 +26,8 @@ import pyarrow as pa
 from jobs import lake, plots
 from jobs.config import FactoryConfig
 from jobs.days import day_bounds_ms, parse_ds
-from jobs.errors import QuarantineShareExceeded
-from jobs.landing import drop_files, read_lines
+from jobs.errors import DropRefused, QuarantineShareExceeded
+from jobs.landing import check_drop_size, drop_files, read_lines
 from jobs.tables import EVENTS, ITEMS, QUARANTINE
 from jobs.tracking import StepResult, track_step
 
@@ -69,6 +74,8 @@ def validate_line(line: bytes, rules: DayRules) -> dict:
         value = row[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise Rejected("wrong_type", f"{key} must be {kind.__name__}, got {value!r:.40}")
+    if not row["event_id"].strip():
+        raise Rejected("missing_id", "event_id is empty")
     if row["event_type"] not in EVENT_TYPES:
         raise Rejected("wrong_type", f"event_type {row['event_type']!r:.40} is not one of {sorted(EVENT_TYPES)}")
     if not 0 <= row["ms_played"] <= MAX_MS_PLAYED:
@@ -96,8 +103,10 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         item_types, items_version = known_items(cfg, ds)
         step.read(ITEMS, items_version)
         rules = DayRules(ds, *day_bounds_ms(ds), item_types)
+        files = drop_files(cfg, "events", ds)
+        step.metrics(drop_bytes=check_drop_size(cfg, "events", ds, files), drop_files=len(files))
         clean, rejected, seen_ids, raw_lines = [], [], set(), 0
-        for path in drop_files(cfg, "events", ds):
+        for path in files:
             for number, line in read_lines(cfg, path):
                 raw_lines += 1
                 try:
@@ -108,6 +117,13 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                     clean.append(event)
                 except Rejected as rejection:
                     rejected.append(_quarantine_row(ds, path, number, line, rejection))
+        if raw_lines < cfg.gate.min_raw_lines:
+            step.params(gate_decision="refused", gate_reason="empty day" if raw_lines == 0 else "too few lines")
+            raise DropRefused(
+                f"ds={ds}: the events drop has {raw_lines} line(s) in {len(files)} file(s), fewer than "
+                f"gate.min_raw_lines={cfg.gate.min_raw_lines}; nothing was written. Check the upstream export, "
+                f"or set gate.min_raw_lines=0 if the day really had no traffic."
+            )
 
         step.wrote(EVENTS, lake.replace_partition(cfg, EVENTS, _events_table(clean, ds), {"ds": ds}))
         quarantine = pa.Table.from_pylist(rejected, schema=QUARANTINE.schema)
@@ -119,16 +135,18 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         step.metrics(raw_lines=raw_lines, clean_rows=len(clean), quarantined_rows=len(rejected),
                      quarantine_share=share, **{f"quarantined.{r}": n for r, n in reasons.items()})
         if raw_lines == 0:
-            step.note("empty day: the events drop has no lines")
+            step.note("empty day: the events drop has no lines (allowed by gate.min_raw_lines=0)")
         if reasons:
             with tempfile.TemporaryDirectory() as folder:
                 step.artifact(plots.quarantine_reasons(dict(reasons), raw_lines, Path(folder), ds), "plots")
         if share > cfg.gate.max_quarantine_share:
+            step.params(gate_decision="refused", gate_reason=f"quarantine share {share:.4f} > {cfg.gate.max_quarantine_share}")
             raise QuarantineShareExceeded(
                 f"ds={ds}: {share:.1%} of {raw_lines} raw event lines were quarantined, above "
                 f"gate.max_quarantine_share={cfg.gate.max_quarantine_share:.1%}; inspect the quarantine "
                 f"table (`factory show --ds {ds}`) before publishing this day."
             )
+        step.params(gate_decision="passed")
         return step.result
 
 

@@ -3,29 +3,41 @@
     <landing>/events/ds=YYYY-MM-DD/*.jsonl    raw listening events (may contain bad lines)
     <landing>/catalog/ds=YYYY-MM-DD/*.jsonl   new and edited catalog items
 
-The landing URI may be a local path or any pyarrow filesystem URI (s3://...).
+The landing URI may be a local path or any pyarrow filesystem URI (s3://...). Files whose name
+starts with "." or "_" are not part of a drop (files being written, markers such as _SUCCESS).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from jobs.config import FactoryConfig
-from jobs.errors import FactoryError
+from jobs.days import parse_ds
+from jobs.errors import DropRefused, FactoryError
 
 SOURCES = ("events", "catalog")
 
 
 def drop_uri(cfg: FactoryConfig, source: str, ds: str) -> str:
-    assert source in SOURCES, source
+    if source not in SOURCES:
+        raise FactoryError(f"Unknown drop source {source!r}; sources are: {', '.join(SOURCES)}.")
+    parse_ds(ds)  # a ds becomes a folder name: only the exact YYYY-MM-DD form
     return f"{cfg.landing_uri.rstrip('/')}/{source}/ds={ds}"
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a URI or of a local path, relative or not."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(uri)
 
 
 def drop_files(cfg: FactoryConfig, source: str, ds: str) -> list[str]:
     """Paths of the drop's files, sorted; a clear error if the drop folder is missing."""
-    fs, folder = pafs.FileSystem.from_uri(drop_uri(cfg, source, ds))
+    fs, folder = _filesystem(drop_uri(cfg, source, ds))
     info = fs.get_file_info(folder)
     if info.type != pafs.FileType.Directory:
         raise FactoryError(
@@ -33,12 +45,45 @@ def drop_files(cfg: FactoryConfig, source: str, ds: str) -> list[str]:
             f"Generate data with `factory generate` or point paths.landing_uri at your drops."
         )
     selector = pafs.FileSelector(folder, recursive=False)
-    return sorted(f.path for f in fs.get_file_info(selector) if f.is_file and f.path.endswith(".jsonl"))
+    return sorted(f.path for f in fs.get_file_info(selector)
+                  if f.is_file and f.path.endswith(".jsonl") and not f.base_name.startswith((".", "_")))
+
+
+def check_drop_size(cfg: FactoryConfig, source: str, ds: str, files: list[str]) -> int:
+    """Total bytes of the drop's files; DropRefused above gate.max_drop_bytes (checked before reading:
+    a step holds a day's drop in memory, and a runaway client should not take the machine down)."""
+    fs, _ = _filesystem(cfg.landing_uri)
+    size = sum(info.size or 0 for info in fs.get_file_info(files))
+    if size > cfg.gate.max_drop_bytes:
+        raise DropRefused(
+            f"ds={ds}: the {source} drop is {size:,} bytes in {len(files)} file(s), above "
+            f"gate.max_drop_bytes={cfg.gate.max_drop_bytes:,}; nothing was read. Check the drop for a runaway "
+            f"producer, or raise the gate if the day is really that large."
+        )
+    return size
+
+
+def drop_days(cfg: FactoryConfig, source: str) -> list[str]:
+    """Every ds that has a drop folder for the source, sorted (empty if the landing has none)."""
+    root = f"{cfg.landing_uri.rstrip('/')}/{source}"
+    fs, folder = _filesystem(root)
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    days = []
+    for info in fs.get_file_info(pafs.FileSelector(folder, recursive=False)):
+        ds = info.base_name.removeprefix("ds=")
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("ds="):
+            try:
+                parse_ds(ds)
+            except FactoryError:
+                continue
+            days.append(ds)
+    return sorted(days)
 
 
 def read_lines(cfg: FactoryConfig, path: str) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, raw bytes without the newline) for every line of a drop file."""
-    fs, _ = pafs.FileSystem.from_uri(cfg.landing_uri)
+    fs, _ = _filesystem(cfg.landing_uri)
     with fs.open_input_stream(path) as stream:
         lines = stream.read().split(b"\n")
     if lines[-1] == b"":  # the newline that ends the last line starts no new line

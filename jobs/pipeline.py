@@ -1,6 +1,10 @@
 """The daily pipeline: its steps in order, and running one step, one day or a range of days.
 
 The Airflow DAG, the CLI and the tests all go through here, so a day runs the same way everywhere.
+Before a step starts, `preflight` turns the usual invocation mistakes into one sentence each (a lake
+that cannot be written, an MLflow/Spark/Ray endpoint that does not answer, a ds before the first
+data) instead of a stack trace minutes later. A step that loses a race with a concurrent run
+(ConcurrentWriteError) is rerun from a fresh snapshot: every step is idempotent for its ds.
 """
 
 from __future__ import annotations
@@ -8,29 +12,50 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from jobs import STEP_NAMES, semantic_ids, train
+from jobs import STEP_NAMES, lake
 from jobs.config import FactoryConfig
-from jobs.days import day_range
-from jobs.errors import FactoryError
+from jobs.days import day_range, parse_ds
+from jobs.errors import ConcurrentWriteError, FactoryError
+from jobs.landing import drop_days
+from jobs.tables import EVENTS
 from jobs.tracking import StepResult, new_run_key
 
 log = logging.getLogger(__name__)
 
-STEPS: dict[str, Callable[..., StepResult]] = {name: importlib.import_module(f"jobs.{name}").run for name in STEP_NAMES}
+STEP_ATTEMPTS = 3  # a step that lost a write race is rerun up to this many times in all
+CONNECT_TIMEOUT_SECONDS = 3.0
+SERVICES_OF_STEP = {"features": ("spark",), "train": ("ray",), "embed": ("ray",)}  # MLflow and the lake: every step
 
 
 def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
              force_retrain: bool = False, force_codebook_rebuild: bool = False) -> StepResult:
-    if step not in STEPS:
-        raise FactoryError(f"Unknown step {step!r}; steps are: {', '.join(STEPS)}.")
-    if step == "train":
-        return train.run(ds, cfg, run_key, force=force_retrain)
-    if step == "semantic_ids":
-        return semantic_ids.run(ds, cfg, run_key, force_refit=force_codebook_rebuild)
-    return STEPS[step](ds, cfg, run_key)
+    if step not in STEP_NAMES:
+        raise FactoryError(f"Unknown step {step!r}; steps are: {', '.join(STEP_NAMES)}.")
+    parse_ds(ds)
+    preflight(cfg, step, ds)
+    run = step_function(step)
+    kwargs = {"force": force_retrain} if step == "train" else {"force_refit": force_codebook_rebuild} if step == "semantic_ids" else {}
+    for attempt in range(1, STEP_ATTEMPTS + 1):
+        try:
+            return run(ds, cfg, run_key, **kwargs)
+        except ConcurrentWriteError as lost:
+            if attempt == STEP_ATTEMPTS:
+                raise
+            log.warning("ds=%s %s lost a write race (%s); rerunning it (attempt %d of %d)", ds, step, lost, attempt + 1, STEP_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+def step_function(step: str) -> Callable[..., StepResult]:
+    """`jobs.<step>.run`, imported on first use: Spark, Ray and torch load only for the steps that need them."""
+    return importlib.import_module(f"jobs.{step}").run
 
 
 def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key: str | None = None,
@@ -43,7 +68,7 @@ def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key
     """
     run_key = run_key or new_run_key()
     results = []
-    for step in steps or list(STEPS):
+    for step in steps or list(STEP_NAMES):
         started = time.perf_counter()
         with while_running(ds, step):
             result = run_step(step, ds, cfg, run_key, **flags)
@@ -57,3 +82,93 @@ def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key
 def backfill(first: str, last: str, cfg: FactoryConfig, **kwargs) -> dict[str, list[StepResult]]:
     """Run every day of [first, last] in order (what `airflow backfill create` does, without Airflow)."""
     return {ds: run_day(ds, cfg, **kwargs) for ds in day_range(first, last)}
+
+
+# --- preflight: one clear sentence per invocation mistake -------------------------------------
+
+def preflight(cfg: FactoryConfig, step: str, ds: str) -> None:
+    """Raise FactoryError naming the configured address if something the step needs is missing."""
+    lake.check_writable(cfg)
+    check_mlflow(cfg)
+    services = SERVICES_OF_STEP.get(step, ())
+    if "spark" in services:
+        check_spark(cfg)
+    if "ray" in services:
+        check_ray(cfg)
+    check_not_before_first_data(cfg, step, ds)
+
+
+def check_mlflow(cfg: FactoryConfig) -> None:
+    uri = cfg.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+                pass
+        except OSError as err:
+            raise FactoryError(f"The MLflow store {uri} (mlflow.tracking_uri) cannot be written ({err.strerror or err}); "
+                               f"fix the folder's permissions or point mlflow.tracking_uri elsewhere.") from None
+    elif uri.startswith(("http://", "https://")):
+        _check_reachable("the MLflow tracking server", uri, "mlflow.tracking_uri or FACTORY__MLFLOW__TRACKING_URI")
+
+
+def check_spark(cfg: FactoryConfig) -> None:
+    master = cfg.spark.master
+    if master.startswith("spark://"):  # spark://host:7077 or, with standby masters, spark://h1:7077,h2:7077
+        hosts = master.removeprefix("spark://").split(",")
+        errors = []
+        for host in hosts:
+            try:
+                return _check_reachable("the Spark master", f"spark://{host}", "spark.master or FACTORY__SPARK__MASTER", 7077)
+            except FactoryError as err:
+                errors.append(err)
+        raise errors[-1]
+    if master.startswith("k8s://"):
+        _check_reachable("the Kubernetes API for Spark", master.removeprefix("k8s://"), "spark.master or FACTORY__SPARK__MASTER",
+                         shown=master)
+
+
+def check_ray(cfg: FactoryConfig) -> None:
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address in ("", "auto", "local"):
+        return
+    where = "ray.address or FACTORY__RAY__ADDRESS" if cfg.ray.address else "RAY_ADDRESS"
+    _check_reachable("the Ray cluster", address if "://" in address else f"gcs://{address}", where, 10001)
+
+
+def _check_reachable(what: str, uri: str, setting: str, default_port: int | None = None, shown: str = "") -> None:
+    """FactoryError unless a TCP connection to the URI's host and port opens within a few seconds."""
+    shown = shown or uri
+    parts = urlsplit(uri)
+    host = parts.hostname
+    port = parts.port or default_port or {"https": 443, "http": 80}.get(parts.scheme)
+    if not host or not port:
+        raise FactoryError(f"The address {shown!r} of {what} ({setting}) has no host and port; give it as scheme://host:port.")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
+            pass
+    except OSError as err:
+        reason = (err.strerror or type(err).__name__).lower()
+        raise FactoryError(f"Cannot reach {what} at {shown} (set by {setting}): {reason}; start it or fix the address.") from None
+
+
+def first_data_ds(cfg: FactoryConfig) -> str | None:
+    """The earliest ds with an events drop in the landing or an events partition in the lake."""
+    days = drop_days(cfg, "events")
+    table = lake.open_table(cfg, EVENTS)
+    if table is not None:
+        days += [dict(p)["ds"] for p in table.partitions()]
+    return min(days) if days else None
+
+
+def check_not_before_first_data(cfg: FactoryConfig, step: str, ds: str) -> None:
+    first = first_data_ds(cfg)
+    if first is None:
+        if step in ("catalog", "ingest"):
+            return  # their own error names the missing drop folder
+        raise FactoryError(f"There is no data yet: no events drop under {cfg.landing_uri} and no events in the lake; "
+                           f"land drops (or `factory generate`) and run the catalog and ingest steps first.")
+    if ds < first:
+        raise FactoryError(f"ds={ds} is before the first data ({first}: the earliest events drop or events partition); "
+                           f"pick a ds on or after {first}.")
