@@ -72,6 +72,18 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(gains))
 
 
+def ranking_summary(ranks: np.ndarray, hr_ks: Sequence[int] = (10, 50, 200),
+                    ndcg_ks: Sequence[int] = (10, 50)) -> dict[str, float]:
+    """Single-target metrics by name, e.g. {"hr10": .., "ndcg10": .., "hr50": .., "ndcg50": .., "hr200": ..}."""
+    out = {}
+    for k in sorted(set(hr_ks) | set(ndcg_ks)):
+        if k in hr_ks:
+            out[f"hr{k}"] = hit_rate_at_k(ranks, k)
+        if k in ndcg_ks:
+            out[f"ndcg{k}"] = ndcg_at_k(ranks, k)
+    return out
+
+
 def _relevance(topk_items: np.ndarray, target_sets: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Binary relevance (B, K) of top-K ids against per-row target sets, and (B,) set sizes.
 

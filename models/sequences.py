@@ -28,6 +28,23 @@ def pad_left(seqs: Sequence[np.ndarray], max_len: int, dtype=np.int64) -> np.nda
     return out
 
 
+def time_gap_buckets(timestamps: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Bucket of the gap before each event, for the encoder's optional time-gap feature.
+
+    timestamps: (T,) event times in seconds, oldest first. Returns (T,) int64 in 1..n_buckets-1
+    (0 stays free for padding): 1 = no earlier event, then 2 + floor(log2(1 + gap seconds)),
+    capped at n_buckets - 1 (with 32 buckets the last one starts at ~34 years; 24 at ~3 days).
+    """
+    if n_buckets < 2:
+        raise ValueError(f"n_buckets must be >= 2, got {n_buckets}.")
+    ts = np.asarray(timestamps, dtype=np.int64)
+    out = np.ones(len(ts), dtype=np.int64)
+    if len(ts) > 1:
+        gaps = np.maximum(np.diff(ts), 0).astype(np.float64)
+        out[1:] = 2 + np.floor(np.log2(1.0 + gaps)).astype(np.int64)
+    return np.minimum(out, n_buckets - 1)
+
+
 def _check_aligned(item_seqs: Sequence[np.ndarray], event_seqs: Sequence[np.ndarray]) -> None:
     if len(item_seqs) != len(event_seqs):
         raise ValueError(
@@ -42,22 +59,30 @@ def _check_aligned(item_seqs: Sequence[np.ndarray], event_seqs: Sequence[np.ndar
 
 
 def next_item_examples(
-    item_seqs: Sequence[np.ndarray], event_seqs: Sequence[np.ndarray], max_len: int
+    item_seqs: Sequence[np.ndarray], event_seqs: Sequence[np.ndarray], max_len: int, all_windows: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Next-item training examples: every position predicts the item that follows it.
 
     item_seqs, event_seqs: N aligned 1-D arrays (oldest first).
-    Returns (inputs, input_event_types, targets), each (N', max_len) int64 and left-padded with 0,
-    where inputs = seq[:-1] and targets = seq[1:] (so targets[:, t] follows inputs[:, t]) and
-    N' counts the sequences with at least 2 items (shorter ones have nothing to predict; dropped).
-    Long sequences keep their most recent max_len transitions.
+    Returns (inputs, input_events, targets), each (N', max_len) int64 and left-padded with 0,
+    where inputs = seq[:-1] and targets = seq[1:] (so targets[:, t] follows inputs[:, t]).
+    Sequences with fewer than 2 items have nothing to predict and are dropped. A sequence with more
+    than max_len transitions gives its most recent max_len; with all_windows=True also the earlier
+    ones, as further rows of max_len transitions each (the oldest row may be shorter), so every
+    transition is trained on exactly once. Rows of one sequence are consecutive, most recent first.
     """
     _check_aligned(item_seqs, event_seqs)
-    keep = [i for i, s in enumerate(item_seqs) if len(s) >= 2]
-    inputs = pad_left([np.asarray(item_seqs[i])[:-1] for i in keep], max_len)
-    input_events = pad_left([np.asarray(event_seqs[i])[:-1] for i in keep], max_len)
-    targets = pad_left([np.asarray(item_seqs[i])[1:] for i in keep], max_len)
-    return inputs, input_events, targets
+    inputs, events, targets = [], [], []
+    for items, evs in zip(item_seqs, event_seqs):
+        items, evs = np.asarray(items), np.asarray(evs)
+        end = len(items) - 1  # transitions t -> t + 1 for t < end
+        while end > 0:
+            start = max(0, end - max_len)
+            inputs.append(items[start:end])
+            events.append(evs[start:end])
+            targets.append(items[start + 1 : end + 1])
+            end = start if all_windows else 0
+    return pad_left(inputs, max_len), pad_left(events, max_len), pad_left(targets, max_len)
 
 
 def leave_last_out(

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.ranking_metrics import hit_rate_at_k, hit_rate_multi, ndcg_at_k, ndcg_multi, target_ranks
+from models.ranking_metrics import (
+    hit_rate_at_k,
+    hit_rate_multi,
+    ndcg_at_k,
+    ndcg_multi,
+    ranking_summary,
+    target_ranks,
+)
 
 INF = float("inf")
 
@@ -103,3 +110,12 @@ def test_multi_target_ndcg_matches_single_target_ndcg_for_one_target_per_row():
     sets = [{int(t)} for t in targets]
     assert ndcg_multi(topk, sets) == pytest.approx(ndcg_at_k(ranks, k))
     assert hit_rate_multi(topk, sets) == pytest.approx(hit_rate_at_k(ranks, k))
+
+
+def test_ranking_summary_names_every_cutoff():
+    ranks = np.array([0, 9, 10, 49, 199, 500])
+    summary = ranking_summary(ranks)
+    assert list(summary) == ["hr10", "ndcg10", "hr50", "ndcg50", "hr200"]
+    assert summary["hr10"] == pytest.approx(2 / 6) and summary["hr50"] == pytest.approx(4 / 6)
+    assert summary["hr200"] == pytest.approx(5 / 6)
+    assert summary["ndcg10"] == pytest.approx(ndcg_at_k(ranks, 10))

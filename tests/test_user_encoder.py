@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.sequences import leave_last_out, length_buckets, next_item_examples, pad_left
+from models.sequences import leave_last_out, length_buckets, next_item_examples, pad_left, time_gap_buckets
 from models.user_encoder import (
     UserEncoder,
     UserEncoderConfig,
     expand_item_table,
     full_softmax_loss,
+    item_logits,
     sampled_softmax_loss,
 )
 
@@ -103,6 +104,21 @@ def test_event_types_change_the_user_vector_only_when_enabled():
     torch.testing.assert_close(blind.user_embeddings(ids, plays), blind.user_embeddings(ids, skips))
 
 
+def test_time_gap_feature_changes_the_user_vector_only_when_enabled():
+    ids = torch.tensor([[3, 4, 5]])
+    soon = torch.from_numpy(time_gap_buckets(np.array([0, 60, 120]), 24))[None]
+    later = torch.from_numpy(time_gap_buckets(np.array([0, 60, 86_400]), 24))[None]
+    timed = tiny_model(replace(TINY, n_time_buckets=24))
+    assert not torch.allclose(timed.user_embeddings(ids, time_buckets=soon), timed.user_embeddings(ids, time_buckets=later))
+    plain = tiny_model()
+    torch.testing.assert_close(plain.user_embeddings(ids, time_buckets=soon), plain.user_embeddings(ids))
+
+
+def test_time_gap_buckets_are_log2_of_the_gap_and_capped():
+    buckets = time_gap_buckets(np.array([100, 100, 101, 104, 10**9]), n_buckets=12)
+    assert buckets.tolist() == [1, 2, 3, 4, 11]  # first event, gap 0, gap 1, gap 3 (log2 4 = 2), capped
+
+
 def test_user_and_item_embeddings_have_unit_norm():
     model = tiny_model()
     users = model.user_embeddings(torch.randint(1, 21, (4, 8)))
@@ -140,6 +156,76 @@ def test_full_softmax_loss_ignores_positions_with_target_zero():
     h = model(inputs, events)
     expected = full_softmax_loss(model, h[:, 2:], targets[:, 2:])
     torch.testing.assert_close(full_softmax_loss(model, h, masked), expected)
+
+
+def test_item_logits_are_the_scores_without_the_padding_column():
+    model = tiny_model()
+    users = model.user_embeddings(torch.randint(1, 21, (3, 8)))
+    torch.testing.assert_close(item_logits(model, users), model.scores(users)[:, 1:])
+
+
+def reference_history_masked_loss(model, hidden, inputs, targets):
+    """Position by position: cross-entropy among items not in the history so far (target kept)."""
+    losses = []
+    for b in range(inputs.shape[0]):
+        for t in range(inputs.shape[1]):
+            y = int(targets[b, t])
+            if y == 0:
+                continue
+            logits = model.scores(torch.nn.functional.normalize(hidden[b, t], dim=-1)[None])[0]  # (V + 1,)
+            seen = {int(i) for i in inputs[b, : t + 1] if i != 0} - {y}
+            logits[list(seen)] = float("-inf")
+            losses.append(torch.nn.functional.cross_entropy(logits[None], torch.tensor([y])))
+    return torch.stack(losses).mean()
+
+
+def test_full_softmax_loss_with_history_ranks_each_target_among_unseen_items_only():
+    model = tiny_model()
+    inputs = torch.tensor([[0, 0, 3, 4, 5, 3], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 4, 5, 3, 7], [2, 3, 4, 5, 6, 1]])  # row 0 repeats 3 as a target
+    hidden = model(inputs)
+    masked = full_softmax_loss(model, hidden, targets, history=inputs)
+    torch.testing.assert_close(masked, reference_history_masked_loss(model, hidden, inputs, targets))
+    assert masked < full_softmax_loss(model, hidden, targets)  # fewer competitors, lower loss
+
+
+def test_fast_full_softmax_matches_plain_cross_entropy_in_value_and_gradients():
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    losses, grads = [], []
+    for fast in (True, False):
+        model = tiny_model()
+        hidden = model(inputs, events)
+        if fast:
+            loss = full_softmax_loss(model, hidden, targets)
+        else:
+            keep = targets != 0
+            users = torch.nn.functional.normalize(hidden[keep], dim=-1)
+            loss = torch.nn.functional.cross_entropy(item_logits(model, users), targets[keep] - 1)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_fast_full_softmax_gives_the_same_loss_twice_and_without_autograd():
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    first = full_softmax_loss(model, model(inputs, events), targets)
+    second = full_softmax_loss(model, model(inputs, events), targets)  # buffer still held by `first`
+    with torch.no_grad():
+        third = full_softmax_loss(model, model(inputs, events), targets)
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first.detach(), third)
+
+
+def test_attention_dropout_is_its_own_setting():
+    assert tiny_model(replace(TINY, dropout=0.3)).blocks[0].attn.dropout == 0.0
+    assert tiny_model(replace(TINY, attention_dropout=0.1)).blocks[0].attn.dropout == 0.1
+    with pytest.raises(ValueError, match="attention_dropout"):
+        UserEncoderConfig(num_items=5, attention_dropout=1.0)
 
 
 def test_sampled_softmax_loss_decreases_during_training():
@@ -251,6 +337,14 @@ def test_next_item_examples_shift_targets_by_one_and_drop_short_sequences():
     assert targets.tolist() == [[0, 11, 12, 13], [0, 0, 0, 8]]
     inputs, _, targets = next_item_examples(items[:1], events[:1], max_len=2)  # keeps the latest
     assert inputs.tolist() == [[11, 12]] and targets.tolist() == [[12, 13]]
+
+
+def test_next_item_examples_with_all_windows_train_every_transition_once():
+    items, events = [np.arange(1, 9), np.array([4, 5])], [np.ones(8, dtype=np.int64), np.array([1, 2])]
+    inputs, input_events, targets = next_item_examples(items, events, max_len=3, all_windows=True)
+    assert inputs.tolist() == [[5, 6, 7], [2, 3, 4], [0, 0, 1], [0, 0, 4]]
+    assert targets.tolist() == [[6, 7, 8], [3, 4, 5], [0, 0, 2], [0, 0, 5]]
+    assert input_events.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
 
 
 def test_next_item_examples_reject_misaligned_event_types():
