@@ -18,15 +18,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES
+from jobs import STEP_NAMES, bench_sid
+from jobs.bench_encoder import bench_app
 from jobs.config import ConfigError, FactoryConfig, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
+from jobs.sid_lookup import sid_app
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-sid_app = typer.Typer(help="Semantic-ID lookups.", no_args_is_help=True)
 app.add_typer(sid_app, name="sid")
+app.add_typer(bench_app, name="bench")
+bench_app.command("sid")(bench_sid.sid)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
 
@@ -172,31 +175,6 @@ def neighbours(
         out.add_row(str(row["rank"]), f"{row['score']:.3f}", row["item_id"], row.get("item_type", ""),
                     row.get("genre", ""), row.get("title", ""), row.get("sid") or "")
     Console().print(out)
-
-
-@sid_app.command("lookup")
-def sid_lookup(
-    key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123) or a SID (e.g. 12-201-7-88-0).")],
-    version: Annotated[Optional[int], typer.Option(help="Codebook version (default: the latest).")] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Item -> SID or SID -> item for a codebook version."""
-    import pyarrow.compute as pc
-
-    from jobs import lake
-    from jobs.tables import ITEM_TOKENS
-
-    cfg = _config(config)
-    tokens = lake.read(cfg, ITEM_TOKENS, columns=["codebook_version", "item_id", "sid"])
-    if tokens.num_rows == 0:
-        _fail("No item tokens yet; run the semantic_ids step first.")
-    version = version or pc.max(tokens.column("codebook_version")).as_py()
-    tokens = tokens.filter(pc.equal(tokens.column("codebook_version"), version))
-    column = "sid" if "-" in key and key.replace("-", "").isdigit() else "item_id"
-    match = tokens.filter(pc.equal(tokens.column(column), key)).to_pylist()
-    if not match:
-        _fail(f"No item with {column} {key!r} in codebook version {version}.")
-    print(json.dumps(match[0]))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
