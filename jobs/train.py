@@ -448,6 +448,11 @@ def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEnco
     return FitResult(model, state.history, marks, state, checkpoint_path="")
 
 
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """False when training diverged: such a model must never become champion (NaN scores rank nothing)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+
+
 def is_due(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEncoder | None) -> bool:
     if champion is None or not champion.trained_ds:
         return True
@@ -503,7 +508,9 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         model = fitted.model
         new = {k: v for k, v in validation_metrics(model, data).items() if k in ("val_hr10", "val_ndcg10")}
         promote, reason = True, "no champion yet"
-        if champion is not None:
+        if not weights_are_finite(model):
+            promote, reason = False, "the trained weights are not finite (training diverged)"
+        elif champion is not None:
             old_model = champion.model
             if old_model.cfg.num_items < num_items:  # unknown new items cannot be ranked by the old table
                 grown = UserEncoder(dataclasses.replace(old_model.cfg, num_items=num_items))

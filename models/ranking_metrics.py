@@ -25,9 +25,11 @@ def target_ranks(
         seen); a row's own target is never excluded.
     Ties are counted PESSIMISTICALLY: items scoring exactly the target's score rank ahead of it, so
     a model that gives every item the same score gets rank N-1, not 0.
+    NaN scores count as -inf, so a diverged model ranks every target last.
     Returns (B,) int64 ranks. `scores` is not modified.
     """
-    scores = torch.as_tensor(scores).detach().float().clone()  # (B, N)
+    # NaN scores (a diverged model) rank last, like -inf: a NaN target must never look like rank 0.
+    scores = torch.nan_to_num(torch.as_tensor(scores).detach().float(), nan=float("-inf"))  # (B, N), a copy
     targets = torch.as_tensor(targets, dtype=torch.long, device=scores.device)  # (B,)
     B = scores.shape[0]
     if targets.shape != (B,):

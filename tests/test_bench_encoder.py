@@ -210,3 +210,14 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
     assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
+
+
+def test_a_model_with_nan_weights_is_not_finite_and_ranks_every_target_last():
+    model = UserEncoder(UserEncoderConfig(num_items=5, max_len=4, d_model=8, n_layers=1, n_heads=1))
+    assert train.weights_are_finite(model)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    assert not train.weights_are_finite(model)
+    history = np.array([[0, 0, 1, 2]])
+    plain, _ = train.rank_targets(model, history, np.ones_like(history), np.array([3]))
+    assert plain.tolist() == [5]  # 6 columns (pad + 5 items): the target is behind all the others

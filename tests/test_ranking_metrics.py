@@ -34,6 +34,11 @@ def test_target_rank_counts_ties_pessimistically():
     assert target_ranks(scores, torch.tensor([1])).tolist() == [2]  # 0.9 and the tied 0.5 ahead
 
 
+def test_target_rank_puts_a_nan_scored_target_last():
+    scores = torch.tensor([[-INF, float("nan"), 0.2, float("nan")], [-INF, float("nan"), float("nan"), float("nan")]])
+    assert target_ranks(scores, torch.tensor([1, 2])).tolist() == [3, 3]
+
+
 def test_target_rank_excludes_seen_items_but_never_the_target():
     scores = torch.tensor([[-INF, 0.9, 0.8, 0.7, 0.1], [-INF, 0.9, 0.8, 0.7, 0.1]])
     original = scores.clone()
