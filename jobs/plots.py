@@ -40,16 +40,29 @@ def shared_sphere(users: np.ndarray, tracks: np.ndarray, episodes: np.ndarray, f
     return _save(fig, folder, "shared_sphere.png")
 
 
-def codebook_usage(used: list[int], perplexity: list[float], codes_per_level: int, folder: Path) -> Path:
-    """Used codes and usage perplexity per level against the codebook size."""
+def codebook_usage(used: list[int], perplexity: list[float], codes_per_level: int, folder: Path,
+                   bucket_sizes: np.ndarray | None = None) -> Path:
+    """Used codes and usage perplexity per level against the codebook size; with bucket_sizes (items
+    per distinct full code, before de-duplication) also how many codes hold 1, 2, 3... items."""
     levels = np.arange(len(used))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if bucket_sizes is not None else 1, figsize=(11 if bucket_sizes is not None else 6, 3.5),
+                             squeeze=False)
+    ax = axes[0, 0]
     ax.bar(levels - 0.2, used, width=0.4, label="used codes")
     ax.bar(levels + 0.2, perplexity, width=0.4, label="perplexity")
     ax.axhline(codes_per_level, color="grey", linestyle="--", linewidth=1, label=f"K = {codes_per_level}")
     ax.set_xticks(levels, [f"level {i + 1}" for i in levels])
     ax.set_title("Semantic-ID codebook utilisation")
     ax.legend()
+    if bucket_sizes is not None:
+        sizes, codes = np.unique(bucket_sizes, return_counts=True)
+        ax = axes[0, 1]
+        ax.bar([str(s) for s in sizes], codes)
+        ax.set_yscale("log")
+        ax.set_xlabel("items sharing the full code (before the de-duplication token)")
+        ax.set_ylabel("codes")
+        shared = int(bucket_sizes[bucket_sizes > 1].sum())
+        ax.set_title(f"Collisions: {shared} of {int(bucket_sizes.sum())} items share a code")
     return _save(fig, folder, "codebook_usage.png")
 
 

@@ -347,8 +347,9 @@ def _log_quality(cfg: FactoryConfig, step, version: int, items: pa.Table) -> Non
     }
     usage = sid_metrics.level_usage(codes, cfg.sid.codes_per_level)
     with tempfile.TemporaryDirectory() as folder:
+        bucket_sizes = np.unique(codes, axis=0, return_counts=True)[1]
         step.artifact(plots.codebook_usage([u["used"] for u in usage], [u["perplexity"] for u in usage],
-                                           cfg.sid.codes_per_level, Path(folder)), "plots")
+                                           cfg.sid.codes_per_level, Path(folder), bucket_sizes), "plots")
     for prefix_len in range(1, min(2, codes.shape[1]) + 1):
         purity = sid_metrics.prefix_purity(codes, labels, prefix_len, np.random.default_rng(0))
         metrics[f"genre_purity_level{prefix_len}"] = purity["purity"]
