@@ -384,7 +384,8 @@ def encoder(
             max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
             temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
             all_windows=all_windows, bf16=bf16,
-            cfg=load_config(config), log_to_mlflow=mlflow, run_name=run_name, command=command,
+            cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
+            log_to_mlflow=mlflow, run_name=run_name, command=command,
         )
     except FactoryError as err:
         typer.echo(f"error: {err}", err=True)

@@ -88,6 +88,7 @@ class RayConfig:
     actor_num_cpus: float = 0.5  # fractional, so the upstream read task always gets a CPU
     inference_batch_size: int = 512
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
+    log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
 
 
 @dataclass(frozen=True)

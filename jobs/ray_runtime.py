@@ -17,7 +17,7 @@ def ensure_ray(cfg: FactoryConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    kwargs = dict(include_dashboard=False, log_to_driver=cfg.ray.log_to_driver, configure_logging=False)
     if address is None:
         kwargs["num_cpus"] = cfg.ray.num_cpus or os.cpu_count()
     # Progress bars of Ray Data would interleave with ours; the step logs its own progress.

@@ -366,6 +366,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _report(run: TrainingRun) -> None:
     record = {k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}
+    if run.rank == 0:  # progress line: reaches the terminal when [ray].log_to_driver is on (the benchmark)
+        shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
+        print(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if run.rank == 0:
