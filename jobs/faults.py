@@ -665,11 +665,28 @@ def results_markdown(outcomes: list[Outcome], command: str, seconds: float) -> s
     return "\n".join(lines)
 
 
-def write_results(doc: Path, markdown: str) -> None:
+def write_results(doc: Path, markdown: str, partial: bool = False) -> None:
+    """Put the results between the markers of doc. A partial run (--only) replaces only the rows of
+    the scenarios it ran and keeps every other row (and the summary line) of the previous run."""
     text = doc.read_text() if doc.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
+    previous, _, tail = rest.partition(END)
+    if partial and previous.strip():
+        markdown = _merge_rows(previous.strip(), markdown)
     doc.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
+
+
+def _merge_rows(previous: str, partial: str) -> str:
+    def rows(block: str) -> dict[str, str]:
+        table = [line for line in block.splitlines() if line.startswith("| ")][1:]  # without the header
+        return {line.split("|")[1].strip(): line for line in table}
+
+    old, new = rows(previous), rows(partial)
+    merged = [new.get(name, line) for name, line in old.items()] + [line for name, line in new.items() if name not in old]
+    summary = previous.splitlines()[0]
+    rerun = partial.splitlines()[0].replace("Observed on", "Re-run on", 1) + " Its rows replace the earlier ones."
+    header = [line for line in partial.splitlines() if line.startswith("| scenario") or line.startswith("|---")]
+    return "\n".join([summary, "", rerun, "", *header, *merged])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -692,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                                 time.perf_counter() - started)
     print(markdown)
     if not args.no_doc:
-        write_results(DOC, markdown)
+        write_results(DOC, markdown, partial=bool(only))
     return 0 if all(o.passed for o in outcomes) else 1
 
 

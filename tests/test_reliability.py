@@ -24,7 +24,7 @@ from jobs import catalog, ingest, lake, pipeline, publish
 from jobs.config import ConfigError, load_config, with_overrides
 from jobs.days import parse_ds, shift
 from jobs.errors import ConcurrentWriteError, DropRefused, FactoryError, GateFailed, QuarantineShareExceeded, UnsafePath
-from jobs.faults import bad_event_lines, fingerprint, orphan_files, write_drop
+from jobs.faults import BEGIN, END, bad_event_lines, fingerprint, orphan_files, write_drop, write_results
 from jobs.index import build_index, index_uri, write_index
 from jobs.landing import drop_days, drop_files, drop_uri
 from jobs.tables import (CODEBOOKS, EVAL_METRICS, EVENTS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEM_VOCAB, ITEMS, QUARANTINE,
@@ -502,3 +502,18 @@ def test_no_credentials_are_committed():
         hits += [f"{name}: {m.group(0)[:40]}" for pattern in SECRET_PATTERNS for m in pattern.finditer(text)
                  if not any(placeholder in m.group(0) for placeholder in PLACEHOLDERS)]
     assert not hits
+
+
+def _results(summary: str, rows: dict[str, str]) -> str:
+    return "\n".join([summary, "", "| scenario | how | observed | rows checked | rows lost | result |", "|---|---|---|---|---|---|",
+                      *(f"| {name} | h | o |  |  | {result} |" for name, result in rows.items())])
+
+
+def test_a_partial_faults_run_replaces_only_the_rows_it_ran(tmp_path):
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"# Reliability\n\n{BEGIN}\n{_results('full run', {'a': 'pass', 'b': '**FAIL**', 'c': 'pass'})}\n{END}\ntail\n")
+    write_results(doc, _results("Observed on today: partial", {"b": "pass"}), partial=True)
+    text = doc.read_text()
+    block = text[text.index(BEGIN):text.index(END)]
+    assert [line.split("|")[-2].strip() for line in block.splitlines() if line.startswith("| ") and "scenario" not in line] == ["pass"] * 3
+    assert "full run" in block and "Re-run on today: partial" in block and text.endswith("tail\n")
