@@ -9,6 +9,10 @@ run is nested under the day's parent run (tag `factory.run_key` = this DAG run's
 
 Params: `force_retrain` trains a new encoder even if the champion is fresh;
 `force_codebook_rebuild` refits the semantic-ID codebooks.
+
+Retries (2, exponential backoff) cover infrastructure failures; a day refused by a gate (too much
+quarantine, an empty or oversize drop, a model or codebook that fails publish's checks) fails at
+once without retries, with the reason as the task's error (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, Param, PokeReturnValue, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from jobs import STEP_NAMES
 from jobs.config import load_config
@@ -36,14 +41,18 @@ def step_task(step: str):
     @task(task_id=step, outlets=outlets, **INFRASTRUCTURE_RETRIES)
     def run_step() -> dict:
         from jobs.config import load_config  # heavy imports at run time, not at parse time
+        from jobs.errors import GateFailed, UnsafePath
         from jobs.pipeline import run_step as run
 
         context = get_current_context()
         params = context["params"]
-        result = run(
-            step, context["ds"], load_config(), run_key=context["run_id"],
-            force_retrain=bool(params["force_retrain"]), force_codebook_rebuild=bool(params["force_codebook_rebuild"]),
-        )
+        try:
+            result = run(
+                step, context["ds"], load_config(), run_key=context["run_id"],
+                force_retrain=bool(params["force_retrain"]), force_codebook_rebuild=bool(params["force_codebook_rebuild"]),
+            )
+        except (GateFailed, UnsafePath) as err:  # a retry would refuse the same day again: fail now, say why
+            raise AirflowFailException(str(err)) from err
         return {"mlflow_run_id": result.mlflow_run_id, "metrics": result.metrics, "notes": result.notes}
 
     return run_step()

@@ -32,3 +32,31 @@ def test_dag_runs_daily_one_at_a_time_with_retries_and_params(dag):
     assert set(dag.params) == {"force_retrain", "force_codebook_rebuild"}
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id in STEP_NAMES)
     assert dag.doc_md
+
+
+def _run_task_with(dag, monkeypatch, step: str, error: Exception):
+    task = dag.get_task(step)
+    context = {"params": {"force_retrain": False, "force_codebook_rebuild": False}, "ds": "2026-01-02", "run_id": "manual"}
+    monkeypatch.setitem(task.python_callable.__globals__, "get_current_context", lambda: context)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("jobs.pipeline.run_step", fail)
+    task.python_callable()
+
+
+def test_a_day_refused_by_a_gate_fails_at_once_without_retries(dag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from jobs.errors import GateFailed
+
+    with pytest.raises(AirflowFailException, match="quarantined"):
+        _run_task_with(dag, monkeypatch, "ingest", GateFailed("ds=2026-01-02: 34% of raw lines quarantined"))
+
+
+def test_an_infrastructure_error_is_left_to_the_task_retries(dag, monkeypatch):
+    from jobs.errors import ConcurrentWriteError
+
+    with pytest.raises(ConcurrentWriteError):
+        _run_task_with(dag, monkeypatch, "features", ConcurrentWriteError("user_sequences changed meanwhile"))
