@@ -6,3 +6,15 @@ from jobs.tables import tables_markdown
 def test_tables_doc_matches_the_table_registry():
     doc = Path(__file__).parents[1] / "docs" / "tables.md"
     assert doc.read_text() == tables_markdown() + "\n", "regenerate with: factory tables > docs/tables.md"
+
+
+def test_readme_dag_picture_names_every_step_and_table():
+    from jobs import STEP_NAMES
+    from jobs.tables import ALL_TABLES
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    mermaid = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    for name in [*STEP_NAMES, *(spec.name for spec in ALL_TABLES)]:
+        assert f"{name}" in mermaid, f"README's DAG picture lacks {name}"
+    for spec in ALL_TABLES:
+        assert f"{spec.owner} -.->" in mermaid
