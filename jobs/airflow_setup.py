@@ -39,6 +39,10 @@ def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
     if (Path(cfg.root) / "factory.toml").is_file():
         defaults["FACTORY_CONFIG"] = str(Path(cfg.root) / "factory.toml")
     env = {**defaults, **os.environ}
+    # Task processes report to the API server's execution API: follow its host and port (e.g. a
+    # user's AIRFLOW__API__PORT), unless the user set the URL themselves.
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                   f"http://{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}/execution/")
     # `airflow standalone` starts its components as `airflow ...` found on PATH: the venv's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

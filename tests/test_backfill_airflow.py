@@ -30,6 +30,9 @@ def test_airflow_backfill_runs_every_day_to_success(tmp_path):
     env["FACTORY__PATHS__STATE_DIR"] = str(tmp_path)
     env["AIRFLOW__API__PORT"] = "18080"
     assert factory(env, "generate").returncode == 0
+    # Create the metadata DB before anything runs concurrently: two first-time `db migrate`s of one
+    # SQLite file (standalone's and the polling `dags list`'s) race and one fails.
+    assert factory(env, "airflow", "version").returncode == 0
     server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "airflow", "standalone"], env=env, cwd=REPO,
                               stdout=open(tmp_path / "standalone.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -44,7 +47,7 @@ def test_airflow_backfill_runs_every_day_to_success(tmp_path):
         deadline = time.monotonic() + 1200
         while True:
             listed = factory(env, "airflow", "dags", "list-runs", "daily_embeddings", "--output", "json")
-            runs = {r["run_id"]: r["state"] for r in json.loads(listed.stdout or "[]") if r["run_id"].startswith("backfill")}
+            runs = {r["run_id"]: r["state"] for r in _json_rows(listed.stdout) if r["run_id"].startswith("backfill")}
             if len(runs) == 2 and all(state in ("success", "failed") for state in runs.values()):
                 break
             assert time.monotonic() < deadline, f"backfill did not finish: {runs}"
@@ -53,3 +56,9 @@ def test_airflow_backfill_runs_every_day_to_success(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def _json_rows(stdout: str) -> list[dict]:
+    """The JSON list Airflow prints, without the warnings its logging writes to stdout before it."""
+    lines = [line for line in stdout.splitlines() if line.startswith("[")]
+    return json.loads(lines[-1]) if lines else []

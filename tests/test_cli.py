@@ -28,3 +28,13 @@ def test_every_command_has_help(tmp_path):
     for command in ("generate", "run", "backfill", "show", "demo", "airflow", "mlflow-ui", "sid"):
         done = factory(command, "--help", env_state=str(tmp_path))
         assert done.returncode == 0 and "Usage" in done.stdout, command
+
+
+def test_airflow_tasks_report_to_the_api_server_on_its_configured_port(monkeypatch):
+    from jobs.airflow_setup import airflow_env
+    from jobs.config import load_config
+
+    monkeypatch.setenv("AIRFLOW__API__PORT", "18080")
+    monkeypatch.delenv("AIRFLOW__API__HOST", raising=False)
+    monkeypatch.delenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", raising=False)
+    assert airflow_env(load_config())["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
