@@ -67,16 +67,20 @@ def table_uri(cfg: FactoryConfig, spec: TableSpec) -> str:
     return spec.uri(cfg.lake_uri)
 
 
+def probe_write(folder: Path) -> None:
+    """Create folder if needed and write (then remove) a file in it; OSError if that is not possible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+        pass
+
+
 def check_writable(cfg: FactoryConfig) -> None:
     """One clear sentence if a local lake root cannot be written (object stores answer at their first write)."""
     uri = cfg.lake_uri
     if "://" in uri and not uri.startswith("file://"):
         return
-    root = Path(uri.removeprefix("file://"))
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
-            pass
+        probe_write(Path(uri.removeprefix("file://")))
     except OSError as err:
         raise FactoryError(f"The lake at {uri} is not writable ({err.strerror or err}); fix its permissions or point "
                            f"paths.lake_uri (FACTORY__PATHS__LAKE_URI) at a writable location.") from None

@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,11 +100,8 @@ def preflight(cfg: FactoryConfig, step: str, ds: str) -> None:
 def check_mlflow(cfg: FactoryConfig) -> None:
     uri = cfg.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-                pass
+            lake.probe_write(Path(uri.removeprefix("sqlite:///")).parent)
         except OSError as err:
             raise FactoryError(f"The MLflow store {uri} (mlflow.tracking_uri) cannot be written ({err.strerror or err}); "
                                f"fix the folder's permissions or point mlflow.tracking_uri elsewhere.") from None

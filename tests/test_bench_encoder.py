@@ -19,12 +19,7 @@ from models.user_encoder import UserEncoder, UserEncoderConfig
 NUM_ITEMS = 30
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def write_sasrec(path, users: int = 200, seed: int = 0) -> list[list[int]]:

@@ -19,13 +19,7 @@ from models.user_encoder import (
     sampled_softmax_loss,
 )
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and other tests may be using the second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 TINY = UserEncoderConfig(num_items=20, max_len=8, d_model=32, n_layers=2, n_heads=2, dropout=0.0)
