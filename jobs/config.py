@@ -84,9 +84,14 @@ class RayConfig:
     address: str = ""  # "" = start a local Ray; "auto" or ray://host:10001 for a cluster
     num_cpus: int = 0  # local Ray only; 0 = all cores
     train_workers: int = 1
+    # Inference (step embed). On 2 cores an actor pool of two 1-CPU actors deadlocks: the upstream
+    # read task never gets a CPU. One actor with a fractional CPU share keeps a CPU free for reads
+    # while its torch threads still use every core (they idle while the read runs).
     inference_actors: int = 1
-    actor_num_cpus: float = 0.5  # fractional, so the upstream read task always gets a CPU
-    inference_batch_size: int = 512
+    actor_num_cpus: float = 0.5  # Ray's scheduling share, not a thread count
+    inference_threads: int = 0  # torch threads per actor; 0 = local cores / actors (cluster: max(1, actor_num_cpus))
+    inference_batch_size: int = 4096  # rows per Ray Data batch, sorted by length inside the actor
+    inference_rows_per_forward: int = 256  # rows per model call, each padded to its own longest row
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
     log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
 

@@ -1,84 +1,191 @@
-"""Step `embed` (Ray Data): embed every user of the day with the champion; write item vectors too.
+"""Step `embed` (Ray Data): embed the day's users with the champion; write item vectors too.
 
 Users come from the day's user_sequences files (one Delta version), flow through a pool of
 `UserEmbeddingPredictor` actors (the model is loaded once per actor), and land in user_embeddings.
 Item vectors are the champion's normalised item table, so users and items share one hypersphere.
+
+Incremental days: when yesterday's user_embeddings partition was computed by today's champion, a
+user whose model input (the item_idx and event_type lists of user_sequences) is identical to
+yesterday's keeps yesterday's vector, copied from that partition; only the other users are
+inferred. Any other case (new champion, yesterday missing or mixed versions) recomputes everyone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 
 from jobs import lake, plots, registry
 from jobs.config import FactoryConfig
-from jobs.days import parse_ds
+from jobs.days import parse_ds, shift
 from jobs.errors import FactoryError
 from jobs.ray_runtime import ensure_ray
 from jobs.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.tracking import StepResult, track_step
-from models.sequences import pad_left
+from models.sequences import left_pad_index
 from models.user_encoder import UserEncoder, UserEncoderConfig
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ["user_id", "item_idx", "event_type"]
+OUTPUT_SCHEMA = pa.schema([("user_id", pa.string()), ("embedding", pa.list_(pa.float32())),
+                           ("model_version", pa.string())])
+
+
+def _flat(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (values, offsets from 0): row i is values[offsets[i]:offsets[i + 1]]."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    return array.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
 
 
 class UserEmbeddingPredictor:
-    """Callable batch predictor: the same class runs in a plain loop and in Ray Data's actor pool."""
+    """Callable batch predictor: the same class runs in a plain loop and in Ray Data's actor pool.
 
-    def __init__(self, state_dict: dict, encoder_config: dict, model_version: str, threads: int = 1):
+    A batch is sorted by history length and cut into model calls of `rows_per_forward` rows, each
+    padded only to its own longest row. Positions count from the end and padding is masked, so a
+    user's vector does not depend on its batch-mates (tests pin it against full padding).
+    """
+
+    def __init__(self, state_dict: dict, encoder_config: dict, model_version: str, threads: int = 1,
+                 rows_per_forward: int = 256):
         torch.set_num_threads(threads)
         self.model = UserEncoder(UserEncoderConfig(**encoder_config))
         self.model.load_state_dict(state_dict)
         self.model.eval()
         self.model_version = model_version
+        self.rows_per_forward = rows_per_forward
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """{user_id (B,), item_idx (B,) arrays, event_type (B,) arrays} -> user_id, embedding (B, D)."""
+    def vectors(self, batch: pa.Table) -> np.ndarray:
+        """(B,) rows with item_idx / event_type list columns -> (B, D) float32 unit vectors, in row order."""
         max_len, known = self.model.cfg.max_len, self.model.cfg.num_items
-        # Items newer than the model's vocabulary have no row in its table: they are left out of
-        # the history until the next retrain learns them.
-        keep = [np.asarray(s) <= known for s in batch["item_idx"]]
-        item_seqs = [np.asarray(s)[k] for s, k in zip(batch["item_idx"], keep)]
-        event_seqs = [np.asarray(s)[k] for s, k in zip(batch["event_type"], keep)]
-        # Every row is padded to max_len so a user's vector does not depend on its batch-mates.
-        items = torch.from_numpy(pad_left(item_seqs, max_len))
-        events = torch.from_numpy(pad_left(event_seqs, max_len))
+        items, offsets = _flat(batch.column("item_idx"))
+        events, event_offsets = _flat(batch.column("event_type"))
+        if not np.array_equal(offsets, event_offsets):
+            raise ValueError("item_idx and event_type lists must have the same length in every row.")
+        keep = items <= known
+        if not keep.all():
+            # Items newer than the model's vocabulary have no row in its table: they are left out of
+            # the history until the next retrain learns them.
+            offsets = np.concatenate([[0], np.cumsum(keep)])[offsets]
+            items, events = items[keep], events[keep]
+        starts, ends = offsets[:-1], offsets[1:]
+        lengths = np.minimum(ends - starts, max_len)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((batch.num_rows, self.model.cfg.d_model), np.float32)
         with torch.inference_mode():
-            vectors = self.model.user_embeddings(items, events).numpy()  # (B, D) float32
+            for first in range(0, len(order), self.rows_per_forward):
+                rows = order[first:first + self.rows_per_forward]
+                width = max(int(lengths[rows[-1]]), 1)  # rows are sorted: the last is the longest
+                index, valid = left_pad_index(starts[rows], ends[rows], width)  # (R, width)
+                ids = torch.from_numpy(np.where(valid, items[index] if len(items) else 0, 0).astype(np.int64))
+                evs = torch.from_numpy(np.where(valid, events[index] if len(events) else 0, 0).astype(np.int64))
+                out[rows] = self.model.user_embeddings(ids, evs).numpy()  # (R, D)
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """{user_id, item_idx, event_type} -> {user_id, embedding list<float32>(D), model_version}."""
+        vectors = self.vectors(batch)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         return pa.table({
-            "user_id": pa.array(batch["user_id"], pa.string()),
+            "user_id": batch.column("user_id"),
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32())),
-            "model_version": pa.array([self.model_version] * len(vectors), pa.string()),
-        })
+            "model_version": pa.repeat(pa.scalar(self.model_version, pa.string()), batch.num_rows),
+        }).cast(OUTPUT_SCHEMA)
 
 
-def embed_users(cfg: FactoryConfig, files: list[str], champion: registry.RegisteredEncoder) -> pa.Table:
-    """user_id, embedding, model_version for every user in the sequence files (Ray Data)."""
-    ensure_ray(cfg)
-    actors = cfg.ray.inference_actors
-    threads = max(1, (os.cpu_count() or 1) // actors) if not cfg.ray.address else max(1, int(cfg.ray.actor_num_cpus))
-    dataset = ray.data.read_parquet(files).select_columns(["user_id", "item_idx", "event_type"])
-    embedded = dataset.map_batches(
-        UserEmbeddingPredictor,
-        fn_constructor_kwargs={
-            "state_dict": champion.model.state_dict(), "encoder_config": dataclasses.asdict(champion.model.cfg),
+def predictor_kwargs(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> dict:
+    """Constructor arguments of UserEmbeddingPredictor for this config (threads matched to the actor)."""
+    threads = cfg.ray.inference_threads or (
+        max(1, (os.cpu_count() or 1) // cfg.ray.inference_actors) if not cfg.ray.address
+        else max(1, int(cfg.ray.actor_num_cpus)))
+    return {"state_dict": champion.model.state_dict(), "encoder_config": dataclasses.asdict(champion.model.cfg),
             "model_version": champion.version, "threads": threads,
-        },
-        batch_size=cfg.ray.inference_batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.ray.actor_num_cpus,
+            "rows_per_forward": cfg.ray.inference_rows_per_forward}
+
+
+def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: registry.RegisteredEncoder) -> pa.Table:
+    """user_id, embedding, model_version for every user of `source`, sorted by user_id (Ray Data).
+
+    source: user_sequences Parquet files, or a table with user_id, item_idx, event_type.
+    """
+    ensure_ray(cfg)
+    dataset = (ray.data.read_parquet(source, columns=INPUT_COLUMNS) if isinstance(source, list)
+               else ray.data.from_arrow(source.select(INPUT_COLUMNS)))
+    embedded = dataset.map_batches(
+        UserEmbeddingPredictor, fn_constructor_kwargs=predictor_kwargs(cfg, champion),
+        batch_size=cfg.ray.inference_batch_size, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.inference_actors), num_cpus=cfg.ray.actor_num_cpus,
     )
     tables = ray.get(embedded.to_arrow_refs())
     if not tables:
-        return pa.table({"user_id": pa.array([], pa.string()), "embedding": pa.array([], pa.list_(pa.float32())),
-                         "model_version": pa.array([], pa.string())})
+        return OUTPUT_SCHEMA.empty_table()
     return pa.concat_tables(tables).sort_by("user_id")
+
+
+def unchanged_inputs(today: pa.Table, before: pa.Table) -> np.ndarray:
+    """(N,) bool over today's rows: the user has a row in `before` with identical item_idx and
+    event_type lists (the model's whole input). Both tables hold user_id, item_idx, event_type."""
+    position = pc.index_in(today.column("user_id"), value_set=before.column("user_id"))
+    same = position.is_valid().to_numpy(zero_copy_only=False).copy()
+    matched = pa.array(np.flatnonzero(same))
+    if not len(matched):
+        return same
+    for column in ("item_idx", "event_type"):
+        now, now_offsets = _flat(today.column(column).take(matched))
+        then, then_offsets = _flat(before.column(column).take(position.take(matched)))
+        lengths = np.diff(now_offsets)
+        equal = lengths == np.diff(then_offsets)
+        # Rows of equal length: compare their values in one flat pass, count mismatches per row.
+        rows = np.flatnonzero(equal)
+        differs = now[_positions(now_offsets[rows], lengths[rows])] != then[_positions(then_offsets[rows], lengths[rows])]
+        mismatches = np.bincount(np.repeat(np.arange(len(rows)), lengths[rows]), weights=differs, minlength=len(rows))
+        equal[rows] = mismatches == 0
+        same[matched.to_numpy()] &= equal
+    return same
+
+
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat positions starts[i] .. starts[i] + lengths[i] - 1 of every row, concatenated."""
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def embed_day(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[str],
+              champion: registry.RegisteredEncoder) -> tuple[pa.Table, dict[str, int], str]:
+    """Every user of ds's user_sequences embedded: (user_id, embedding, model_version sorted by
+    user_id, {users_inferred, users_carried_forward}, why this plan).
+
+    Carries a user forward (copies yesterday's row) only when yesterday's partition was computed
+    entirely by this champion version and the user's item_idx and event_type lists equal yesterday's.
+    """
+    yesterday = shift(ds, -1)
+    previous = lake.read(cfg, USER_EMBEDDINGS, where={"ds": yesterday}, columns=OUTPUT_SCHEMA.names)
+    versions = set(pc.unique(previous.column("model_version")).to_pylist())
+    if previous.num_rows == 0 or versions != {champion.version}:
+        why = (f"full: no user_embeddings for {yesterday}" if previous.num_rows == 0 else
+               f"full: {yesterday} was embedded by model version(s) {sorted(versions)}, champion is {champion.version}")
+        users = embed_users(cfg, files, champion)
+        return users, {"users_inferred": users.num_rows, "users_carried_forward": 0}, why
+    today = lake.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=INPUT_COLUMNS, version=sequences_version)
+    before = lake.read(cfg, USER_SEQUENCES, where={"ds": yesterday}, columns=INPUT_COLUMNS)
+    carry = unchanged_inputs(today, before) & pc.is_in(
+        today.column("user_id"), value_set=previous.column("user_id")).to_numpy(zero_copy_only=False)
+    carried = previous.filter(pc.is_in(previous.column("user_id"), value_set=today.column("user_id").filter(carry)))
+    changed = today.filter(pa.array(~carry))
+    inferred = embed_users(cfg, changed, champion) if changed.num_rows else OUTPUT_SCHEMA.empty_table()
+    users = pa.concat_tables([carried.cast(OUTPUT_SCHEMA), inferred]).sort_by("user_id")
+    why = f"incremental: model version {champion.version} also embedded {yesterday}"
+    return users, {"users_inferred": inferred.num_rows, "users_carried_forward": carried.num_rows}, why
 
 
 def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa.Table:
@@ -121,10 +228,16 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         version, files = lake.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
         step.read(USER_SEQUENCES, version)
         step.read(ITEM_VOCAB, lake.current_version(cfg, ITEM_VOCAB))
+        if not files:
+            raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
+        kwargs = predictor_kwargs(cfg, champion)
         step.params(model_version=champion.version, actors=cfg.ray.inference_actors,
-                    batch_size=cfg.ray.inference_batch_size)
-        users = embed_users(cfg, files, champion) if files else None
-        if users is None or users.num_rows == 0:
+                    batch_size=cfg.ray.inference_batch_size, threads=kwargs["threads"],
+                    rows_per_forward=kwargs["rows_per_forward"])
+        users, counts, plan = embed_day(cfg, ds, version, files, champion)
+        log.info("ds=%s %s: %s", ds, plan, counts)
+        step.params(plan=plan)
+        if users.num_rows == 0:
             raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
         users = users.append_column("ds", pa.array([ds] * users.num_rows, pa.string()))
         step.wrote(USER_EMBEDDINGS, lake.replace_partition(cfg, USER_EMBEDDINGS, users, {"ds": ds}))
@@ -134,6 +247,6 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         with tempfile.TemporaryDirectory() as folder:
             step.artifact(sphere_plot(cfg, users, items, Path(folder), ds, champion.version), "plots")
         vocab_size = lake.read(cfg, ITEM_VOCAB, columns=["item_idx"]).num_rows
-        step.metrics(users_embedded=users.num_rows, items_embedded=items.num_rows,
+        step.metrics(users_embedded=users.num_rows, **counts, items_embedded=items.num_rows,
                      items_without_embedding=vocab_size - items.num_rows)
         return step.result

@@ -20,12 +20,37 @@ def pad_left(seqs: Sequence[np.ndarray], max_len: int, dtype=np.int64) -> np.nda
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}.")
-    out = np.zeros((len(seqs), max_len), dtype=dtype)
-    for i, seq in enumerate(seqs):
-        tail = np.asarray(seq)[-max_len:]
-        if len(tail):
-            out[i, max_len - len(tail) :] = tail
-    return out
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.concatenate([np.asarray(s).ravel() for s in seqs]) if int(offsets[-1]) else np.zeros(0, dtype)
+    return pad_left_flat(values, offsets[:-1], offsets[1:], max_len, dtype)
+
+
+def left_pad_index(starts: np.ndarray, ends: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each cell of a left-padded (N, width) matrix comes from in a flat values array.
+
+    starts, ends: (N,) bounds of each row's values in the flat array (an Arrow list column's offsets).
+    Row i keeps its last `width` values, right-aligned. Returns (index (N, width) int64, valid
+    (N, width) bool): cell (i, j) holds values[index[i, j]] where valid, padding elsewhere.
+    """
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    index = ends[:, None] - width + np.arange(width, dtype=np.int64)[None, :]  # (N, width)
+    valid = index >= starts[:, None]
+    return np.where(valid, index, 0), valid
+
+
+def pad_left_flat(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int,
+                  dtype=np.int64) -> np.ndarray:
+    """pad_left for ragged rows stored flat (values[starts[i]:ends[i]] is row i), without a Python loop.
+
+    Returns (N, max_len) array of `dtype`, each row's last max_len values right-aligned, 0 before.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}.")
+    index, valid = left_pad_index(starts, ends, max_len)
+    if not len(values):
+        return np.zeros(index.shape, dtype)
+    return np.where(valid, np.asarray(values)[index], 0).astype(dtype, copy=False)
 
 
 def time_gap_buckets(timestamps: np.ndarray, n_buckets: int) -> np.ndarray:

@@ -70,15 +70,21 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with last_only, only the last position's output (B, 1, D)
+        (and attn_mask then holds only the last query's row: (B, 1, 1, T))."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        # (B, T, D) -> (B, H, T, D/H)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        if last_only:  # keys and values for every position, a query for the last one only
+            q = F.linear(x[:, -1:], self.qkv.weight[:D], self.qkv.bias[:D])  # (B, 1, D)
+            k, v = F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:]).split(D, dim=2)
+        else:
+            q, k, v = self.qkv(x).split(D, dim=2)
+        # (B, T, D) -> (B, H, T, D/H); the query may have 1 position
+        q, k, v = (t.view(B, t.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, D/H)
-        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        )  # (B, H, Tq, D/H)
+        y = y.transpose(1, 2).contiguous().view(B, q.shape[2], D)
         return self.proj(y)
 
 
@@ -104,8 +110,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D), or (B, 1, D) for the last position only (see CausalSelfAttention)."""
+        x = (x[:, -1:] if last_only else x) + self.drop(self.attn(self.ln1(x), attn_mask, last_only))
         return x + self.mlp(self.ln2(x))
 
 
@@ -150,6 +157,14 @@ class UserEncoder(nn.Module):
             model has cfg.n_time_buckets > 0; same caveat as event_types.
         Returns (B, T, D) float hidden states; position t depends only on positions <= t.
         """
+        x, attn_mask = self._inputs(item_ids, event_types, time_buckets)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)  # (B, T, D)
+
+    def _inputs(self, item_ids: torch.Tensor, event_types: torch.Tensor | None,
+                time_buckets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input states (B, T, D) and the attention mask (B, 1, T, T) of a left-padded batch."""
         B, T = item_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(
@@ -168,10 +183,7 @@ class UserEncoder(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
         is_item = (item_ids != 0)[:, None, None, :]  # (B, 1, 1, T) key mask
         eye = torch.eye(T, dtype=torch.bool, device=x.device)
-        attn_mask = causal & (is_item | eye)  # (B, 1, T, T), broadcast over heads
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x)  # (B, T, D)
+        return x, causal & (is_item | eye)  # (B, 1, T, T), broadcast over heads
 
     def user_embeddings(
         self, item_ids: torch.Tensor, event_types: torch.Tensor | None = None,
@@ -179,11 +191,16 @@ class UserEncoder(nn.Module):
     ) -> torch.Tensor:
         """(B, T) left-padded history -> (B, D) unit-norm user vectors (last position's state).
 
+        Same numbers as normalising forward(...)[:, -1], but the last block computes only the last
+        position (keys and values still cover every position): about 40% fewer FLOPs with 2 blocks.
         A row with no items at all gives a meaningless vector: drop empty histories before calling.
         Runs with autograd as the caller set it; wrap in torch.inference_mode() for batch inference.
         """
-        hidden = self(item_ids, event_types, time_buckets)  # (B, T, D)
-        return F.normalize(hidden[:, -1], dim=-1)  # (B, D)
+        x, attn_mask = self._inputs(item_ids, event_types, time_buckets)
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block(x, attn_mask[:, :, -1:] if last else attn_mask, last_only=last)  # last: (B, 1, D)
+        return F.normalize(self.ln_f(x[:, -1]), dim=-1)  # (B, D)
 
     def item_embeddings(self) -> torch.Tensor:
         """(num_items + 1, D) unit-norm item vectors; row 0 (padding) is all zeros."""

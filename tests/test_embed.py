@@ -1,0 +1,223 @@
+"""Step embed: bucketed inference matches full padding, and incremental days carry the right users."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from jobs import embed, lake, registry
+from jobs.config import load_config
+from jobs.days import shift
+from jobs.embed import UserEmbeddingPredictor, embed_day, unchanged_inputs
+from jobs.tables import USER_EMBEDDINGS, USER_SEQUENCES
+from models.sequences import pad_left, pad_left_flat
+from models.user_encoder import UserEncoder, UserEncoderConfig
+
+DS = "2026-01-05"
+NUM_ITEMS = 40
+
+
+def model(seed: int = 0, **cfg) -> UserEncoder:
+    torch.manual_seed(seed)
+    return UserEncoder(UserEncoderConfig(num_items=NUM_ITEMS, max_len=12, d_model=16, n_heads=2, **cfg)).eval()
+
+
+def histories(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """n histories of lengths 0..20 (some longer than max_len 12), with ids up to NUM_ITEMS + 5
+    (the last five are newer than the model's vocabulary)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 21, n)
+    return ([rng.integers(1, NUM_ITEMS + 6, k).astype(np.int32) for k in lengths],
+            [rng.integers(1, 4, k).astype(np.int8) for k in lengths])
+
+
+def sequences_table(users: list[str], items, events) -> pa.Table:
+    return pa.table({"user_id": pa.array(users, pa.string()),
+                     "item_idx": pa.array([list(map(int, s)) for s in items], pa.list_(pa.int32())),
+                     "event_type": pa.array([list(map(int, s)) for s in events], pa.list_(pa.int8()))})
+
+
+def predictor(m: UserEncoder, rows_per_forward: int = 7, version: str = "3") -> UserEmbeddingPredictor:
+    return UserEmbeddingPredictor(m.state_dict(), dataclasses.asdict(m.cfg), version, threads=1,
+                                  rows_per_forward=rows_per_forward)
+
+
+def test_pad_left_flat_matches_a_per_row_loop():
+    items, _ = histories(30)
+    expected = np.zeros((30, 12), np.int64)
+    for i, s in enumerate(items):
+        tail = s[-12:]
+        expected[i, 12 - len(tail):] = tail
+    np.testing.assert_array_equal(pad_left(items, 12), expected)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in items])])
+    np.testing.assert_array_equal(pad_left_flat(np.concatenate(items), offsets[:-1], offsets[1:], 12), expected)
+    assert pad_left([np.zeros(0)], 3).tolist() == [[0, 0, 0]]
+
+
+def test_last_position_path_equals_the_full_forward(one_torch_thread):
+    m = model()
+    ids = torch.randint(1, NUM_ITEMS + 1, (9, 12))
+    ids[:4, :5] = 0  # left padding
+    events = torch.randint(1, 4, (9, 12)) * (ids != 0)
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(m(ids, events)[:, -1], dim=-1)
+        torch.testing.assert_close(m.user_embeddings(ids, events), full)
+
+
+@pytest.mark.parametrize("rows_per_forward", [1, 7, 1000])
+def test_bucketed_vectors_equal_full_padding_whatever_the_batch(one_torch_thread, rows_per_forward):
+    m = model()
+    items, events = histories(50)
+    kept = [(s[s <= NUM_ITEMS], e[s <= NUM_ITEMS]) for s, e in zip(items, events)]  # the vocabulary filter
+    with torch.inference_mode():
+        expected = m.user_embeddings(torch.from_numpy(pad_left([k[0] for k in kept], 12)),
+                                     torch.from_numpy(pad_left([k[1] for k in kept], 12))).numpy()
+    got = predictor(m, rows_per_forward).vectors(sequences_table([f"u{i}" for i in range(50)], items, events))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_output_keeps_row_order_ids_and_version(one_torch_thread):
+    m = model()
+    items, events = histories(20, seed=1)
+    batch = sequences_table([f"u{i:02d}" for i in range(20)], items, events).slice(3, 10)  # a sliced batch
+    out = predictor(m)(batch)
+    assert out.schema == embed.OUTPUT_SCHEMA
+    assert out.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(3, 13)]
+    assert set(out.column("model_version").to_pylist()) == {"3"}
+    vectors = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    alone = predictor(m)(batch.slice(4, 1))  # one row alone gives the same vector as inside the batch
+    np.testing.assert_allclose(alone.column("embedding")[0].values.to_numpy(), vectors[4], rtol=1e-5, atol=1e-6)
+
+
+def test_unchanged_inputs_compares_the_whole_model_input():
+    before = sequences_table(["a", "b", "c", "d", "e"], [[1, 2], [3], [4, 5, 6], [7], [9, 9]],
+                             [[1, 1], [1], [1, 2, 1], [1], [1, 1]])
+    today = sequences_table(["e", "a", "b", "c", "d", "new"], [[9, 9], [1, 2], [3, 8], [5, 6], [7], [1]],
+                            [[1, 1], [1, 1], [1, 1], [2, 1], [3], [1]])
+    # e, a: same lists (row order differs); b: a new event; c: the oldest event left the window;
+    # d: same item, other event type; new: no row yesterday.
+    assert unchanged_inputs(today, before).tolist() == [True, True, False, False, False, False]
+
+
+# --- incremental days through embed_day (Ray replaced by the plain predictor) -------------------------
+
+@pytest.fixture
+def inferred(monkeypatch, one_torch_thread) -> list[list[str]]:
+    """The user ids of every embed_users call (which runs the plain predictor here, not Ray)."""
+    calls: list[list[str]] = []
+
+    def plain_embed_users(cfg, source, champion):
+        table = source if isinstance(source, pa.Table) else pads.dataset(source).to_table(columns=embed.INPUT_COLUMNS)
+        calls.append(table.column("user_id").to_pylist())
+        return predictor(champion.model, version=champion.version)(table).sort_by("user_id")
+
+    monkeypatch.setattr(embed, "embed_users", plain_embed_users)
+    return calls
+
+
+@pytest.fixture
+def lake_cfg(tmp_path, inferred):
+    return load_config(overrides={"paths.state_dir": str(tmp_path)})
+
+
+def write_sequences(cfg, ds: str, table: pa.Table) -> tuple[int, list[str]]:
+    rows = table.append_column("events_in_window", pa.array([1] * table.num_rows, pa.int64()))
+    rows = rows.append_column("ts", pa.array([[0]] * table.num_rows, pa.list_(pa.int64())))
+    rows = rows.append_column("last_ts", pa.nulls(table.num_rows, USER_SEQUENCES.schema.field("last_ts").type))
+    rows = rows.append_column("ds", pa.array([ds] * table.num_rows, pa.string()))
+    lake.replace_partition(cfg, USER_SEQUENCES, rows, {"ds": ds})
+    return lake.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
+
+
+def run_day(cfg, ds: str, table: pa.Table, champion: registry.RegisteredEncoder):
+    version, files = write_sequences(cfg, ds, table)
+    users, counts, plan = embed_day(cfg, ds, version, files, champion)
+    lake.replace_partition(cfg, USER_EMBEDDINGS, users.append_column("ds", pa.array([ds] * users.num_rows)), {"ds": ds})
+    return users, counts, plan
+
+
+def two_days(n: int = 20, active: tuple[int, ...] = (2, 5)) -> tuple[pa.Table, pa.Table]:
+    items, events = histories(n, seed=3)
+    users = [f"u{i:02d}" for i in range(n)]
+    later = [np.append(s, 7) if i in active else s for i, s in enumerate(items)]
+    later_events = [np.append(e, 1) if i in active else e for i, e in enumerate(events)]
+    return sequences_table(users, items, events), sequences_table(users, later, later_events)
+
+
+def test_without_yesterday_every_user_is_inferred(lake_cfg):
+    day0, _ = two_days()
+    users, counts, plan = run_day(lake_cfg, DS, day0, registry.RegisteredEncoder("3", model(), {}))
+    assert counts == {"users_inferred": 20, "users_carried_forward": 0} and plan.startswith("full")
+    assert users.column("user_id").to_pylist() == sorted(day0.column("user_id").to_pylist())
+
+
+def test_same_model_infers_only_changed_users_and_copies_the_others(lake_cfg, inferred):
+    day0, day1 = two_days()
+    champion = registry.RegisteredEncoder("3", model(), {})
+    yesterday, _, _ = run_day(lake_cfg, shift(DS, -1), day0, champion)
+    inferred.clear()
+    today, counts, plan = run_day(lake_cfg, DS, day1, champion)
+    assert plan.startswith("incremental")
+    assert counts == {"users_inferred": 2, "users_carried_forward": 18}
+    assert inferred == [["u02", "u05"]]
+    assert today.column("user_id").to_pylist() == yesterday.column("user_id").to_pylist()
+    for i in range(20):
+        same = today.column("embedding")[i] == yesterday.column("embedding")[i]
+        assert same == (i not in (2, 5)), i
+    # The carried vectors are what inference would give anyway.
+    full = predictor(champion.model)(day1.sort_by("user_id"))
+    np.testing.assert_allclose(np.stack(today.column("embedding").to_numpy(zero_copy_only=False)),
+                               np.stack(full.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_of_an_incremental_day_gives_the_same_rows(lake_cfg):
+    day0, day1 = two_days()
+    champion = registry.RegisteredEncoder("3", model(), {})
+    run_day(lake_cfg, shift(DS, -1), day0, champion)
+    first, counts, _ = run_day(lake_cfg, DS, day1, champion)
+    again, counts_again, _ = run_day(lake_cfg, DS, day1, champion)
+    assert again.equals(first) and counts_again == counts
+    assert lake.read(lake_cfg, USER_EMBEDDINGS, where={"ds": DS}).num_rows == 20
+
+
+def test_a_new_champion_recomputes_everyone(lake_cfg):
+    day0, day1 = two_days()
+    run_day(lake_cfg, shift(DS, -1), day0, registry.RegisteredEncoder("3", model(0), {}))
+    users, counts, plan = run_day(lake_cfg, DS, day1, registry.RegisteredEncoder("4", model(1), {}))
+    assert counts == {"users_inferred": 20, "users_carried_forward": 0} and "champion is 4" in plan
+    assert set(users.column("model_version").to_pylist()) == {"4"}
+
+
+def test_users_new_today_or_gone_since_yesterday(lake_cfg):
+    day0, day1 = two_days()
+    champion = registry.RegisteredEncoder("3", model(), {})
+    run_day(lake_cfg, shift(DS, -1), day0.slice(0, 15), champion)  # u15..u19 are new today
+    users, counts, _ = run_day(lake_cfg, DS, day1.slice(1), champion)  # u00 has left the window
+    assert counts == {"users_inferred": 2 + 5, "users_carried_forward": 12}
+    assert users.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(1, 20)]
+
+
+def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread):
+    import ray
+
+    started = not ray.is_initialized()
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "1", "ray.inference_batch_size": "16",
+                                 "ray.inference_threads": "1"})
+    champion = registry.RegisteredEncoder("3", model(), {})
+    items, events = histories(40, seed=4)
+    table = sequences_table([f"u{i:02d}" for i in reversed(range(40))], items, events)
+    try:
+        users = embed.embed_users(cfg, table, champion)
+    finally:
+        if started:
+            ray.shutdown()
+    expected = predictor(champion.model)(table).sort_by("user_id")
+    assert users.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(40)]
+    np.testing.assert_allclose(np.stack(users.column("embedding").to_numpy(zero_copy_only=False)),
+                               np.stack(expected.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
