@@ -24,6 +24,7 @@ from mlflow.data.delta_dataset_source import DeltaDatasetSource
 
 from jobs.config import FactoryConfig
 from jobs.lake import table_uri
+from jobs.memory import RssSampler
 from jobs.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,15 @@ def track_step(cfg: FactoryConfig, ds: str, step: str, run_key: str | None = Non
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{step} ds={ds}", parent_run_id=parent,
                           nested=True, tags=tags, log_system_metrics=True) as run:
         step_run.result.mlflow_run_id = run.info.run_id
+        sampler = RssSampler()
         try:
-            yield step_run
+            with sampler:
+                yield step_run
         finally:
             step_run.result.wall_seconds = time.perf_counter() - started
+            # Peak memory of the step: the Python driver alone, and with its Spark JVM / local Ray.
+            step_run.metrics(peak_rss_driver_mb=round(sampler.peak.driver_mb, 1),
+                             peak_rss_tree_mb=round(sampler.peak.tree_mb, 1))
             _log(cfg, step_run)
 
 
