@@ -109,12 +109,14 @@ def render_event_lines(events: dict[str, np.ndarray], cat: Catalog, ds: str, mal
     """
     day = ds.replace("-", "")
     columns = (events[k].tolist() for k in ("user", "item", "etype", "ts", "ms"))
-    rows = [{"event_id": f"e{day}_{n + 1:07d}", "user_id": f"u_{u + 1:06d}", "item_id": cat.item_ids[i],
+    # A generator, not a list: a dict per event for a 5M-event day would hold gigabytes at once.
+    rows = ({"event_id": f"e{day}_{n + 1:07d}", "user_id": f"u_{u + 1:06d}", "item_id": cat.item_ids[i],
              "event_type": EVENT_TYPES[e], "ts": t, "ms_played": m}
-            for n, (u, i, e, t, m) in enumerate(zip(*columns))]
-    n_bad = int(round(malformed_share * len(rows)))
+            for n, (u, i, e, t, m) in enumerate(zip(*columns)))
+    n_events = len(events["ts"])
+    n_bad = int(round(malformed_share * n_events))
     kinds = rng.permutation(np.arange(n_bad) % len(DEFECT_KINDS)).tolist()
-    kind_at = dict(zip(np.sort(rng.choice(len(rows), n_bad, replace=False)).tolist(), kinds))
+    kind_at = dict(zip(np.sort(rng.choice(n_events, n_bad, replace=False)).tolist(), kinds))
     lines, counts = [], dict.fromkeys(DEFECT_KINDS, 0)
     for n, row in enumerate(rows):
         line = _dumps(row)
