@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: demo test test-slow faults install mlflow-ui airflow-standalone compose-config clean
+.PHONY: demo test test-slow faults bench install mlflow-ui airflow-standalone compose-config clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ test-slow: $(STAMP)
 # FAULTS_ARGS="--only crash,gates" runs some scenarios; "--fresh" rebuilds the world.
 faults: $(STAMP)
 	$(BIN)/python -m jobs.faults $(FAULTS_ARGS)
+
+# Every performance benchmark (inference, features, semantic IDs, end to end, scaling) on generated
+# data: benchmarks/results/perf.{json,md} and MLflow. About an hour on 2 idle cores; needs ~15 GB
+# free RAM and ~20 GB of disk under .state/bench. BENCH_ARGS="--only sid,features" runs some sections.
+bench: $(STAMP)
+	$(BIN)/factory bench all $(BENCH_ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/factory mlflow-ui

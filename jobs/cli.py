@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES, bench_sid
+from jobs import STEP_NAMES, bench_perf, bench_sid
 from jobs.bench_encoder import bench_app
 from jobs.config import ConfigError, FactoryConfig, load_config
 from jobs.days import parse_ds
@@ -30,6 +30,7 @@ app = typer.Typer(help="Daily embedding factory: user/item embeddings and semant
 app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
 bench_app.command("sid")(bench_sid.sid)
+bench_app.command("all")(bench_perf.all_benchmarks)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
 

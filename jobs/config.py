@@ -125,9 +125,15 @@ class TrainConfig:
     temperature: float = 0.05
     seed: int = 0
     max_regression: float = 0.02  # gate: a new model may lose at most this much validation NDCG@10
+    # Scale: train on a seeded sample of the day's users (0 = all) within a clock budget (0 = epochs
+    # only); embed still covers every user. docs/scaling.md explains why a sample is enough.
+    max_users: int = 0
+    minutes: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("train.loss", self.loss, ("full", "sampled"))
+        if self.max_users < 0 or self.minutes < 0:
+            raise ConfigError("train.max_users and train.minutes must be >= 0 (0 = no limit).")
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class LoopConfig:
 def loop_config(t: TrainConfig, threads: int = 1, **overrides) -> LoopConfig:
     """The nightly loop settings from [train]; the benchmark passes its own overrides."""
     return LoopConfig(lr=t.lr, batch_size=t.batch_size, max_epochs=t.epochs, seed=t.seed, loss=t.loss,
-                      sampled_negatives=t.sampled_negatives, threads=threads, **overrides)
+                      sampled_negatives=t.sampled_negatives, threads=threads, **{"minutes": t.minutes, **overrides})
 
 
 @dataclasses.dataclass
@@ -497,6 +497,9 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
             num_items=num_items, max_len=cfg.features.max_seq_len, d_model=t.d_model, n_layers=t.n_layers,
             n_heads=t.n_heads, dropout=t.dropout, temperature=t.temperature,
         )
+        if 0 < t.max_users < sequences.num_rows:
+            sampled = np.random.default_rng(t.seed).choice(sequences.num_rows, t.max_users, replace=False)
+            sequences = sequences.take(np.sort(sampled))
         data = build_training_data(sequences, cfg.features.max_seq_len, t.seed)
         init_state = None
         if champion is not None and dataclasses.replace(champion.model.cfg, num_items=num_items) == encoder_cfg:
@@ -504,7 +507,8 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
             init_state = expand_item_table(champion.model.state_dict(), num_items)
         loop = loop_config(t)
         step.params(**dataclasses.asdict(encoder_cfg), **{f"loop_{k}": v for k, v in dataclasses.asdict(loop).items()},
-                    warm_start_from=champion.version if init_state else "none", train_examples=len(data.inputs),
+                    warm_start_from=champion.version if init_state else "none", training_users=sequences.num_rows,
+                    train_examples=len(data.inputs),
                     validation_users=len(data.val_targets), workers=cfg.ray.train_workers)
         fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop)
         log_history(fitted.history)

@@ -47,3 +47,9 @@ def test_table_keys_from_environment_keep_their_case(monkeypatch):
 def test_engine_must_be_a_known_one():
     with pytest.raises(ConfigError, match="lake.engine must be one of"):
         load_config(overrides={"lake.engine": "parquet"})
+
+
+def test_negative_training_sample_or_budget_is_rejected(tmp_path):
+    (tmp_path / "f.toml").write_text("[train]\nmax_users = -1\n")
+    with pytest.raises(ConfigError, match="train.max_users and train.minutes must be >= 0"):
+        load_config(tmp_path / "f.toml")
