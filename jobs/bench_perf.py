@@ -167,9 +167,13 @@ def summary_rows(sections: dict) -> list[dict]:
             add(f"e2e {e2e['label']} {day['ds']} ({day['raw_lines']:,} raw lines)", f"{day['wall_seconds']:.0f} s", None,
                 "< 900 s (steady day)", day["wall_seconds"] < 900 if day is e2e["days"][-1] else None)
     if "scale" in sections:
-        for point in sections["scale"]["linearity"]:
-            add(f"scale {point['users']:,} users: per-user steps", f"{point['ms_per_user']:.3f} ms/user",
-                point["relative_to_smallest"], "flat (≈1.0 vs smallest)", None)
+        fit = sections["scale"]["linearity"]
+        for point in fit["points"]:
+            add(f"scale {point['users']:,} users: ingest+features+embed+evaluate", f"{point['seconds']:.0f} s "
+                f"({point['ms_per_user']:.2f} ms/user incl. fixed start-up)", None, "", None)
+        for m in fit["marginal"]:
+            add(f"scale marginal cost {m['from_users']:,} → {m['to_users']:,} users", f"{m['ms_per_user']:.3f} ms/user",
+                m.get("relative_to_first"), "flat: ≈1.0 vs the first step up", None)
     return rows
 
 

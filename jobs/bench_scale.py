@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from jobs.config import load_config
 from jobs.generate import generated_days
 from jobs.tracking import day_summary
@@ -112,8 +114,20 @@ def _call(command: list[str], cwd: Path) -> None:
         raise RuntimeError(f"`{' '.join(command)}` failed in {cwd} (exit {done.returncode}):\n{tail}")
 
 
-def linearity(results: list[dict]) -> list[dict]:
-    """Per-user cost of the per-user steps at each size, relative to the smallest world."""
-    base = results[0]["steady_day"]["per_user_steps_ms_per_user"]
-    return [{"users": r["world"]["users"], "ms_per_user": r["steady_day"]["per_user_steps_ms_per_user"],
-             "relative_to_smallest": r["steady_day"]["per_user_steps_ms_per_user"] / base} for r in results]
+def linearity(results: list[dict]) -> dict:
+    """Is cost per user flat? Per step group, seconds = fixed + per_user x users fitted over the worlds.
+
+    Session start-up (Spark, Ray) is a fixed cost per day, so the raw seconds per user fall as worlds
+    grow; the marginal cost between consecutive sizes is what must stay flat for linear growth.
+    """
+    users = np.array([r["world"]["users"] for r in results], dtype=float)
+    seconds = np.array([r["steady_day"]["per_user_steps_seconds"] for r in results])
+    per_user, fixed = np.polyfit(users, seconds, 1)
+    marginal = [{"from_users": int(users[i]), "to_users": int(users[i + 1]),
+                 "ms_per_user": 1000 * (seconds[i + 1] - seconds[i]) / (users[i + 1] - users[i])}
+                for i in range(len(users) - 1)]
+    for m in marginal[1:]:
+        m["relative_to_first"] = m["ms_per_user"] / marginal[0]["ms_per_user"]
+    return {"steps": list(PER_USER_STEPS), "fit_fixed_seconds": float(fixed), "fit_ms_per_user": float(1000 * per_user),
+            "marginal": marginal,
+            "points": [{"users": int(u), "seconds": float(t), "ms_per_user": 1000 * t / u} for u, t in zip(users, seconds)]}
