@@ -20,6 +20,7 @@ from rich.table import Table
 
 from jobs import STEP_NAMES, bench_perf, bench_sid
 from jobs.bench_encoder import bench_app
+from jobs.bench_generative import generative as bench_generative
 from jobs.config import ConfigError, FactoryConfig, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
@@ -30,6 +31,7 @@ app = typer.Typer(help="Daily embedding factory: user/item embeddings and semant
 app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
 bench_app.command("sid")(bench_sid.sid)
+bench_app.command("generative")(bench_generative)
 bench_app.command("all")(bench_perf.all_benchmarks)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
@@ -175,6 +177,35 @@ def neighbours(
     for row in nearest_items(cfg, user_id, ds, k):
         out.add_row(str(row["rank"]), f"{row['score']:.3f}", row["item_id"], row.get("item_type", ""),
                     row.get("genre", ""), row.get("title", ""), row.get("sid") or "")
+    Console().print(out)
+
+
+@app.command()
+def recommend(
+    user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000042.")],
+    ds: Annotated[Optional[str], typer.Option("--ds", help="Day (default: the day of the latest generative model).")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many items to keep after re-ranking.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Generated SIDs for a user -> items -> why each was kept or dropped (needs generative.enabled)."""
+    from jobs.recommend import recommend as ask
+
+    cfg = _config(config)
+    if ds:
+        parse_ds(ds)
+    if k < 1:
+        _fail(f"--k must be >= 1, got {k}.")
+    answer = ask(cfg, user_id, ds, k)
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    out = Table(title=f"{user_id} on {answer['ds']}: generated SIDs -> items -> re-ranking (prompt {' '.join(answer['prompt']) or '-'}, "
+                      f"soft token {'on' if answer['soft_token'] else 'off'})")
+    for column in ("SID", "item", "type", "title", "log p", "kept", "why"):
+        out.add_column(column)
+    for d in answer["decisions"]:
+        out.add_row(d["sid"], d["item_id"], d["type"], d["title"], f"{d['score']:.2f}", "yes" if d["kept"] else "no", d["reason"])
     Console().print(out)
 
 

@@ -207,6 +207,42 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+@dataclass(frozen=True)
+class GenerativeConfig:
+    """Optional daily step `generative` (jobs/generative.py, jobs/generative_day.py): SID generation with a soft token.
+
+    Off by default: the step then records that it was disabled. Numbers behind the defaults:
+    docs/benchmarks.md, "Generative retrieval on MovieLens-1M".
+    """
+
+    enabled: bool = False
+    model_dir: str = ""  # a local directory with a pretrained causal LM (from_pretrained); "" = tiny Llama from scratch
+    hidden: int = 64  # tiny Llama only (MLP 4x hidden), as in the ML-1M benchmark
+    layers: int = 2
+    heads: int = 4
+    history: int = 20  # last items (as SIDs) in each sequence
+    targets_per_user: int = 8  # training examples per user: the last items of the day's sequence
+    max_users: int = 5000  # users sampled for training (the projector then serves every user); 0 = all
+    minutes: float = 5.0  # training-clock budget
+    lr: float = 3e-3
+    batch_size: int = 128
+    soft_token: bool = True
+    prompt: bool = True
+    beams: int = 30
+    # Re-ranking (models/reranking.py): at most this many episodes in a list (-1 = no quota), at most
+    # max_per_prefix items sharing their first prefix_len SID tokens (0 = no cap).
+    max_episodes: int = 3
+    prefix_len: int = 1
+    max_per_prefix: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.hidden, self.layers, self.heads, self.history, self.targets_per_user, self.batch_size, self.beams) < 1:
+            raise ConfigError("generative.hidden, layers, heads, history, targets_per_user, batch_size and beams must be >= 1.")
+        if self.max_users < 0 or self.minutes <= 0 or self.lr <= 0 or self.prefix_len < 0 or self.max_per_prefix < 0:
+            raise ConfigError("generative.max_users, prefix_len and max_per_prefix must be >= 0; minutes and lr > 0.")
+
+
 class FactoryConfig:
     root: str = "."  # directory relative paths are resolved against (set by the loader)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -222,6 +258,7 @@ class FactoryConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
+    generative: GenerativeConfig = field(default_factory=GenerativeConfig)
     # Derived locations: one place that knows where the local run keeps things.
     @property
     def state_dir(self) -> Path:

@@ -1,0 +1,275 @@
+"""Generative retrieval over semantic IDs: a causal LM that "speaks the catalog", with a soft token.
+
+Read top to bottom: vocabulary -> input sequences -> soft-token projector -> model (tiny Llama from
+scratch, or a pretrained open-weight model from a local directory) -> loss -> the SID trie as
+tensors -> constrained beam search.
+
+Sequence layout (left-padded, so every row ends at the same column):
+
+    [BOS] [SOFT]? [prompt tokens]* [SEP] h1_l0 h1_l1 ... hN_lD [SEP] -> target t_l0 ... t_lD
+
+SOFT is a placeholder id whose input embedding is replaced by projector(user embedding) through
+`inputs_embeds` (one token, as Spotify's production system). A SID is `depth` tokens (levels codes
+plus the de-duplication token); token (level, code) has its own vocabulary id. The loss covers only
+the target's SID tokens: the soft token summarises the history up to the target, so supervising
+earlier history positions would let them read their own answer from it.
+No I/O here: data, training loops and MLflow live in jobs/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD, BOS, SEP, SOFT = 0, 1, 2, 3  # offsets inside our block of the vocabulary
+N_SPECIAL = 4
+
+
+@dataclass(frozen=True)
+class SidVocabulary:
+    """Vocabulary ids: [base model tokens][specials][prompt tokens][SID tokens, level by level].
+
+    base: size of a pretrained model's own vocabulary (0 for a model trained from scratch).
+    level_sizes: token values per SID level, e.g. (256, 256, 256, 8) for 3x256 + a dedup token.
+    """
+
+    prompt_tokens: tuple[str, ...]
+    level_sizes: tuple[int, ...]
+    base: int = 0
+
+    def __post_init__(self) -> None:
+        if len(set(self.prompt_tokens)) != len(self.prompt_tokens):
+            raise ValueError("SidVocabulary.prompt_tokens must be unique.")
+        if not self.level_sizes or min(self.level_sizes) < 1:
+            raise ValueError(f"SidVocabulary.level_sizes must be positive, got {self.level_sizes}.")
+
+    def special(self, which: int) -> int:
+        return self.base + which
+
+    @property
+    def depth(self) -> int:
+        return len(self.level_sizes)
+
+    @property
+    def sid_start(self) -> int:
+        return self.base + N_SPECIAL + len(self.prompt_tokens)
+
+    @property
+    def size(self) -> int:
+        return self.sid_start + sum(self.level_sizes)
+
+    def level_start(self, level: int) -> int:
+        return self.sid_start + sum(self.level_sizes[:level])
+
+    def prompt_ids(self, tokens) -> list[int]:
+        """Ids of known prompt tokens (unknown ones are skipped: a new country must not fail a request)."""
+        index = {t: i for i, t in enumerate(self.prompt_tokens)}
+        return [self.base + N_SPECIAL + index[t] for t in tokens if t in index]
+
+    def sid_ids(self, codes: np.ndarray) -> np.ndarray:
+        """(..., w) SID codes of the first w <= depth levels -> (..., w) vocabulary ids."""
+        codes = np.asarray(codes, dtype=np.int64)
+        w = codes.shape[-1]
+        if not 0 < w <= self.depth or (codes < 0).any() or (codes >= np.array(self.level_sizes[:w])).any():
+            raise ValueError(f"SID codes must be (..., <= {self.depth}) within level sizes {self.level_sizes}.")
+        return codes + np.array([self.level_start(level) for level in range(w)])
+
+
+def build_sequences(vocab: SidVocabulary, histories: list[np.ndarray], prompts: list[list[str]] | None,
+                    soft: bool, targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded input ids (B, T) and attention mask (B, T).
+
+    histories: per row, (n_i, w) SID codes of the items before the target, oldest first; w <= depth
+        (e.g. levels without the de-duplication token: shorter sequences, little lost).
+    prompts: per row, prompt token strings (None or [] for none); soft: put the SOFT placeholder.
+    targets: (B, depth) codes appended at the end (training), or None (generation starts after SEP).
+    """
+    rows = []
+    for i, history in enumerate(histories):
+        row = [vocab.special(BOS)] + ([vocab.special(SOFT)] if soft else [])
+        row += vocab.prompt_ids(prompts[i]) if prompts else []
+        row.append(vocab.special(SEP))
+        if len(history):
+            row += vocab.sid_ids(np.asarray(history)).ravel().tolist()
+        row.append(vocab.special(SEP))
+        if targets is not None:
+            row += vocab.sid_ids(targets[i]).tolist()
+        rows.append(row)
+    longest = max(len(r) for r in rows)
+    ids = np.full((len(rows), longest), vocab.special(PAD), dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row):], mask[i, longest - len(row):] = row, 1
+    return ids, mask
+
+
+class SoftTokenProjector(nn.Module):
+    """2-layer MLP: a user embedding (B, user_dim) -> one token embedding (B, hidden)."""
+
+    def __init__(self, user_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(user_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.net(users)
+
+
+@dataclass(frozen=True)
+class TinyLlamaConfig:
+    """A causal LM small enough to train from scratch on 2 CPU cores (about 0.5M non-embedding params)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 512
+    max_positions: int = 256
+
+
+def tiny_llama(vocab: SidVocabulary, cfg: TinyLlamaConfig, seed: int = 0):
+    """A randomly initialised LlamaForCausalLM over `vocab` (tied input/output embeddings)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab.size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                         max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
+                         pad_token_id=vocab.special(PAD), bos_token_id=vocab.special(BOS), eos_token_id=vocab.special(SEP))
+    return LlamaForCausalLM(config)
+
+
+def pretrained_lm(local_dir: str, vocab_without_base: SidVocabulary):
+    """A pretrained causal LM from a local directory, its vocabulary extended by our tokens.
+
+    Returns (model, vocab) where vocab.base is the model's own vocabulary size: every special,
+    prompt and SID token is a new row of the (resized) embedding table.
+    """
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(local_dir)
+    vocab = SidVocabulary(vocab_without_base.prompt_tokens, vocab_without_base.level_sizes,
+                          base=lm.get_input_embeddings().num_embeddings)
+    lm.resize_token_embeddings(vocab.size)
+    return lm, vocab
+
+
+class GenerativeRecommender(nn.Module):
+    """A causal LM over `vocab` plus an optional soft-token projector (user_dim > 0)."""
+
+    def __init__(self, lm: nn.Module, vocab: SidVocabulary, user_dim: int = 0):
+        super().__init__()
+        self.lm, self.vocab = lm, vocab
+        hidden = lm.get_input_embeddings().embedding_dim
+        self.projector = SoftTokenProjector(user_dim, hidden) if user_dim else None
+
+    def embed(self, input_ids: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) input embeddings, SOFT placeholders replaced by projected users (B, U)."""
+        x = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        is_soft = input_ids == self.vocab.special(SOFT)
+        if bool(is_soft.any()):
+            if self.projector is None or users is None:
+                raise ValueError("The input holds a SOFT token but the model has no projector or no user embeddings were given.")
+            soft = self.projector(users.to(x.dtype))  # (B, H)
+            x = torch.where(is_soft[..., None], soft[:, None, :].expand_as(x), x)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: torch.Tensor | None = None,
+                use_cache: bool = False, logits_to_keep: int = 0):
+        """HF causal-LM output for left-padded rows; logits_to_keep > 0 computes only the last ones."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
+        return self.lm(inputs_embeds=self.embed(input_ids, users), attention_mask=attention_mask,
+                       position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    def target_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy of the last `depth` tokens (the target SID), each predicted from its prefix."""
+        depth = self.vocab.depth
+        logits = self(input_ids, attention_mask, users, logits_to_keep=depth + 1).logits[:, :-1]  # (B, depth, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, -depth:].reshape(-1))
+
+
+class TrieTables:
+    """The SID trie as dense tensors, so a whole batch of beams steps with a few gathers.
+
+    tokens: (N, depth) SID codes of the N generatable items (row i = item i), all distinct.
+    At depth d, node j is one distinct prefix of length d; allowed[d] (nodes_d, level_size_d) says
+    which codes may follow it and child[d] the node they lead to (at the last depth: the item row).
+    """
+
+    def __init__(self, tokens: np.ndarray, level_sizes: tuple[int, ...]):
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2 or tokens.shape[1] != len(level_sizes):
+            raise ValueError(f"TrieTables: tokens must be (N, {len(level_sizes)}), got {tokens.shape}.")
+        if len(np.unique(tokens, axis=0)) != len(tokens):
+            raise ValueError("TrieTables: two items have the same SID; every generatable SID must be unique.")
+        self.depth, self.items = tokens.shape[1], len(tokens)
+        self.allowed, self.child = [], []
+        node = np.zeros(len(tokens), dtype=np.int64)  # each item's node at the current depth (root = 0)
+        nodes = 1
+        for d, size in enumerate(level_sizes):
+            if d + 1 < self.depth:
+                _, next_node = np.unique(np.stack([node, tokens[:, d]], 1), axis=0, return_inverse=True)
+                next_node = next_node.reshape(-1)
+            else:
+                next_node = np.arange(len(tokens))  # leaves are item rows
+            child = np.full((nodes, size), -1, dtype=np.int64)
+            child[node, tokens[:, d]] = next_node
+            self.child.append(torch.from_numpy(child))
+            self.allowed.append(torch.from_numpy(child >= 0))
+            node, nodes = next_node, int(next_node.max()) + 1 if len(next_node) else 0
+
+
+@torch.inference_mode()
+def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            users: torch.Tensor | None, trie: TrieTables, beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top `beams` complete SIDs per row, by summed log-probability, never leaving the trie.
+
+    input_ids, attention_mask: (B, T) left-padded prompts ending in SEP; users: (B, U) or None.
+    Returns item rows (B, beams) into the trie's token matrix (-1 where fewer than `beams` SIDs exist)
+    and their scores (B, beams), best first. beams=1 is greedy decoding.
+    A hand-written search rather than generate(prefix_allowed_tokens_fn=...): SIDs have a fixed
+    depth, so the whole batch steps together with one masked top-k per level and no per-beam Python
+    callback (HF's callback runs once per beam and step), and beams never need an EOS.
+    """
+    vocab, (B, T) = model.vocab, input_ids.shape
+    out = model(input_ids, attention_mask, users, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    node = torch.zeros(B, 1, dtype=torch.long)  # (B, K) trie node of each beam; K = 1 before the first step
+    score, suffix = torch.zeros(B, 1), torch.zeros(B, 1, 0, dtype=torch.long)  # (B, K), (B, K, d) generated ids
+    last = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
+    rows = 1  # beams per row the prompt cache holds
+    for d in range(trie.depth):
+        start, size = vocab.level_start(d), vocab.level_sizes[d]
+        logp = F.log_softmax(logits.float(), dim=-1)[:, start:start + size]  # (B*K, size)
+        logp = logp.masked_fill(~trie.allowed[d][node.reshape(-1)], float("-inf")).view(B, -1, size)
+        total = (score[:, :, None] + logp).view(B, -1)  # (B, K * size)
+        score, flat = total.topk(min(beams, total.shape[1]), dim=1)  # (B, k)
+        origin, code = flat // size, flat % size
+        node = trie.child[d][node.gather(1, origin), code]  # (B, k); -1 where the score is -inf
+        suffix = torch.cat([suffix.gather(1, origin[:, :, None].expand(-1, -1, d)), (start + code)[:, :, None]], 2)
+        if d + 1 == trie.depth:
+            break
+        # Every beam of a row shares the prompt, so the prompt's cache is expanded once and never
+        # reordered; each step crops the cache back to the prompt and feeds the beams' suffixes
+        # (at most depth - 1 tokens). Reordering the whole cache every step cost 3x more on CPU.
+        width = node.shape[1]
+        if cache.get_seq_length() > T:
+            cache.crop(T - cache.get_seq_length())  # a negative crop drops that many trailing tokens
+        if rows != width:
+            cache.reorder_cache(torch.arange(B).repeat_interleave(width) * rows)
+            rows = width
+        step_ids = suffix.reshape(B * width, d + 1)
+        mask = torch.cat([attention_mask, attention_mask.new_ones(B, d + 1)], 1).repeat_interleave(width, 0)
+        position = (last + torch.arange(1, d + 2)).repeat_interleave(width, 0)  # (B*k, d + 1)
+        out = model.lm(inputs_embeds=model.lm.get_input_embeddings()(step_ids), attention_mask=mask,
+                       position_ids=position, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    valid = torch.isfinite(score) & (node >= 0)
+    items = torch.where(valid, node, torch.full_like(node, -1))
+    if items.shape[1] < beams:  # fewer SIDs in the trie than beams
+        pad = beams - items.shape[1]
+        items = torch.cat([items, items.new_full((B, pad), -1)], 1)
+        score = torch.cat([score, score.new_full((B, pad), float("-inf"))], 1)
+    return items, score

@@ -1,0 +1,240 @@
+"""Generative retrieval: constrained decoding, soft tokens, the pretrained path, training, re-ranking."""
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.generative import Examples, FitConfig, fit, generate, hit_metrics
+from models.generative import (
+    SOFT, GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, build_sequences,
+    constrained_beam_search, pretrained_lm, tiny_llama,
+)
+from models.reranking import Candidate, RerankRules, rerank
+
+LEVELS = (4, 4, 3)
+TINY = TinyLlamaConfig(hidden=32, layers=1, heads=2, intermediate=64, max_positions=128)
+
+
+def catalog(n: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.unique(rng.integers(0, LEVELS, size=(n, len(LEVELS))), axis=0)
+
+
+def model_for(vocab: SidVocabulary, user_dim: int = 0, seed: int = 0) -> GenerativeRecommender:
+    return GenerativeRecommender(tiny_llama(vocab, TINY, seed), vocab, user_dim).eval()
+
+
+def inputs(vocab, tokens, rows=3, soft=False, seed=0):
+    rng = np.random.default_rng(seed)
+    histories = [tokens[rng.integers(0, len(tokens), n)] for n in range(rows)]
+    ids, mask = build_sequences(vocab, histories, [["a"]] * rows, soft)
+    return torch.from_numpy(ids), torch.from_numpy(mask), histories
+
+
+def test_constrained_decoding_never_returns_an_invalid_sid_even_when_logits_favour_invalid_tokens(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(9)
+    model = model_for(vocab)
+    invalid = torch.zeros(vocab.size)
+    for level, size in enumerate(LEVELS):  # a huge bias on every code no catalog SID uses at that level
+        unused = sorted(set(range(size)) - set(tokens[:, level].tolist()))
+        invalid[[vocab.level_start(level) + c for c in unused]] = 50.0
+    invalid[: vocab.sid_start] = 80.0  # and on every non-SID token
+    with torch.no_grad():
+        model.lm.lm_head.weight.zero_()
+        model.lm.lm_head.bias = torch.nn.Parameter(invalid)
+    ids, mask, _ = inputs(vocab, tokens)
+    items, scores = constrained_beam_search(model, ids, mask, None, TrieTables(tokens, LEVELS), beams=30)
+    valid = items[items >= 0]
+    assert len(valid) == 3 * len(tokens)  # every catalog SID exactly once per row, nothing else
+    for row in items:
+        got = row[row >= 0].tolist()
+        assert sorted(got) == list(range(len(tokens)))
+    assert torch.isinf(scores[items < 0]).all()
+
+
+def test_beam_search_equals_exhaustive_scoring_and_greedy_is_beam_one(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    model, trie = model_for(vocab, seed=1), TrieTables(tokens, LEVELS)
+    ids, mask, histories = inputs(vocab, tokens, seed=1)
+    items, scores = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens))
+    greedy, _ = constrained_beam_search(model, ids, mask, None, trie, beams=1)
+    for r, history in enumerate(histories):  # score every catalog SID with one full forward each
+        all_ids, all_mask = build_sequences(vocab, [history] * len(tokens), [["a"]] * len(tokens), False, targets=tokens)
+        t = torch.from_numpy(all_ids)
+        with torch.no_grad():
+            logp = model(t, torch.from_numpy(all_mask)).logits.float().log_softmax(-1)
+        total = logp[:, -4:-1].gather(2, t[:, -3:, None]).squeeze(-1).sum(1)
+        assert items[r].tolist() == total.argsort(descending=True).tolist()
+        torch.testing.assert_close(scores[r], total.sort(descending=True).values, atol=1e-4, rtol=1e-4)
+    # greedy (beam 1) takes the most likely valid token level by level, e.g. the first one:
+    with torch.no_grad():
+        first = model(ids, mask).logits[:, -1, vocab.level_start(0):vocab.level_start(0) + LEVELS[0]]
+    first = first.masked_fill(~trie.allowed[0][0], float("-inf")).argmax(-1)
+    assert [int(tokens[g][0]) for g in greedy[:, 0]] == first.tolist()
+
+
+def test_every_generated_item_exists_in_the_catalog(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(15)
+    model, trie = model_for(vocab, seed=2), TrieTables(tokens, LEVELS)
+    examples = Examples([tokens[:k] for k in range(5)], [["a"]] * 5, None, None)
+    rows, _ = generate(model, examples, trie, beams=8, batch_size=2)
+    assert rows.shape == (5, 8) and (rows >= 0).all() and (rows < len(tokens)).all()
+    for row in rows:
+        assert len(set(row.tolist())) == 8  # no item twice in a list
+
+
+def test_more_beams_than_catalog_items_pads_with_minus_one(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(4)
+    ids, mask, _ = inputs(vocab, tokens, rows=2)
+    items, scores = constrained_beam_search(model_for(vocab), ids, mask, None, TrieTables(tokens, LEVELS), beams=10)
+    assert (items[:, :len(tokens)] >= 0).all() and (items[:, len(tokens):] == -1).all()
+
+
+def test_soft_token_changes_the_output_and_gradients_reach_the_projector(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(10)
+    model = model_for(vocab, user_dim=8)
+    ids, mask, _ = inputs(vocab, tokens, rows=2, soft=True)
+    assert (ids == vocab.special(SOFT)).sum() == 2
+    users = torch.randn(2, 8)
+    a = model(ids, mask, users).logits[:, -1]
+    b = model(ids, mask, users * -3).logits[:, -1]
+    assert not torch.allclose(a, b)
+    model.train()
+    targets, tmask = build_sequences(vocab, [tokens[:2], tokens[2:3]], None, True, targets=tokens[:2])
+    model.target_loss(torch.from_numpy(targets), torch.from_numpy(tmask), users).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    with pytest.raises(ValueError, match="SOFT"):
+        GenerativeRecommender(model.lm, vocab, 0)(ids, mask, None)
+
+
+def test_pretrained_model_from_a_local_directory_gets_the_sid_vocabulary(tmp_path, one_torch_thread):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128))
+    base.save_pretrained(tmp_path / "tiny-llama")
+    lm, vocab = pretrained_lm(str(tmp_path / "tiny-llama"), SidVocabulary(("a", "b"), LEVELS))
+    assert vocab.base == 50 and lm.get_input_embeddings().num_embeddings == vocab.size == 50 + 4 + 2 + sum(LEVELS)
+    torch.testing.assert_close(lm.get_input_embeddings().weight[:50], base.get_input_embeddings().weight)
+    tokens = catalog(12)
+    model = GenerativeRecommender(lm, vocab, user_dim=8).eval()
+    ids, mask, _ = inputs(vocab, tokens, soft=True)
+    items, _ = constrained_beam_search(model, ids, mask, torch.randn(3, 8), TrieTables(tokens, LEVELS), beams=5)
+    assert (items >= 0).all() and ids.min() >= 50  # our tokens live above the base vocabulary
+
+
+def test_fit_on_generated_sequences_reduces_the_loss_and_learns_the_pattern(one_torch_thread):
+    # Users walk the catalog in order: the next item is the one after the last; the soft token is noise.
+    vocab, tokens = SidVocabulary(("a", "b"), LEVELS), catalog(12)
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(tokens) - 4, 300)
+    examples = Examples([tokens[s:s + 3] for s in starts], [["a"]] * 300, rng.normal(size=(300, 4)).astype(np.float32),
+                        tokens[starts + 3])
+    model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, user_dim=4)
+    fitted = fit(model, examples, FitConfig(minutes=1.0, max_epochs=25, lr=1e-2, batch_size=64, warmup_steps=5, threads=1))
+    losses = [h["loss"] for h in fitted["history"]]
+    assert losses[-1] < 0.5 * losses[0]
+    rows, _ = generate(model, examples.rows(np.arange(50)), TrieTables(tokens, LEVELS), beams=3)
+    assert hit_metrics([list(r) for r in rows], starts[:50] + 3, ks=(3,), ndcg_ks=())["hr3"] > 0.5
+
+
+def test_trie_rejects_duplicate_sids():
+    with pytest.raises(ValueError, match="same SID"):
+        TrieTables(np.array([[1, 2, 0], [1, 2, 0]]), LEVELS)
+
+
+def c(item, sid, kind="track"):
+    return Candidate(item, tuple(sid), 0.0, kind)
+
+
+def test_rerank_drops_consumed_items():
+    decisions = rerank([c("a", [1, 1]), c("b", [2, 1]), c("c", [3, 1])], {"b"}, RerankRules(k=5))
+    assert [d.candidate.item_id for d in decisions if d.kept] == ["a", "c"]
+    assert decisions[1].reason.startswith("consumed")
+
+
+def test_rerank_type_quota_caps_episodes():
+    cands = [c("e1", [1], "episode"), c("e2", [2], "episode"), c("t1", [3]), c("e3", [4], "episode"), c("t2", [5])]
+    decisions = rerank(cands, set(), RerankRules(k=10, type_quotas={"episode": 2}))
+    assert [d.candidate.item_id for d in decisions if d.kept] == ["e1", "e2", "t1", "t2"]
+    assert decisions[3].reason == "quota episode: 2 already kept"
+
+
+def test_rerank_prefix_cap_spreads_the_list_and_k_limits_it():
+    cands = [c("a", [7, 1, 0]), c("b", [7, 2, 0]), c("c", [7, 3, 0]), c("d", [8, 1, 0]), c("e", [9, 1, 0])]
+    decisions = rerank(cands, set(), RerankRules(k=3, prefix_len=1, max_per_prefix=2))
+    assert [d.candidate.item_id for d in decisions if d.kept] == ["a", "b", "d"]
+    assert decisions[2].reason.startswith("prefix cap 7") and decisions[4].reason.startswith("list full")
+
+
+DS = "2026-01-03"
+
+
+def tiny_lake(tmp_path, enabled: bool):
+    """A lake with only what the generative step reads: 12 items with SIDs, 30 users, embeddings of ds and ds-1."""
+    import pyarrow as pa
+
+    from jobs import lake
+    from jobs.config import load_config
+    from jobs.days import day_bounds_ms, shift
+    from jobs.tables import ITEM_TOKENS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "generative.enabled": str(enabled).lower(),
+                                 "generative.minutes": "0.05", "generative.hidden": "32", "generative.layers": "1",
+                                 "generative.heads": "2", "generative.beams": "6", "generative.max_per_prefix": "2"})
+    tokens = catalog(12)
+    items = [f"{'ep' if i % 3 == 0 else 'trk'}_{i:03d}" for i in range(len(tokens))]
+    lake.upsert(cfg, ITEMS, pa.Table.from_pylist([{"item_id": it, "item_type": "episode" if it.startswith("ep") else "track",
+                                                   "title": f"title {it}"} for it in items], schema=ITEMS.schema))
+    lake.upsert(cfg, ITEM_VOCAB, pa.Table.from_pylist([{"item_id": it, "item_idx": i + 1, "first_seen_ds": DS}
+                                                       for i, it in enumerate(items)], schema=ITEM_VOCAB.schema))
+    lake.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": it, "tokens": t.tolist(),
+                                                         "sid": "-".join(map(str, t))} for it, t in zip(items, tokens)],
+                                                       schema=ITEM_TOKENS.schema))
+    start, _ = day_bounds_ms(DS)
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(30):
+        s = int(rng.integers(0, 6))
+        idx = [(s + j) % len(items) + 1 for j in range(6)]
+        rows.append({"user_id": f"u_{u:03d}", "item_idx": idx, "ts": [start - 5000 + 1000 * j for j in range(6)], "ds": DS})
+    lake.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {"ds": DS})
+    for day in (shift(DS, -1), DS):
+        vectors = [{"user_id": f"u_{u:03d}", "embedding": rng.normal(size=8).astype(np.float32).tolist(),
+                    "model_version": "1", "ds": day} for u in range(30)]
+        lake.replace_partition(cfg, USER_EMBEDDINGS, pa.Table.from_pylist(vectors, schema=USER_EMBEDDINGS.schema), {"ds": day})
+    return cfg
+
+
+def test_generative_step_disabled_by_default_records_that_it_was_disabled(tmp_path):
+    from jobs import generative
+    from jobs.config import load_config
+
+    assert load_config(overrides={}).generative.enabled is False
+    result = generative.run(DS, tiny_lake(tmp_path, enabled=False))
+    assert result.metrics["enabled"] == 0.0 and any("enabled = false" in note for note in result.notes)
+    assert not (tmp_path / "generative").exists()
+
+
+def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, one_torch_thread):
+    from typer.testing import CliRunner
+
+    from jobs import generative
+    from jobs.cli import app
+    from jobs.errors import FactoryError
+    from jobs.recommend import recommend
+
+    cfg = tiny_lake(tmp_path, enabled=True)
+    result = generative.run(DS, cfg)
+    assert result.metrics["enabled"] == 1.0 and result.metrics["examples"] > 0 and result.params["soft_token"] == "True"
+    answer = recommend(cfg, "u_001", k=3)
+    kept = [d for d in answer["decisions"] if d["kept"]]
+    assert 0 < len(kept) <= 3 and answer["soft_token"]
+    consumed = {f"{'ep' if i % 3 == 0 else 'trk'}_{i:03d}" for i in range(12)}  # ids of the catalog
+    assert all(d["item_id"] in consumed for d in answer["decisions"])  # every generated item exists
+    assert {d["reason"].split(":")[0].split(" ")[0] for d in answer["decisions"] if not d["kept"]} <= {"consumed", "quota", "prefix", "list"}
+    with pytest.raises(FactoryError, match="no listening sequence"):
+        recommend(cfg, "u_999")
+    out = CliRunner().invoke(app, ["recommend", "u_002", "--k", "2", "--json"], env={"FACTORY__PATHS__STATE_DIR": str(tmp_path)})
+    assert out.exit_code == 0, out.output
