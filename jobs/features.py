@@ -8,7 +8,7 @@ to the driver but the small per-day vocabulary additions and the result handed t
 
 from __future__ import annotations
 
-from pyspark.sql import Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs import lake
@@ -40,31 +40,44 @@ def extend_vocab(cfg: FactoryConfig, ds: str, step) -> int:
     return largest + added.num_rows
 
 
-def build_user_sequences(cfg: FactoryConfig, ds: str, step):
+def build_user_sequences(cfg: FactoryConfig, ds: str, step) -> DataFrame:
     window = [shift(ds, -i) for i in range(cfg.features.window_days)]
     events_version, events = read_snapshot(cfg, EVENTS, where_in={"ds": window})
     vocab_version, vocab = read_snapshot(cfg, ITEM_VOCAB)
     step.read(EVENTS, events_version)
+    return user_sequences(events, vocab, ds, cfg.features.max_seq_len)
+
+
+def user_sequences(events: DataFrame, vocab: DataFrame, ds: str, max_seq_len: int) -> DataFrame:
+    """USER_SEQUENCES rows for ds from the window's EVENTS and the ITEM_VOCAB (DataFrame -> DataFrame).
+
+    Per user: the most recent `max_seq_len` plays/skips of items in the vocabulary, chosen by
+    (ts desc, event_id desc) and listed oldest first (by ts in ms, then event_id); events_in_window
+    counts all of them. Also used by `factory bench features` against the same SQL in DuckDB.
+    """
+    # One aggregation per user, no window: the window version (count over the user, row_number over
+    # (ts desc, event_id desc), filter, then the same aggregation) sorted every event by user and time
+    # and used 20-30% more JVM CPU on 5M generated events (`factory bench features`, docs/benchmarks.md).
     event_code = F.create_map(*[F.lit(x) for kv in EVENT_TYPE_CODES.items() for x in kv])
-    by_user = Window.partitionBy("user_id")
-    recent_first = by_user.orderBy(F.col("ts").desc(), F.col("event_id").desc())
-    recent = (
+    newest_first = (
         events.where(F.col("event_type").isin(*SEQUENCE_EVENT_TYPES))
         .join(F.broadcast(vocab.select("item_id", "item_idx")), "item_id")
-        .withColumn("events_in_window", F.count("*").over(by_user))
-        .withColumn("recency", F.row_number().over(recent_first))
-        .where(F.col("recency") <= cfg.features.max_seq_len)
-    )
-    return (
-        recent.groupBy("user_id")
+        .groupBy("user_id")
         .agg(
-            F.sort_array(F.collect_list(F.struct(
-                F.unix_millis("ts").alias("ts"), F.col("event_id"), F.col("item_idx"),
-                event_code[F.col("event_type")].cast("byte").alias("event_type"),
-            ))).alias("s"),
-            F.first("events_in_window").alias("events_in_window"),
+            F.count("*").alias("events_in_window"),
             F.max("ts").alias("last_ts"),
+            F.slice(F.sort_array(F.collect_list(F.struct(
+                "ts", "event_id", "item_idx", event_code[F.col("event_type")].cast("byte").alias("event_type"),
+            )), asc=False), 1, max_seq_len).alias("recent"),
         )
+    )
+    # The kept events, oldest first by (ts in ms, event_id): the order the table has always used.
+    oldest_first = F.sort_array(F.transform("recent", lambda e: F.struct(
+        F.unix_millis(e.ts).alias("ts"), e.event_id.alias("event_id"), e.item_idx.alias("item_idx"),
+        e.event_type.alias("event_type"),
+    )))
+    return (
+        newest_first.select("user_id", oldest_first.alias("s"), "events_in_window", "last_ts")
         .select(
             "user_id", F.col("s.item_idx").alias("item_idx"), F.col("s.event_type").alias("event_type"),
             F.col("s.ts").alias("ts"), "events_in_window", "last_ts", F.lit(ds).alias("ds"),
