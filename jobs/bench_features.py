@@ -10,8 +10,8 @@ day: no process ever holds more than one day of events.
 On the same files, per size: Spark runs the step's own `jobs.features.user_sequences` (local[2], the
 session of jobs.spark with the factory's settings, warmed up first; session start reported apart)
 and DuckDB runs the same computation in SQL (row_number window, filter, ordered list aggregation)
-with 2 threads in a child process. Both write the full result to parquet, and the two outputs are
-compared row by row. Reported: seconds, ratio Spark/DuckDB, events/s, seconds per million events
+with 2 threads in a child process. Both write the full result to parquet (rows unordered in both: the
+step sorts the collected result by user_id in Arrow), and the two outputs are compared row by row. Reported: seconds, ratio Spark/DuckDB, events/s, seconds per million events
 between sizes (linearity), peak RSS of the Python driver, the Spark JVM and the DuckDB process.
 """
 
@@ -164,7 +164,7 @@ COPY (
          list(ts_ms ORDER BY ts_ms, event_id) AS ts,
          any_value(events_in_window) AS events_in_window, max(ts) AS last_ts, $ds AS ds
   FROM ranked WHERE recency <= $max_seq_len
-  GROUP BY user_id ORDER BY user_id
+  GROUP BY user_id
 ) TO '{out}' (FORMAT parquet)
 """
 
