@@ -156,7 +156,7 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, encoder_minutes: float = 6.0, levels: int = 3,
+def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0, encoder_minutes: float = 6.0, levels: int = 3,
                   codes: int = 256, history: int = 20, targets_per_user: int = 16, train_user_share: float = 0.85,
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
@@ -219,16 +219,17 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, encoder_
                     base_lm, run_vocab = tiny_llama(vocab, lm, seed), vocab
                 torch.manual_seed(seed)
                 model = GenerativeRecommender(base_lm, run_vocab, user_dim=encoder_cfg.d_model if soft else 0)
-                fitted = fit(model, examples.without(soft, prompt), FitConfig(minutes=minutes, lr=lr, batch_size=batch_size,
+                fitted = fit(model, examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr, batch_size=batch_size,
                                                                                   warmup_steps=20, seed=seed, threads=1))
                 fit_seconds = time.perf_counter() - t
                 t = time.perf_counter()
                 ev = evaluate(model, test_examples.without(soft, prompt), trie, sids, seen, targets, beams, unseen_user)
                 runs.append({"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - t,
                              "eval": ev, "parameters": sum(p.numel() for p in model.parameters())})
-                log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %.1f+%.1f min",
+                log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
                             name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
-                            ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fit_seconds / 60, runs[-1]["eval_seconds"] / 60)
+                            ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60,
+                            runs[-1]["eval_seconds"] / 60)
             results[name] = {"soft_token": soft, "prompt": prompt, "runs": runs, "summary": summarise(runs)}
             phases[f"config {name}"] = sum(r["fit_seconds"] + r["eval_seconds"] for r in runs)
     result = {
@@ -236,7 +237,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, encoder_
         "dataset": {"path": str(data), "sha256": dataset.sha256, "users": len(user_ids), "items": dataset.num_items,
                     "train_users": int(len(train_users)), "train_examples": len(examples), "evaluated_users": int(len(evaluated)),
                     "evaluated_unseen_users": int(unseen_user.sum())},
-        "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "encoder_minutes": encoder_minutes, "levels": levels,
+        "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps, "encoder_minutes": encoder_minutes, "levels": levels,
                      "codes": codes, "level_sizes": list(level_sizes), "history_items": history, "targets_per_user": targets_per_user,
                      "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
                      "batch_size": batch_size, "model_dir": model_dir, "vocab_size": vocab.size,
@@ -285,11 +286,11 @@ def render_markdown(result: dict) -> str:
     ref = result["reference_encoder"]
     lines.append(f"| encoder dot product (reference) | {ref['hr10']:.4f} | {ref['hr30']:.4f} | {ref['ndcg10']:.4f} | "
                  f"{ref['hr1']:.4f} | – | {ref['unseen_users_hr10']:.4f} | – |")
-    lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10):"]
+    lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached):"]
     for name, r in result["results"].items():
         lines.append(f"- {name}: " + "; ".join(f"seed {run['seed']}: {run['eval'][f'beam{beams}']['hr10']:.4f} / "
                                                f"{run['eval'][f'beam{beams}']['hr30']:.4f} / {run['eval'][f'beam{beams}']['ndcg10']:.4f}"
-                                               for run in r["runs"]))
+                                               f" ({run['fit']['steps']} steps)" for run in r["runs"]))
     w, load = result["wall_seconds"], result["load"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()) + ".",
               f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} on {load['cores']} cores."]
@@ -299,7 +300,9 @@ def render_markdown(result: dict) -> str:
 def generative(
     data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, item_map.csv, user_map.csv.")],
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
-    minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed.")] = 2.5,
+    minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
+                                             "compute for every run however busy the machine is.")] = 0,
     encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, reference row).")] = 5.0,
     history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
     targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
@@ -317,7 +320,7 @@ def generative(
     out = out or Path("benchmarks/results") / f"generative_{data.parent.name}.json"
     command = f"factory bench generative {shlex.join(sys.argv[3:] if Path(sys.argv[0]).name == 'factory' else sys.argv[1:])}"
     try:
-        result = run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, encoder_minutes=encoder_minutes,
+        result = run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
                                history=history, targets_per_user=targets_per_user, train_user_share=train_user_share,
                                eval_users=eval_users, beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers,
                                                                                       intermediate=4 * hidden),

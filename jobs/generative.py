@@ -53,6 +53,7 @@ class Examples:
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     minutes: float = 3.0  # training-clock budget; the lr schedule spans it
+    max_steps: int = 0  # > 0: a step budget instead (same compute for every run on a shared machine); minutes caps it
     max_epochs: int = 100
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -63,9 +64,9 @@ class FitConfig:
 
 
 def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dict:
-    """AdamW on the target-SID cross-entropy until the time budget or max_epochs; returns the history.
+    """AdamW on the target-SID cross-entropy until the step budget, time budget or max_epochs; returns the history.
 
-    lr: linear warmup, then cosine decay to 0 over the time budget (or over max_epochs if sooner).
+    lr: linear warmup, then cosine decay to 0 over whichever budget ends first.
     """
     if examples.targets is None or len(examples) == 0:
         raise ValueError("fit needs examples with targets.")
@@ -76,12 +77,13 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     started, step, history, epoch = time.perf_counter(), 0, [], 0
     model.train()
-    out_of_time = False
-    while epoch < cfg.max_epochs and not out_of_time:
+    out_of_time = stopped_by_steps = False
+    while epoch < cfg.max_epochs and not (out_of_time or stopped_by_steps):
         losses, epoch_started = [], time.perf_counter()
         for batch in np.array_split(rng.permutation(len(examples)), steps_per_epoch):
             elapsed = time.perf_counter() - started
-            progress = max(elapsed / (60 * cfg.minutes), step / (cfg.max_epochs * steps_per_epoch))
+            progress = max(elapsed / (60 * cfg.minutes), step / (cfg.max_epochs * steps_per_epoch),
+                           step / cfg.max_steps if cfg.max_steps else 0.0)
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -93,8 +95,9 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
-            if elapsed >= 60 * cfg.minutes:
-                out_of_time = True
+            if elapsed >= 60 * cfg.minutes or (cfg.max_steps and step >= cfg.max_steps):
+                out_of_time = elapsed >= 60 * cfg.minutes
+                stopped_by_steps = not out_of_time
                 break
         epoch += 1
         seconds = time.perf_counter() - epoch_started
@@ -104,7 +107,7 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
         log.info("generative epoch %d: loss %.4f, %.0f examples/s", epoch, history[-1]["loss"], history[-1]["examples_per_s"])
     model.eval()
     return {"history": history, "steps": step, "epochs": epoch, "minutes": (time.perf_counter() - started) / 60,
-            "stop_reason": "time_budget" if out_of_time else "max_epochs"}
+            "stop_reason": "time_budget" if out_of_time else "max_steps" if stopped_by_steps else "max_epochs"}
 
 
 def generate(model: GenerativeRecommender, examples: Examples, trie: TrieTables, beams: int,

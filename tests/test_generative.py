@@ -238,3 +238,10 @@ def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, 
         recommend(cfg, "u_999")
     out = CliRunner().invoke(app, ["recommend", "u_002", "--k", "2", "--json"], env={"FACTORY__PATHS__STATE_DIR": str(tmp_path)})
     assert out.exit_code == 0, out.output
+
+
+def test_fit_stops_at_the_step_budget(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(8)
+    examples = Examples([tokens[:2]] * 40, None, None, tokens[np.arange(40) % len(tokens)])
+    fitted = fit(model_for(vocab), examples, FitConfig(minutes=1.0, max_steps=3, batch_size=8, threads=1))
+    assert fitted["steps"] == 3 and fitted["stop_reason"] == "max_steps"
