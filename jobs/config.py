@@ -85,13 +85,14 @@ class RayConfig:
     num_cpus: int = 0  # local Ray only; 0 = all cores
     train_workers: int = 1
     # Inference (step embed). On 2 cores an actor pool of two 1-CPU actors deadlocks: the upstream
-    # read task never gets a CPU. One actor with a fractional CPU share keeps a CPU free for reads
-    # while its torch threads still use every core (they idle while the read runs).
-    inference_actors: int = 1
+    # read task never gets a CPU. Two actors of 0.5 CPU each leave a CPU for reads, and each runs one
+    # torch thread: two single-threaded processes use both cores without intra-op synchronisation,
+    # which on a shared machine was 3-10x faster than one actor with 2 threads (docs/benchmarks.md).
+    inference_actors: int = 2
     actor_num_cpus: float = 0.5  # Ray's scheduling share, not a thread count
     inference_threads: int = 0  # torch threads per actor; 0 = local cores / actors (cluster: max(1, actor_num_cpus))
     inference_batch_size: int = 4096  # rows per Ray Data batch, sorted by length inside the actor
-    inference_rows_per_forward: int = 256  # rows per model call, each padded to its own longest row
+    inference_tokens_per_forward: int = 4096  # rows x padded width per model call (rows sorted by length)
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
     log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
 
@@ -207,7 +208,6 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
 class GenerativeConfig:
     """Optional daily step `generative` (jobs/generative.py, jobs/generative_day.py): SID generation with a soft token.
 
@@ -243,6 +243,7 @@ class GenerativeConfig:
             raise ConfigError("generative.max_users, prefix_len and max_per_prefix must be >= 0; minutes and lr > 0.")
 
 
+@dataclass(frozen=True)
 class FactoryConfig:
     root: str = "."  # directory relative paths are resolved against (set by the loader)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -257,8 +258,8 @@ class FactoryConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
-
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
+
     # Derived locations: one place that knows where the local run keeps things.
     @property
     def state_dir(self) -> Path:

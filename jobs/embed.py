@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import torch
 
 from jobs import lake, plots, registry
 from jobs.config import FactoryConfig
@@ -31,77 +31,9 @@ from jobs.errors import FactoryError
 from jobs.ray_runtime import ensure_ray
 from jobs.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.tracking import StepResult, track_step
-from models.sequences import left_pad_index
-from models.user_encoder import UserEncoder, UserEncoderConfig
+from jobs.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredictor, flat_lists
 
 log = logging.getLogger(__name__)
-
-INPUT_COLUMNS = ["user_id", "item_idx", "event_type"]
-OUTPUT_SCHEMA = pa.schema([("user_id", pa.string()), ("embedding", pa.list_(pa.float32())),
-                           ("model_version", pa.string())])
-
-
-def _flat(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (values, offsets from 0): row i is values[offsets[i]:offsets[i + 1]]."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    return array.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
-
-
-class UserEmbeddingPredictor:
-    """Callable batch predictor: the same class runs in a plain loop and in Ray Data's actor pool.
-
-    A batch is sorted by history length and cut into model calls of `rows_per_forward` rows, each
-    padded only to its own longest row. Positions count from the end and padding is masked, so a
-    user's vector does not depend on its batch-mates (tests pin it against full padding).
-    """
-
-    def __init__(self, state_dict: dict, encoder_config: dict, model_version: str, threads: int = 1,
-                 rows_per_forward: int = 256):
-        torch.set_num_threads(threads)
-        self.model = UserEncoder(UserEncoderConfig(**encoder_config))
-        self.model.load_state_dict(state_dict)
-        self.model.eval()
-        self.model_version = model_version
-        self.rows_per_forward = rows_per_forward
-
-    def vectors(self, batch: pa.Table) -> np.ndarray:
-        """(B,) rows with item_idx / event_type list columns -> (B, D) float32 unit vectors, in row order."""
-        max_len, known = self.model.cfg.max_len, self.model.cfg.num_items
-        items, offsets = _flat(batch.column("item_idx"))
-        events, event_offsets = _flat(batch.column("event_type"))
-        if not np.array_equal(offsets, event_offsets):
-            raise ValueError("item_idx and event_type lists must have the same length in every row.")
-        keep = items <= known
-        if not keep.all():
-            # Items newer than the model's vocabulary have no row in its table: they are left out of
-            # the history until the next retrain learns them.
-            offsets = np.concatenate([[0], np.cumsum(keep)])[offsets]
-            items, events = items[keep], events[keep]
-        starts, ends = offsets[:-1], offsets[1:]
-        lengths = np.minimum(ends - starts, max_len)
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((batch.num_rows, self.model.cfg.d_model), np.float32)
-        with torch.inference_mode():
-            for first in range(0, len(order), self.rows_per_forward):
-                rows = order[first:first + self.rows_per_forward]
-                width = max(int(lengths[rows[-1]]), 1)  # rows are sorted: the last is the longest
-                index, valid = left_pad_index(starts[rows], ends[rows], width)  # (R, width)
-                ids = torch.from_numpy(np.where(valid, items[index] if len(items) else 0, 0).astype(np.int64))
-                evs = torch.from_numpy(np.where(valid, events[index] if len(events) else 0, 0).astype(np.int64))
-                out[rows] = self.model.user_embeddings(ids, evs).numpy()  # (R, D)
-        return out
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """{user_id, item_idx, event_type} -> {user_id, embedding list<float32>(D), model_version}."""
-        vectors = self.vectors(batch)
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        return pa.table({
-            "user_id": batch.column("user_id"),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32())),
-            "model_version": pa.repeat(pa.scalar(self.model_version, pa.string()), batch.num_rows),
-        }).cast(OUTPUT_SCHEMA)
-
 
 def predictor_kwargs(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> dict:
     """Constructor arguments of UserEmbeddingPredictor for this config (threads matched to the actor)."""
@@ -110,7 +42,22 @@ def predictor_kwargs(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -
         else max(1, int(cfg.ray.actor_num_cpus)))
     return {"state_dict": champion.model.state_dict(), "encoder_config": dataclasses.asdict(champion.model.cfg),
             "model_version": champion.version, "threads": threads,
-            "rows_per_forward": cfg.ray.inference_rows_per_forward}
+            "tokens_per_forward": cfg.ray.inference_tokens_per_forward}
+
+
+def actor_count(cfg: FactoryConfig) -> int:
+    """[ray].inference_actors, lowered so the actors leave one CPU of the Ray cluster free: the
+    upstream read and repartition tasks need a whole CPU, and without one the job deadlocks."""
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    fits = math.floor((cpus - 1) / cfg.ray.actor_num_cpus + 1e-9) if cfg.ray.actor_num_cpus > 0 else cfg.ray.inference_actors
+    if fits < 1:
+        raise FactoryError(f"The Ray cluster has {cpus:g} CPU(s); embedding needs one for reading plus "
+                           f"ray.actor_num_cpus={cfg.ray.actor_num_cpus} per actor. Raise ray.num_cpus or lower "
+                           "ray.actor_num_cpus.")
+    if fits < cfg.ray.inference_actors:
+        log.warning("ray.inference_actors=%d x actor_num_cpus=%s leaves no CPU of %g for the read tasks; using %d actor(s).",
+                    cfg.ray.inference_actors, cfg.ray.actor_num_cpus, cpus, fits)
+    return min(cfg.ray.inference_actors, fits)
 
 
 def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: registry.RegisteredEncoder) -> pa.Table:
@@ -119,12 +66,14 @@ def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: regi
     source: user_sequences Parquet files, or a table with user_id, item_idx, event_type.
     """
     ensure_ray(cfg)
-    dataset = (ray.data.read_parquet(source, columns=INPUT_COLUMNS) if isinstance(source, list)
+    dataset = (ray.data.read_parquet(source).select_columns(INPUT_COLUMNS) if isinstance(source, list)
                else ray.data.from_arrow(source.select(INPUT_COLUMNS)))
+    # A day's file is one block, and one block goes to one actor: cut it so every actor gets work.
+    dataset = dataset.repartition(target_num_rows_per_block=cfg.ray.inference_batch_size)
     embedded = dataset.map_batches(
         UserEmbeddingPredictor, fn_constructor_kwargs=predictor_kwargs(cfg, champion),
         batch_size=cfg.ray.inference_batch_size, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=cfg.ray.inference_actors), num_cpus=cfg.ray.actor_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=actor_count(cfg)), num_cpus=cfg.ray.actor_num_cpus,
     )
     tables = ray.get(embedded.to_arrow_refs())
     if not tables:
@@ -141,8 +90,8 @@ def unchanged_inputs(today: pa.Table, before: pa.Table) -> np.ndarray:
     if not len(matched):
         return same
     for column in ("item_idx", "event_type"):
-        now, now_offsets = _flat(today.column(column).take(matched))
-        then, then_offsets = _flat(before.column(column).take(position.take(matched)))
+        now, now_offsets = flat_lists(today.column(column).take(matched))
+        then, then_offsets = flat_lists(before.column(column).take(position.take(matched)))
         lengths = np.diff(now_offsets)
         equal = lengths == np.diff(then_offsets)
         # Rows of equal length: compare their values in one flat pass, count mismatches per row.
@@ -233,7 +182,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         kwargs = predictor_kwargs(cfg, champion)
         step.params(model_version=champion.version, actors=cfg.ray.inference_actors,
                     batch_size=cfg.ray.inference_batch_size, threads=kwargs["threads"],
-                    rows_per_forward=kwargs["rows_per_forward"])
+                    tokens_per_forward=kwargs["tokens_per_forward"])
         users, counts, plan = embed_day(cfg, ds, version, files, champion)
         log.info("ds=%s %s: %s", ds, plan, counts)
         step.params(plan=plan)

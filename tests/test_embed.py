@@ -13,7 +13,8 @@ import torch
 from jobs import embed, lake, registry
 from jobs.config import load_config
 from jobs.days import shift
-from jobs.embed import UserEmbeddingPredictor, embed_day, unchanged_inputs
+from jobs.embed import embed_day, unchanged_inputs
+from jobs.user_predictor import UserEmbeddingPredictor, chunk_end
 from jobs.tables import USER_EMBEDDINGS, USER_SEQUENCES
 from models.sequences import pad_left, pad_left_flat
 from models.user_encoder import UserEncoder, UserEncoderConfig
@@ -42,9 +43,9 @@ def sequences_table(users: list[str], items, events) -> pa.Table:
                      "event_type": pa.array([list(map(int, s)) for s in events], pa.list_(pa.int8()))})
 
 
-def predictor(m: UserEncoder, rows_per_forward: int = 7, version: str = "3") -> UserEmbeddingPredictor:
+def predictor(m: UserEncoder, tokens_per_forward: int = 7, version: str = "3") -> UserEmbeddingPredictor:
     return UserEmbeddingPredictor(m.state_dict(), dataclasses.asdict(m.cfg), version, threads=1,
-                                  rows_per_forward=rows_per_forward)
+                                  tokens_per_forward=tokens_per_forward)
 
 
 def test_pad_left_flat_matches_a_per_row_loop():
@@ -69,15 +70,15 @@ def test_last_position_path_equals_the_full_forward(one_torch_thread):
         torch.testing.assert_close(m.user_embeddings(ids, events), full)
 
 
-@pytest.mark.parametrize("rows_per_forward", [1, 7, 1000])
-def test_bucketed_vectors_equal_full_padding_whatever_the_batch(one_torch_thread, rows_per_forward):
+@pytest.mark.parametrize("tokens_per_forward", [1, 7, 100, 10_000])
+def test_bucketed_vectors_equal_full_padding_whatever_the_batch(one_torch_thread, tokens_per_forward):
     m = model()
     items, events = histories(50)
     kept = [(s[s <= NUM_ITEMS], e[s <= NUM_ITEMS]) for s, e in zip(items, events)]  # the vocabulary filter
     with torch.inference_mode():
         expected = m.user_embeddings(torch.from_numpy(pad_left([k[0] for k in kept], 12)),
                                      torch.from_numpy(pad_left([k[1] for k in kept], 12))).numpy()
-    got = predictor(m, rows_per_forward).vectors(sequences_table([f"u{i}" for i in range(50)], items, events))
+    got = predictor(m, tokens_per_forward).vectors(sequences_table([f"u{i}" for i in range(50)], items, events))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -93,6 +94,14 @@ def test_predictor_output_keeps_row_order_ids_and_version(one_torch_thread):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     alone = predictor(m)(batch.slice(4, 1))  # one row alone gives the same vector as inside the batch
     np.testing.assert_allclose(alone.column("embedding")[0].values.to_numpy(), vectors[4], rtol=1e-5, atol=1e-6)
+
+
+def test_model_calls_fit_the_token_budget():
+    widths = np.array([1, 1, 2, 3, 3, 5, 12, 12])
+    ends, first = [], 0
+    while first < len(widths):
+        ends.append(first := chunk_end(widths, first, 6))
+    assert ends == [3, 5, 6, 7, 8]  # [1, 1, 2] pads to 3x2, [3, 3] to 2x3; a row wider than the budget goes alone
 
 
 def test_unchanged_inputs_compares_the_whole_model_input():
@@ -207,7 +216,7 @@ def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread):
     import ray
 
     started = not ray.is_initialized()
-    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "1", "ray.inference_batch_size": "16",
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "16",
                                  "ray.inference_threads": "1"})
     champion = registry.RegisteredEncoder("3", model(), {})
     items, events = histories(40, seed=4)
@@ -221,3 +230,19 @@ def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread):
     assert users.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(40)]
     np.testing.assert_allclose(np.stack(users.column("embedding").to_numpy(zero_copy_only=False)),
                                np.stack(expected.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cpus, actors, expected", [(2.0, 2, 2), (2.0, 4, 2), (8.0, 4, 4), (1.0, 2, None)])
+def test_actors_leave_a_cpu_for_the_read_tasks(monkeypatch, tmp_path, cpus, actors, expected):
+    import ray
+
+    from jobs.errors import FactoryError
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus})
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.inference_actors": str(actors),
+                                 "ray.actor_num_cpus": "0.5"})
+    if expected is None:
+        with pytest.raises(FactoryError, match="one for reading"):
+            embed.actor_count(cfg)
+    else:
+        assert embed.actor_count(cfg) == expected
