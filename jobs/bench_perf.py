@@ -116,7 +116,8 @@ def inference_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: C
 def features_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
     from jobs import bench_features
 
-    return bench_features.run(sizes=list(sizes.feature_events), cfg=cfg, progress=progress)
+    return bench_features.run(sizes=list(sizes.feature_events), cfg=cfg, out=state / "features.json", log_to_mlflow=False,
+                              command="factory bench all --only features")
 
 
 SECTIONS: dict[str, Callable[..., dict]] = {
@@ -151,8 +152,19 @@ def summary_rows(sections: dict) -> list[dict]:
         for row in sections["inference"].get("summary_rows", []):
             rows.append(row)
     if "features" in sections:
-        for row in sections["features"].get("summary_rows", []):
-            rows.append(row)
+        features = sections["features"]
+        largest = features["sizes"][-1]["events"]
+        for size in features["sizes"]:
+            add(f"features {size['events']:,} events: Spark vs DuckDB", f"{size['spark_seconds']:.1f} s vs "
+                f"{size['duckdb_seconds']:.1f} s", size["ratio"], "≤ 4 at the largest, falling",
+                size["ratio"] <= 4 if size["events"] == largest else None)
+        for g in features["growth"]:
+            add(f"features growth {g['from']:,} → {g['to']:,} events: Spark time growth / event growth", "",
+                g["spark_time_growth_per_size_growth"], "≤ ~1 (linear)", None)
+        add("features: outputs of both engines identical", str(features["checks"]["outputs_identical"]), None, "identical",
+            features["checks"]["outputs_identical"])
+        add("features: ratio falls as events grow", str(features["checks"]["ratio_falls_as_events_grow"]), None, "falls",
+            features["checks"]["ratio_falls_as_events_grow"])
     if "sid" in sections:
         for b in sections["sid"]["quantiser"]:
             add(f"quantiser {b['items']:,} x {b['dim']}d into {b['levels']} x {b['codes_per_level']}",

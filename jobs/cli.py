@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES, bench_perf, bench_sid
+from jobs import STEP_NAMES, bench_features, bench_inference, bench_perf, bench_sid
 from jobs.bench_encoder import bench_app
 from jobs.bench_generative import generative as bench_generative
 from jobs.config import ConfigError, FactoryConfig, load_config
@@ -32,6 +32,8 @@ app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
 bench_app.command("sid")(bench_sid.sid)
 bench_app.command("generative")(bench_generative)
+bench_app.command("features")(bench_features.features)
+bench_app.command("inference")(bench_inference.inference)
 bench_app.command("all")(bench_perf.all_benchmarks)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
