@@ -126,17 +126,42 @@ SECTIONS: dict[str, Callable[..., dict]] = {
 }
 
 
-def run(sections: list[str], sizes: Sizes, cfg: FactoryConfig, state: Path, command: str,
+def run(sections: list[str], sizes: Sizes, cfg: FactoryConfig, state: Path, command: str, out: Path,
         progress: Callable[[str], None] = print) -> dict:
-    result = {"command": command, "machine": machine(), "sizes": sizes.__dict__, "sections": {}, "seconds": {}}
-    for name in sections:
+    """Run the sections in order; `out` is rewritten after each one, so a late failure keeps the rest.
+
+    Sections already in `out` from an earlier run of the same sizes and not re-run here are kept
+    (with that run's command and machine), so `--only scale` re-measures one section.
+    """
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    if earlier.get("sizes") != _jsonable(sizes.__dict__):
+        earlier = {}
+    result = {"command": command, "machine": machine(), "sizes": _jsonable(sizes.__dict__), "sections": {}, "seconds": {},
+              "section_runs": {k: v for k, v in earlier.get("section_runs", {}).items() if k not in sections}}
+    for name in SECTIONS:  # keep the suite's order whatever the order of --only
+        if name in sections or name not in earlier.get("sections", {}):
+            continue
+        result["sections"][name], result["seconds"][name] = earlier["sections"][name], earlier["seconds"][name]
+    for name in [s for s in SECTIONS if s in sections]:
         started = time.perf_counter()
         progress(f"== {name} ==")
         result["sections"][name] = SECTIONS[name](sizes, cfg, state, progress)
         result["seconds"][name] = time.perf_counter() - started
-    result["machine"]["load_at_end"] = os.getloadavg()
-    result["summary"] = summary_rows(result["sections"])
+        result["section_runs"][name] = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                        "load_at_end": os.getloadavg()}
+        result["machine"]["load_at_end"] = os.getloadavg()
+        result["summary"] = summary_rows(result["sections"])
+        _write(out, result)
     return result
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=float))
+
+
+def _write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -200,6 +225,8 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {r['figure']} | {r['value']} | {ratio} | {r['bar']} | {met} |")
     lines.append("")
     lines.append("Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
+    for name, section_run in result.get("section_runs", {}).items():
+        lines.append(f"- {name}: `{section_run['command']}` at {section_run['date']}, load at its end {section_run['load_at_end'][0]:.1f}")
     return "\n".join(lines) + "\n"
 
 
@@ -241,7 +268,7 @@ def all_benchmarks(
     try:
         cfg = load_config(config)
         out = out or RESULTS / ("perf_smoke.json" if smoke else "perf.json")
-        result = run(sections, SMOKE if smoke else FULL, cfg, cfg.state_dir / "bench", command.strip(),
+        result = run(sections, SMOKE if smoke else FULL, cfg, cfg.state_dir / "bench", command.strip(), out,
                      progress=lambda line: typer.echo(line, err=True))
     except FactoryError as err:
         typer.echo(f"error: {err}", err=True)
@@ -249,8 +276,7 @@ def all_benchmarks(
     markdown = render_markdown(result)
     if mlflow:
         log_mlflow(cfg, result, markdown)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    _write(out, result)
     out.with_suffix(".md").write_text(markdown)
     typer.echo(markdown)
     typer.echo(f"JSON: {out}")
