@@ -35,6 +35,7 @@ from jobs.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredi
 
 log = logging.getLogger(__name__)
 
+
 def predictor_kwargs(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> dict:
     """Constructor arguments of UserEmbeddingPredictor for this config (threads matched to the actor)."""
     threads = cfg.ray.inference_threads or (
