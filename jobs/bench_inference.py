@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import numpy as np
 import psutil
@@ -223,7 +223,7 @@ def profile_loop(cfg: FactoryConfig, files: list[str], champion: registry.Regist
 # --- one encoder config ----------------------------------------------------------------------------
 
 def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, reps: int, active_share: float,
-                  profile_users: int) -> dict:
+                  profile_users: int, say: Callable[[str], None] = say) -> dict:
     champion = registry.RegisteredEncoder("1", UserEncoder(encoder).eval(), {})
     day0 = generate_sequences(users, encoder.max_len)
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as state:
@@ -267,7 +267,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
         say(f"  GEMM {rate:.1f} GFLOP/s on {cores} core(s) at model shapes -> roofline {roofline:,.0f} users/s")
         profile = profile_loop(cfg, files, champion, min(profile_users, users), actor_threads)
         say(f"  profile (one actor's work, {actor_threads} thread(s)): {profile['share_of_wall']}")
-        incremental = bench_incremental(cfg, champion, day0, version, files, active_share)
+        incremental = bench_incremental(cfg, champion, day0, version, files, active_share, say)
         return {
             "encoder": {"d_model": encoder.d_model, "n_layers": encoder.n_layers, "n_heads": encoder.n_heads,
                         "max_len": encoder.max_len, "num_items": encoder.num_items},
@@ -293,7 +293,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
 
 
 def bench_incremental(cfg: FactoryConfig, champion: registry.RegisteredEncoder, day0: pa.Table, version: int,
-                      files: list[str], active_share: float) -> dict:
+                      files: list[str], active_share: float, say: Callable[[str], None] = say) -> dict:
     """Day 1 with `active_share` of users active: embed_day carrying the rest vs a full recompute."""
     users, _, _ = embed.embed_day(cfg, DS, version, files, champion)  # day 0, full (no yesterday)
     lake.replace_partition(cfg, USER_EMBEDDINGS, users.append_column("ds", pa.array([DS] * users.num_rows)), {"ds": DS})
@@ -310,16 +310,59 @@ def bench_incremental(cfg: FactoryConfig, champion: registry.RegisteredEncoder, 
     return result
 
 
-def run(users: list[int], encoders: list[UserEncoderConfig], cfg: FactoryConfig, reps: int = 3,
-        active_share: float = 0.1, profile_users: int = 20_000) -> dict:
-    """One result per (users, encoder) pair; plain data for JSON."""
+def default_encoder(cfg: FactoryConfig) -> UserEncoderConfig:
+    """The pipeline's encoder shape: [train] d_model / n_layers / n_heads, [features] max_seq_len."""
+    return UserEncoderConfig(num_items=NUM_ITEMS, d_model=cfg.train.d_model, n_layers=cfg.train.n_layers,
+                             n_heads=cfg.train.n_heads, max_len=cfg.features.max_seq_len)
+
+
+def run(users: int | list[int] = 100_000, cfg: FactoryConfig | None = None,
+        encoders: list[UserEncoderConfig] | None = None, reps: int = 3, active_share: float = 0.1,
+        profile_users: int = 20_000, progress: Callable[[str], None] | None = None) -> dict:
+    """One result per (users, encoder) pair (an int `users` means the pipeline's encoder only);
+    plain data for JSON, with `summary_rows` ({figure, value, ratio, bar, met}) for `bench all`."""
+    cfg = cfg or load_config()
+    sizes = [users] if isinstance(users, int) else list(users)
+    encoders = encoders or [default_encoder(cfg)] * len(sizes)
+    if len(sizes) != len(encoders):
+        raise FactoryError(f"{len(sizes)} user counts but {len(encoders)} encoder configs; give one size per config.")
     result = {"date": time.strftime("%Y-%m-%d"), "nproc": os.cpu_count(),
               "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "load_before": os.getloadavg(),
               "torch": torch.__version__, "runs": []}
-    for n, encoder in zip(users, encoders):
-        result["runs"].append(bench_encoder(cfg, encoder, n, reps, active_share, profile_users))
+    for n, encoder in zip(sizes, encoders):
+        result["runs"].append(bench_encoder(cfg, encoder, n, reps, active_share, profile_users, progress or say))
     result["load_after"] = os.getloadavg()
+    result["summary_rows"] = summary_rows(result)
     return result
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """The judged figures of each run: Ray vs the loops (≤ 1.2x time), vs the roofline (≥ 50%)."""
+    rows = []
+    for r in result["runs"]:
+        e, inc = r["encoder"], r["incremental"]
+        name = f"inference d{e['d_model']} L{e['n_layers']} T{e['max_len']}, {r['users']:,} users"
+        ray, roof = r["ray_users_per_s"], r["roofline_users_per_s"]
+        per_core = r["median_seconds"]["ray"] / r["median_seconds"]["loop_1_thread"]
+        rows += [
+            {"figure": f"{name}: Ray / plain loop time ({r['cores']} threads, same cores)",
+             "value": f"{ray:,.0f} vs {r['loop_users_per_s']:,.0f} users/s", "ratio": r["ray_over_loop_time"],
+             "bar": "≤ 1.2", "met": r["ray_over_loop_time"] <= 1.2},
+            {"figure": f"{name}: Ray / 1-thread loop time", "value": f"{ray:,.0f} vs {r['loop_1_thread_users_per_s']:,.0f} users/s",
+             "ratio": per_core, "bar": "≤ 1.2", "met": per_core <= 1.2},
+            {"figure": f"{name}: Ray / GEMM roofline", "value": f"{ray:,.0f} of {roof:,.0f} users/s",
+             "ratio": r["ray_share_of_roofline"], "bar": "≥ 0.5", "met": r["ray_share_of_roofline"] >= 0.5},
+            {"figure": f"{name}: 1-thread loop / 1-thread roofline", "value": "",
+             "ratio": r["loop_1_thread_share_of_1_thread_roofline"], "bar": "≥ 0.5",
+             "met": r["loop_1_thread_share_of_1_thread_roofline"] >= 0.5},
+            {"figure": f"{name}: full recompute / {inc['active_share']:.0%}-active incremental day, time",
+             "value": f"{inc['full']['seconds']:.1f} s vs {inc['incremental']['seconds']:.1f} s "
+                      f"({inc['incremental']['users_inferred']:,} inferred)",
+             "ratio": inc["full_over_incremental_time"], "bar": "", "met": None},
+            {"figure": f"{name}: peak RSS driver / process tree", "value": f"{r['peak_rss_mib_driver']:,} / "
+             f"{r['peak_rss_mib_process_tree']:,} MiB", "ratio": None, "bar": "", "met": None},
+        ]
+    return rows
 
 
 def render_markdown(result: dict) -> str:
@@ -360,7 +403,7 @@ def inference(
         configs = _parse_encoders(encoders)
         if len(sizes) != len(configs):
             raise FactoryError(f"--users has {len(sizes)} values but --encoders {len(configs)}; give one size per config.")
-        result = run(sizes, configs, load_config(config), reps=reps, active_share=active_share)
+        result = run(sizes, load_config(config), configs, reps=reps, active_share=active_share)
     except (FactoryError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
