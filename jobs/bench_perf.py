@@ -38,7 +38,7 @@ RESULTS = Path("benchmarks/results")
 class Sizes:
     """What each section measures; `smoke` is a tiny run that checks the suite still works."""
 
-    inference_users: int = 100_000
+    inference: tuple[tuple[int, str], ...] = ((100_000, "64:2:50"), (10_000, "256:2:200"))  # users, d_model:layers:max_len
     feature_events: tuple[int, ...] = (1_000_000, 5_000_000, 20_000_000)
     quantiser_items: tuple[int, ...] = (100_000, 1_000_000)
     encode_items: int = 2_000
@@ -49,7 +49,7 @@ class Sizes:
 
 
 FULL = Sizes()
-SMOKE = Sizes(inference_users=2_000, feature_events=(20_000, 40_000), quantiser_items=(5_000,), encode_items=64,
+SMOKE = Sizes(inference=((2_000, "64:2:50"),), feature_events=(20_000, 40_000), quantiser_items=(5_000,), encode_items=64,
               e2e=(1_000, 600, 10.0), scale_users=(500, 1_000), scale_items=600, scale_events_per_user=6.0)
 
 
@@ -110,7 +110,9 @@ def scale_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Calla
 def inference_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
     from jobs import bench_inference
 
-    return bench_inference.run(users=sizes.inference_users, cfg=cfg, progress=progress)
+    users = [n for n, _ in sizes.inference]
+    encoders = bench_inference._parse_encoders(",".join(spec for _, spec in sizes.inference))
+    return bench_inference.run(users=users, cfg=cfg, encoders=encoders, progress=progress)
 
 
 def features_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs import STEP_NAMES
 from jobs.config import load_config
 from jobs.generate import generated_days
 from jobs.tracking import day_summary
@@ -87,7 +88,8 @@ def run_world(world: World, root: Path, progress=print) -> dict:
         started = time.perf_counter()
         _call([factory, "run", "--ds", ds, "-c", str(config)], folder)
         wall = time.perf_counter() - started
-        steps = {s["step"]: _step_figures(s["metrics"]) for s in day_summary(cfg, ds)}
+        ran = {s["step"]: _step_figures(s["metrics"]) for s in day_summary(cfg, ds)}
+        steps = {name: ran[name] for name in STEP_NAMES if name in ran}  # pipeline order
         result["days"].append({"ds": ds, "wall_seconds": wall, "steps": steps,
                                "raw_lines": int(steps["ingest"].get("raw_lines", 0)),
                                "users_embedded": int(steps["embed"].get("users_embedded", 0))})
