@@ -340,13 +340,16 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-bench_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True, add_completion=False,
-                        pretty_exceptions_enable=False)
+bench_app = typer.Typer(help="Benchmarks (results: benchmarks/results/, docs/benchmarks.md, MLflow).", no_args_is_help=True,
+                        add_completion=False, pretty_exceptions_enable=False)
 
 
 @bench_app.callback()
 def bench() -> None:
-    """Benchmarks on public data (results: benchmarks/results/, docs/benchmarks.md, MLflow)."""
+    """Quality on public data (encoder, sid, generative); performance on generated data (all, inference, features).
+
+    Results: benchmarks/results/, docs/benchmarks.md and the MLflow experiment <experiment>_benchmarks.
+    """
 
 
 @bench_app.command()

@@ -76,7 +76,6 @@ def sid_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callabl
     texts = [item_text(catalog.row(i)) for i in range(n)]
     cache = TextCache(cfg.sid.encode_batch_size)
     cache(texts[:8])  # load the model outside the timing
-    cache.encoded, cache.encode_seconds = 0, 0.0
     progress(f"sid: encoding {n:,} generated item texts cold, then again from the cache")
     started = time.perf_counter()
     cache(texts[8:])
@@ -242,7 +241,7 @@ def log_mlflow(cfg: FactoryConfig, result: dict, markdown: str) -> None:
     with mlflow.start_run(experiment_id=experiment_id, run_name="bench all (performance)") as run:
         mlflow.log_params({"command": result["command"], "sections": ",".join(result["sections"]),
                            **{f"machine.{k}": str(v) for k, v in result["machine"].items()}})
-        numbers = {k: v for k, v in _flat("", {"seconds": result["seconds"]}, {}).items()}
+        numbers = _flat("", {"seconds": result["seconds"]}, {})
         for i, row in enumerate(result["summary"]):
             if row["ratio"] is not None:
                 numbers[f"ratio.{i:02d}"] = float(row["ratio"])
