@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import platform
-import shlex
-import sys
 import threading
 import time
 import uuid
@@ -36,6 +34,7 @@ import torch
 import typer
 
 from jobs import registry, train
+from jobs.bench_cli import invocation, report
 from jobs.config import FactoryConfig, load_config, with_overrides
 from jobs.errors import FactoryError
 from models.ranking_metrics import ranking_summary, target_ranks
@@ -379,22 +378,15 @@ def encoder(
     """Train the user encoder on DATA for MINUTES and report leave-one-out full-ranking metrics."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     out = out or Path("benchmarks/results") / f"encoder_{data.stem}.json"
-    program = "factory" if Path(sys.argv[0]).name == "factory" else "python -m jobs.bench_encoder"  # argv[1:] has "bench encoder" / "encoder"
-    command = f"{program} {shlex.join(sys.argv[1:])}"
-    try:
-        result = run_benchmark(
-            data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
-            max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
-            temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
-            all_windows=all_windows, bf16=bf16,
-            cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
-            log_to_mlflow=mlflow, run_name=run_name, command=command,
-        )
-    except FactoryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    typer.echo(render_markdown(result))
-    typer.echo(f"\nJSON: {out}")
+    command = invocation("encoder", "jobs.bench_encoder")
+    report(lambda: run_benchmark(
+        data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
+        max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
+        all_windows=all_windows, bf16=bf16,
+        cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
+        log_to_mlflow=mlflow, run_name=run_name, command=command,
+    ), render_markdown, out)
 
 
 if __name__ == "__main__":

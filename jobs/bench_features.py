@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import resource
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
+from jobs.bench_cli import invocation, report
 from jobs.config import FactoryConfig, load_config, with_overrides
 from jobs.errors import FactoryError
 from jobs.tables import EVENTS, ITEM_VOCAB, USER_SEQUENCES
@@ -466,16 +466,9 @@ def features(
 ) -> None:
     """Spark's user-sequence job against the same SQL in DuckDB at growing sizes (see jobs/bench_features.py)."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    program = "factory bench features" if Path(sys.argv[0]).name == "factory" else "python -m jobs.bench_features"
-    command = f"{program} {shlex.join(sys.argv[1 if program.startswith('python') else 3:])}".strip()
-    try:
-        result = run(_ints(sizes, "sizes"), seed=seed, repeats=repeats, cache=cache, cfg=load_config(config),
-                     out=out, log_to_mlflow=mlflow, command=command)
-    except FactoryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    typer.echo(render_markdown(result))
-    typer.echo(f"\nJSON: {out}")
+    command = invocation("features", "jobs.bench_features")
+    report(lambda: run(_ints(sizes, "sizes"), seed=seed, repeats=repeats, cache=cache, cfg=load_config(config),
+                       out=out, log_to_mlflow=mlflow, command=command), render_markdown, out)
 
 
 if __name__ == "__main__":

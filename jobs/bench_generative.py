@@ -28,8 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,6 +39,7 @@ import typer
 
 from jobs import train
 from jobs.bench_encoder import LoadSampler, leave_one_out, machine, read_sasrec
+from jobs.bench_cli import invocation, report
 from jobs.config import load_config, with_overrides
 from jobs.errors import FactoryError
 from jobs.generative import Examples, FitConfig, fit, generate, hit_metrics
@@ -318,18 +317,13 @@ def generative(
     """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = out or Path("benchmarks/results") / f"generative_{data.parent.name}.json"
-    command = f"factory bench generative {shlex.join(sys.argv[3:] if Path(sys.argv[0]).name == 'factory' else sys.argv[1:])}"
-    try:
-        result = run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
+    command = invocation("generative", "jobs.bench_generative")
+    report(lambda: run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
                                history=history, targets_per_user=targets_per_user, train_user_share=train_user_share,
                                eval_users=eval_users, beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers,
                                                                                       intermediate=4 * hidden),
-                               model_dir=model_dir, out=out, command=command, log_to_mlflow=mlflow)
-    except FactoryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    typer.echo(render_markdown(result))
-    typer.echo(f"\nJSON: {out}")
+                               model_dir=model_dir, out=out, command=command, log_to_mlflow=mlflow),
+           render_markdown, out)
 
 
 if __name__ == "__main__":

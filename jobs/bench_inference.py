@@ -25,9 +25,7 @@ import json
 import logging
 import os
 import pstats
-import shlex
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +40,7 @@ import torch
 import typer
 
 from jobs import embed, lake, registry
+from jobs.bench_cli import invocation, report
 from jobs.config import FactoryConfig, load_config
 from jobs.days import shift
 from jobs.errors import FactoryError
@@ -397,21 +396,22 @@ def inference(
 ) -> None:
     """Users/s of the embed step vs a plain torch loop and the GEMM roofline (see jobs/bench_inference.py)."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    program = "factory bench inference" if Path(sys.argv[0]).name == "factory" else "python -m jobs.bench_inference"
-    try:
-        sizes = [int(v) for v in users.split(",") if v.strip()]
+
+    def measure() -> dict:
+        try:
+            sizes = [int(v) for v in users.split(",") if v.strip()]
+        except ValueError:
+            raise FactoryError(f"--users must be comma-separated integers, got {users!r}.") from None
         configs = _parse_encoders(encoders)
         if len(sizes) != len(configs):
             raise FactoryError(f"--users has {len(sizes)} values but --encoders {len(configs)}; give one size per config.")
         result = run(sizes, load_config(config), configs, reps=reps, active_share=active_share)
-    except (FactoryError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    result["command"] = f"{program} {shlex.join(sys.argv[1 if program.startswith('python') else 3:])}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(render_markdown(result))
-    typer.echo(f"\nJSON: {out}")
+        result["command"] = invocation("inference", "jobs.bench_inference")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    report(measure, render_markdown, out)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import platform
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import numpy as np
 import psutil
 import typer
 
+from jobs.bench_cli import invocation
 from jobs.config import FactoryConfig, load_config, with_overrides
 from jobs.errors import FactoryError
 
@@ -260,7 +259,7 @@ def all_benchmarks(
 ) -> None:
     """Every performance benchmark (inference, features, semantic IDs, end to end, scaling): markdown + JSON + MLflow."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    command = "factory bench all " + shlex.join(sys.argv[3:]) if Path(sys.argv[0]).name == "factory" else shlex.join(sys.argv)
+    command = invocation("all", "jobs.bench_perf")
     sections = [s.strip() for s in only.split(",")] if only else list(SECTIONS)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
@@ -269,7 +268,7 @@ def all_benchmarks(
     try:
         cfg = load_config(config)
         out = out or RESULTS / ("perf_smoke.json" if smoke else "perf.json")
-        result = run(sections, SMOKE if smoke else FULL, cfg, cfg.state_dir / "bench", command.strip(), out,
+        result = run(sections, SMOKE if smoke else FULL, cfg, cfg.state_dir / "bench", command, out,
                      progress=lambda line: typer.echo(line, err=True))
     except FactoryError as err:
         typer.echo(f"error: {err}", err=True)

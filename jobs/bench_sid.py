@@ -31,8 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +41,7 @@ import typer
 
 from jobs import semantic_ids
 from jobs.bench_encoder import LoadSampler, machine
+from jobs.bench_cli import invocation, report
 from jobs.config import FactoryConfig, GeneratorConfig, load_config, with_overrides
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
@@ -491,25 +490,23 @@ def sid(
 ) -> None:
     """Semantic-ID quality, stability and speed on an item catalog (see jobs/bench_sid.py)."""
     logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    program = "factory bench sid" if Path(sys.argv[0]).name == "factory" else "python -m jobs.bench_sid"
-    command = f"{program} {shlex.join(sys.argv[1 if program.startswith('python') else 3:])}"
-    try:
+    command = invocation("sid", "jobs.bench_sid")
+    name = (f"lake_{lake_ds}" if lake_ds else "ml-1m" if movielens and movielens.name == "ml-1m"
+            else (items or movielens).stem if (items or movielens) else "")
+    out = out or Path("benchmarks/results") / f"sid_{name}.json"
+
+    def measure() -> dict:
         if sum(x is not None for x in (items, movielens, lake_ds)) != 1:
             raise FactoryError("Pass exactly one of --items PATH, --movielens DIR or --lake-ds DS.")
         cfg = load_config(config)
         if lake_ds:
             parse_ds(lake_ds)
         catalog = read_catalog(items) if items else read_movielens(movielens) if movielens else read_lake(cfg, lake_ds)
-        name = f"lake_{lake_ds}" if lake_ds else "ml-1m" if movielens and movielens.name == "ml-1m" else (items or movielens).stem
-        out = out or Path("benchmarks/results") / f"sid_{name}.json"
-        result = run_benchmark(catalog, levels=_ints(levels, "levels"), codes=codes, seeds=_ints(seeds, "seeds"),
-                               stability_days=stability_days, speed_sizes=_ints(speed_sizes, "speed-sizes"),
-                               stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)
-    except FactoryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    typer.echo(render_markdown(result))
-    typer.echo(f"\nJSON: {out}")
+        return run_benchmark(catalog, levels=_ints(levels, "levels"), codes=codes, seeds=_ints(seeds, "seeds"),
+                             stability_days=stability_days, speed_sizes=_ints(speed_sizes, "speed-sizes"),
+                             stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)
+
+    report(measure, render_markdown, out)
 
 
 if __name__ == "__main__":
