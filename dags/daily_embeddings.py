@@ -4,7 +4,7 @@
 One run per logical date `ds`: validate the day's listening logs, build per-user sequences with
 Spark, (re)train the user encoder with Ray Train when due, embed every user with Ray Data, rebuild
 or extend the semantic-ID codebooks, index the items with faiss, evaluate yesterday's embeddings on
-today's plays, publish the day, and (only if generative.enabled) train the generative SID recommender. Each task is one `jobs.<step>.run(ds, cfg)`; every task's MLflow
+today's plays, publish the day, and (only if generative.enabled) train the generative SID recommender. Each task is one `jobs.steps.<step>.run(ds, cfg)`; every task's MLflow
 run is nested under the day's parent run (tag `factory.run_key` = this DAG run's id).
 
 Params: `force_retrain` trains a new encoder even if the champion is fresh;
@@ -24,7 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from jobs import STEP_NAMES
 from jobs.config import load_config
-from jobs.tables import ALL_TABLES
+from jobs.lakehouse.tables import ALL_TABLES
 
 INFRASTRUCTURE_RETRIES = {"retries": 2, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": True}
 LAKE_URI = load_config().lake_uri  # light: a TOML file and env vars
@@ -63,7 +63,7 @@ def wait_for_drops() -> PokeReturnValue:
     """The day's catalog and events drops must have landed (mode=reschedule frees the worker slot)."""
     from jobs.config import load_config
     from jobs.errors import FactoryError
-    from jobs.landing import SOURCES, drop_files
+    from jobs.lakehouse.landing import SOURCES, drop_files
 
     cfg, ds = load_config(), get_current_context()["ds"]
     try:

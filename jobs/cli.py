@@ -18,13 +18,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES, bench_features, bench_inference, bench_perf, bench_sid
-from jobs.bench_encoder import bench_app
-from jobs.bench_generative import generative as bench_generative
+from jobs import STEP_NAMES
+from jobs.bench import features as bench_features
+from jobs.bench import inference as bench_inference
+from jobs.bench import perf as bench_perf
+from jobs.bench import sid as bench_sid
+from jobs.bench.encoder import bench_app
+from jobs.bench.generative import generative as bench_generative
 from jobs.config import ConfigError, FactoryConfig, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
-from jobs.sid_lookup import sid_app
+from jobs.steps.sid_lookup import sid_app
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -70,7 +74,7 @@ def generate(
     """Write seeded synthetic catalog and listening-log drops into the landing folder."""
     import dataclasses
 
-    from jobs.generate import generate_drops
+    from jobs.synthetic.generate import generate_drops
 
     cfg = _config(config)
     overrides = {k: v for k, v in {"days": days, "users": users, "seed": seed}.items() if v is not None}
@@ -124,7 +128,7 @@ def show(
     config: ConfigOption = None,
 ) -> None:
     """Every table with its Delta version and rows, the day's MLflow runs, metrics and published pointer."""
-    from jobs.show import day_report
+    from jobs.serving.show import day_report
 
     cfg = _config(config)
     if ds:
@@ -155,7 +159,7 @@ def show(
 @app.command()
 def tables() -> None:
     """Print every table's name, key, partitioning, owner step and schema as Markdown."""
-    from jobs.tables import tables_markdown
+    from jobs.lakehouse.tables import tables_markdown
 
     print(tables_markdown())
 
@@ -168,7 +172,7 @@ def neighbours(
     config: ConfigOption = None,
 ) -> None:
     """A user's nearest items on the shared sphere (the day's faiss index), with titles and SIDs."""
-    from jobs.lookup import nearest_items
+    from jobs.serving.neighbours import nearest_items
 
     cfg = _config(config)
     if ds:
@@ -191,7 +195,7 @@ def recommend(
     config: ConfigOption = None,
 ) -> None:
     """Generated SIDs for a user -> items -> why each was kept or dropped (needs generative.enabled)."""
-    from jobs.recommend import recommend as ask
+    from jobs.serving.recommend import recommend as ask
 
     cfg = _config(config)
     if ds:
@@ -219,7 +223,7 @@ def airflow(ctx: typer.Context, config: ConfigOption = None) -> None:
     `factory airflow standalone` (scheduler + dag-processor + api-server on 127.0.0.1:8080), then
     `factory airflow backfill create --dag-id daily_embeddings --from-date 2026-01-01 --to-date 2026-01-04`.
     """
-    from jobs.airflow_setup import airflow_command
+    from jobs.runtime.airflow_env import airflow_command
 
     cfg = _config(config)
     completed = airflow_command(cfg, list(ctx.args), check=False)
@@ -242,7 +246,7 @@ def demo(
     use_airflow: Annotated[bool, typer.Option("--airflow/--no-airflow", help="Run each day with `airflow dags test`.")] = True,
 ) -> None:
     """Generate data, run every generated day through the pipeline, and print where to look."""
-    from jobs.demo import run_demo
+    from jobs.synthetic.demo import run_demo
 
     run_demo(_config(config), use_airflow, console)
 

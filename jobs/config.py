@@ -139,7 +139,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SidConfig:
-    """Semantic IDs (jobs/semantic_ids.py; numbers behind the defaults in docs/benchmarks.md)."""
+    """Semantic IDs (jobs/steps/semantic_ids.py; numbers behind the defaults in docs/benchmarks.md)."""
 
     levels: int = 4
     codes_per_level: int = 256
@@ -209,7 +209,7 @@ class GateConfig:
 
 @dataclass(frozen=True)
 class GenerativeConfig:
-    """Optional daily step `generative` (jobs/generative.py, jobs/generative_day.py): SID generation with a soft token.
+    """Optional daily step `generative` (jobs/steps/generative.py, jobs/steps/generative_data.py): SID generation with a soft token.
 
     Off by default: the step then records that it was disabled. Numbers behind the defaults:
     docs/benchmarks.md, "Generative retrieval on MovieLens-1M".

@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jobs import STEP_NAMES, lake
+from jobs import STEP_NAMES
 from jobs.config import FactoryConfig
 from jobs.days import day_range, parse_ds
 from jobs.errors import ConcurrentWriteError, FactoryError
-from jobs.landing import drop_days
-from jobs.tables import EVENTS
-from jobs.tracking import StepResult, new_run_key
+from jobs.lakehouse import delta
+from jobs.lakehouse.landing import drop_days
+from jobs.lakehouse.tables import EVENTS
+from jobs.tracking.runs import StepResult, new_run_key
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
 
 
 def step_function(step: str) -> Callable[..., StepResult]:
-    """`jobs.<step>.run`, imported on first use: Spark, Ray and torch load only for the steps that need them."""
-    return importlib.import_module(f"jobs.{step}").run
+    """`jobs.steps.<step>.run`, imported on first use: Spark, Ray and torch load only for the steps that need them."""
+    return importlib.import_module(f"jobs.steps.{step}").run
 
 
 def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key: str | None = None,
@@ -87,7 +88,7 @@ def backfill(first: str, last: str, cfg: FactoryConfig, **kwargs) -> dict[str, l
 
 def preflight(cfg: FactoryConfig, step: str, ds: str) -> None:
     """Raise FactoryError naming the configured address if something the step needs is missing."""
-    lake.check_writable(cfg)
+    delta.check_writable(cfg)
     check_mlflow(cfg)
     services = SERVICES_OF_STEP.get(step, ())
     if "spark" in services:
@@ -101,7 +102,7 @@ def check_mlflow(cfg: FactoryConfig) -> None:
     uri = cfg.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
         try:
-            lake.probe_write(Path(uri.removeprefix("sqlite:///")).parent)
+            delta.probe_write(Path(uri.removeprefix("sqlite:///")).parent)
         except OSError as err:
             raise FactoryError(f"The MLflow store {uri} (mlflow.tracking_uri) cannot be written ({err.strerror or err}); "
                                f"fix the folder's permissions or point mlflow.tracking_uri elsewhere.") from None
@@ -152,7 +153,7 @@ def _check_reachable(what: str, uri: str, setting: str, default_port: int | None
 def first_data_ds(cfg: FactoryConfig) -> str | None:
     """The earliest ds with an events drop in the landing or an events partition in the lake."""
     days = drop_days(cfg, "events")
-    table = lake.open_table(cfg, EVENTS)
+    table = delta.open_table(cfg, EVENTS)
     if table is not None:
         days += [dict(p)["ds"] for p in table.partitions()]
     return min(days) if days else None

@@ -1,5 +1,5 @@
-"""The encoder benchmark (jobs/bench_encoder.py) and the training loop it shares with the nightly
-job (jobs/train.py): tiny generated SASRec-format files, tiny models, in-process training."""
+"""The encoder benchmark (jobs/bench/encoder.py) and the training loop it shares with the nightly
+job (jobs/steps/train.py): tiny generated SASRec-format files, tiny models, in-process training."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import bench_encoder, train
+from jobs.bench import encoder as bench_encoder
 from jobs.config import load_config
 from jobs.errors import FactoryError
+from jobs.steps import train
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 NUM_ITEMS = 30
@@ -93,7 +94,7 @@ def test_popularity_baseline_ranks_by_count_and_filters_seen_items():
     assert filtered.tolist() == [1, 2]
 
 
-# ---- the shared training loop (jobs/train.py) -------------------------------------------------
+# ---- the shared training loop (jobs/steps/train.py) -------------------------------------------------
 
 
 def test_training_run_improves_validation_and_keeps_the_selected_weights(tmp_path):

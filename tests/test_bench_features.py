@@ -1,4 +1,4 @@
-"""`factory bench features` (jobs/bench_features.py) on tiny generated events: one shared Spark session."""
+"""`factory bench features` (jobs/bench/features.py) on tiny generated events: one shared Spark session."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import bench_features
+from jobs.bench import features as bench_features
 from jobs.config import load_config
 from jobs.errors import FactoryError
-from jobs.tables import EVENTS
+from jobs.lakehouse.tables import EVENTS
 
 TINY = {"events": 6_000, "days": 5, "vocab_items": 300, "events_per_user": 40, "ts_step_ms": 3_600_000}  # hourly ts: ties
 
 
 @pytest.fixture(scope="module")
 def spark():
-    from jobs.spark import spark_session
+    from jobs.lakehouse.spark import spark_session
 
     return spark_session(load_config())
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jobs import bench_inference
-from jobs.embed import unchanged_inputs
-from jobs.user_predictor import flat_lists
+from jobs.bench import inference as bench_inference
+from jobs.steps.embed import unchanged_inputs
+from jobs.steps.user_predictor import flat_lists
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 

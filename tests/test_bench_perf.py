@@ -1,7 +1,7 @@
 import json
 
-from jobs import bench_perf
-from jobs.bench_perf import SMOKE, run
+from jobs.bench import perf as bench_perf
+from jobs.bench.perf import SMOKE, run
 
 
 def test_rerunning_one_section_keeps_the_others_from_the_earlier_run(tmp_path, monkeypatch):

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from jobs.bench_scale import World, config_toml
+from jobs.bench.scale import World, config_toml
 from jobs.config import load_config
-from jobs.generate import generate_drops
+from jobs.synthetic.generate import generate_drops
 
 
 @pytest.mark.parametrize("events_per_user", [6.0, 50.0])
@@ -25,7 +25,7 @@ def test_a_world_trains_on_a_sample_of_users_within_a_budget(tmp_path):
 
 
 def test_linearity_separates_fixed_start_up_from_the_cost_per_user():
-    from jobs.bench_scale import linearity
+    from jobs.bench.scale import linearity
 
     worlds = [{"world": {"users": u}, "steady_day": {"per_user_steps_seconds": 30 + 0.5e-3 * u + (5 if u == 10**6 else 0)}}
               for u in (10_000, 100_000, 1_000_000)]

@@ -1,4 +1,4 @@
-"""`factory bench sid` (jobs/bench_sid.py) on tiny generated catalogs; never on ML-1M."""
+"""`factory bench sid` (jobs/bench/sid.py) on tiny generated catalogs; never on ML-1M."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from jobs import bench_sid, semantic_ids
+from jobs.bench import sid as bench_sid
 from jobs.config import GeneratorConfig, load_config
 from jobs.errors import FactoryError
-from jobs.tracking import configure_mlflow
+from jobs.steps import semantic_ids
+from jobs.tracking.runs import configure_mlflow
 
 TINY_WORLD = GeneratorConfig(users=20, genres=3, artists_per_genre=3, tracks=60, shows=3, episodes=15,
                              new_items_per_day=2, edited_items_per_day=1)

@@ -31,8 +31,8 @@ def test_every_command_has_help(tmp_path):
 
 
 def test_airflow_tasks_report_to_the_api_server_on_its_configured_port(monkeypatch):
-    from jobs.airflow_setup import airflow_env
     from jobs.config import load_config
+    from jobs.runtime.airflow_env import airflow_env
 
     monkeypatch.setenv("AIRFLOW__API__PORT", "18080")
     monkeypatch.delenv("AIRFLOW__API__HOST", raising=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from jobs import STEP_NAMES
-from jobs.tables import ALL_TABLES
+from jobs.lakehouse.tables import ALL_TABLES
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from jobs.tables import tables_markdown
+from jobs.lakehouse.tables import tables_markdown
 
 
 def test_tables_doc_matches_the_table_registry():
@@ -10,7 +10,7 @@ def test_tables_doc_matches_the_table_registry():
 
 def test_readme_dag_picture_names_every_step_and_table():
     from jobs import STEP_NAMES
-    from jobs.tables import ALL_TABLES
+    from jobs.lakehouse.tables import ALL_TABLES
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     mermaid = readme.split("```mermaid", 1)[1].split("```", 1)[0]

@@ -10,12 +10,14 @@ import pyarrow.dataset as pads
 import pytest
 import torch
 
-from jobs import embed, lake, registry
 from jobs.config import load_config
 from jobs.days import shift
-from jobs.embed import embed_day, unchanged_inputs
-from jobs.user_predictor import UserEmbeddingPredictor, chunk_end
-from jobs.tables import USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.steps import embed
+from jobs.steps.embed import embed_day, unchanged_inputs
+from jobs.steps.user_predictor import UserEmbeddingPredictor, chunk_end
+from jobs.tracking import registry
 from models.sequences import pad_left, pad_left_flat
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
@@ -140,14 +142,14 @@ def write_sequences(cfg, ds: str, table: pa.Table) -> tuple[int, list[str]]:
     rows = rows.append_column("ts", pa.array([[0]] * table.num_rows, pa.list_(pa.int64())))
     rows = rows.append_column("last_ts", pa.nulls(table.num_rows, USER_SEQUENCES.schema.field("last_ts").type))
     rows = rows.append_column("ds", pa.array([ds] * table.num_rows, pa.string()))
-    lake.replace_partition(cfg, USER_SEQUENCES, rows, {"ds": ds})
-    return lake.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
+    delta.replace_partition(cfg, USER_SEQUENCES, rows, {"ds": ds})
+    return delta.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
 
 
 def run_day(cfg, ds: str, table: pa.Table, champion: registry.RegisteredEncoder):
     version, files = write_sequences(cfg, ds, table)
     users, counts, plan = embed_day(cfg, ds, version, files, champion)
-    lake.replace_partition(cfg, USER_EMBEDDINGS, users.append_column("ds", pa.array([ds] * users.num_rows)), {"ds": ds})
+    delta.replace_partition(cfg, USER_EMBEDDINGS, users.append_column("ds", pa.array([ds] * users.num_rows)), {"ds": ds})
     return users, counts, plan
 
 
@@ -192,7 +194,7 @@ def test_rerun_of_an_incremental_day_gives_the_same_rows(lake_cfg):
     first, counts, _ = run_day(lake_cfg, DS, day1, champion)
     again, counts_again, _ = run_day(lake_cfg, DS, day1, champion)
     assert again.equals(first) and counts_again == counts
-    assert lake.read(lake_cfg, USER_EMBEDDINGS, where={"ds": DS}).num_rows == 20
+    assert delta.read(lake_cfg, USER_EMBEDDINGS, where={"ds": DS}).num_rows == 20
 
 
 def test_a_new_champion_recomputes_everyone(lake_cfg):

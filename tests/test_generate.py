@@ -13,8 +13,8 @@ import pytest
 
 from jobs.config import GeneratorConfig
 from jobs.days import day_bounds_ms
-from jobs.generate import DEFECT_KINDS, DaySummary, generate_drops, generated_days
-from jobs.generate_listening import GroupSampler
+from jobs.synthetic.generate import DEFECT_KINDS, DaySummary, generate_drops, generated_days
+from jobs.synthetic.listening import GroupSampler
 
 SMALL = dataclasses.replace(
     GeneratorConfig(), seed=11, days=3, users=200, new_users_per_day=10, genres=10, artists_per_genre=3,

@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.generative import Examples, FitConfig, fit, generate, hit_metrics
+from jobs.steps.generative import Examples, FitConfig, fit, generate, hit_metrics
 from models.generative import (
-    SOFT, GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, build_sequences,
-    constrained_beam_search, pretrained_lm, tiny_llama,
+    SOFT,
+    GenerativeRecommender,
+    SidVocabulary,
+    TinyLlamaConfig,
+    TrieTables,
+    build_sequences,
+    constrained_beam_search,
+    pretrained_lm,
+    tiny_llama,
 )
 from models.reranking import Candidate, RerankRules, rerank
 
@@ -175,21 +182,21 @@ def tiny_lake(tmp_path, enabled: bool):
     """A lake with only what the generative step reads: 12 items with SIDs, 30 users, embeddings of ds and ds-1."""
     import pyarrow as pa
 
-    from jobs import lake
     from jobs.config import load_config
     from jobs.days import day_bounds_ms, shift
-    from jobs.tables import ITEM_TOKENS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+    from jobs.lakehouse import delta
+    from jobs.lakehouse.tables import ITEM_TOKENS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "generative.enabled": str(enabled).lower(),
                                  "generative.minutes": "0.05", "generative.hidden": "32", "generative.layers": "1",
                                  "generative.heads": "2", "generative.beams": "6", "generative.max_per_prefix": "2"})
     tokens = catalog(12)
     items = [f"{'ep' if i % 3 == 0 else 'trk'}_{i:03d}" for i in range(len(tokens))]
-    lake.upsert(cfg, ITEMS, pa.Table.from_pylist([{"item_id": it, "item_type": "episode" if it.startswith("ep") else "track",
+    delta.upsert(cfg, ITEMS, pa.Table.from_pylist([{"item_id": it, "item_type": "episode" if it.startswith("ep") else "track",
                                                    "title": f"title {it}"} for it in items], schema=ITEMS.schema))
-    lake.upsert(cfg, ITEM_VOCAB, pa.Table.from_pylist([{"item_id": it, "item_idx": i + 1, "first_seen_ds": DS}
+    delta.upsert(cfg, ITEM_VOCAB, pa.Table.from_pylist([{"item_id": it, "item_idx": i + 1, "first_seen_ds": DS}
                                                        for i, it in enumerate(items)], schema=ITEM_VOCAB.schema))
-    lake.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": it, "tokens": t.tolist(),
+    delta.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": it, "tokens": t.tolist(),
                                                          "sid": "-".join(map(str, t))} for it, t in zip(items, tokens)],
                                                        schema=ITEM_TOKENS.schema))
     start, _ = day_bounds_ms(DS)
@@ -199,17 +206,17 @@ def tiny_lake(tmp_path, enabled: bool):
         s = int(rng.integers(0, 6))
         idx = [(s + j) % len(items) + 1 for j in range(6)]
         rows.append({"user_id": f"u_{u:03d}", "item_idx": idx, "ts": [start - 5000 + 1000 * j for j in range(6)], "ds": DS})
-    lake.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {"ds": DS})
+    delta.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {"ds": DS})
     for day in (shift(DS, -1), DS):
         vectors = [{"user_id": f"u_{u:03d}", "embedding": rng.normal(size=8).astype(np.float32).tolist(),
                     "model_version": "1", "ds": day} for u in range(30)]
-        lake.replace_partition(cfg, USER_EMBEDDINGS, pa.Table.from_pylist(vectors, schema=USER_EMBEDDINGS.schema), {"ds": day})
+        delta.replace_partition(cfg, USER_EMBEDDINGS, pa.Table.from_pylist(vectors, schema=USER_EMBEDDINGS.schema), {"ds": day})
     return cfg
 
 
 def test_generative_step_disabled_by_default_records_that_it_was_disabled(tmp_path):
-    from jobs import generative
     from jobs.config import load_config
+    from jobs.steps import generative
 
     assert load_config(overrides={}).generative.enabled is False
     result = generative.run(DS, tiny_lake(tmp_path, enabled=False))
@@ -220,10 +227,10 @@ def test_generative_step_disabled_by_default_records_that_it_was_disabled(tmp_pa
 def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, one_torch_thread):
     from typer.testing import CliRunner
 
-    from jobs import generative
     from jobs.cli import app
     from jobs.errors import FactoryError
-    from jobs.recommend import recommend
+    from jobs.serving.recommend import recommend
+    from jobs.steps import generative
 
     cfg = tiny_lake(tmp_path, enabled=True)
     result = generative.run(DS, cfg)

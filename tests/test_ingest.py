@@ -5,7 +5,7 @@ import json
 import pytest
 
 from jobs.days import day_bounds_ms
-from jobs.ingest import DayRules, Rejected, validate_line
+from jobs.steps.ingest import DayRules, Rejected, validate_line
 
 DS = "2026-01-01"
 START, END = day_bounds_ms(DS)
@@ -47,7 +47,7 @@ def test_bad_line_is_rejected_with_the_first_broken_rule(raw, reason):
 
 
 def test_clean_events_across_chunk_boundaries_keep_every_row_in_order(monkeypatch):
-    from jobs.ingest import CleanEvents
+    from jobs.steps.ingest import CleanEvents
 
     monkeypatch.setattr(CleanEvents, "CHUNK", 3)
     clean = CleanEvents("2026-01-01")

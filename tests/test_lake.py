@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from jobs import lake
 from jobs.config import load_config
-from jobs.tables import EVAL_METRICS, ITEM_VOCAB
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import EVAL_METRICS, ITEM_VOCAB
 
 
 @pytest.fixture
@@ -17,33 +17,33 @@ def metrics(ds: str, value: float) -> pa.Table:
 
 
 def test_rerun_of_same_ds_replaces_partition_instead_of_appending(cfg):
-    lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 1.0), {"ds": "2026-01-01"})
-    lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-02", 2.0), {"ds": "2026-01-02"})
-    lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 3.0), {"ds": "2026-01-01"})
-    rows = sorted((r["ds"], r["value"]) for r in lake.read(cfg, EVAL_METRICS).to_pylist())
+    delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 1.0), {"ds": "2026-01-01"})
+    delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-02", 2.0), {"ds": "2026-01-02"})
+    delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 3.0), {"ds": "2026-01-01"})
+    rows = sorted((r["ds"], r["value"]) for r in delta.read(cfg, EVAL_METRICS).to_pylist())
     assert rows == [("2026-01-01", 3.0), ("2026-01-02", 2.0)]
 
 
 def test_rows_outside_the_replaced_partition_are_refused(cfg):
     with pytest.raises(ValueError, match="outside the replaced partition"):
-        lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-02", 1.0), {"ds": "2026-01-01"})
+        delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-02", 1.0), {"ds": "2026-01-01"})
 
 
 def test_time_travel_reads_an_old_version(cfg):
-    v1 = lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 1.0), {"ds": "2026-01-01"})
-    lake.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 9.0), {"ds": "2026-01-01"})
-    assert lake.read(cfg, EVAL_METRICS, version=v1).column("value").to_pylist() == [1.0]
-    assert len(lake.history(cfg, EVAL_METRICS)) == 2
+    v1 = delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 1.0), {"ds": "2026-01-01"})
+    delta.replace_partition(cfg, EVAL_METRICS, metrics("2026-01-01", 9.0), {"ds": "2026-01-01"})
+    assert delta.read(cfg, EVAL_METRICS, version=v1).column("value").to_pylist() == [1.0]
+    assert len(delta.history(cfg, EVAL_METRICS)) == 2
 
 
 def test_reading_a_table_never_written_gives_an_empty_table_of_its_schema(cfg):
-    empty = lake.read(cfg, ITEM_VOCAB)
+    empty = delta.read(cfg, ITEM_VOCAB)
     assert empty.num_rows == 0 and empty.schema == ITEM_VOCAB.schema
-    assert lake.snapshot_files(cfg, ITEM_VOCAB) == (None, [])
+    assert delta.snapshot_files(cfg, ITEM_VOCAB) == (None, [])
 
 
 def test_upsert_changes_nothing_when_nothing_changed(cfg):
     rows = pa.Table.from_pylist([{"item_id": "a", "item_idx": 1, "first_seen_ds": "2026-01-01"}], schema=ITEM_VOCAB.schema)
-    first, _ = lake.upsert(cfg, ITEM_VOCAB, rows)
-    second, merge = lake.upsert(cfg, ITEM_VOCAB, rows, update_when="s.item_idx != t.item_idx")
+    first, _ = delta.upsert(cfg, ITEM_VOCAB, rows)
+    second, merge = delta.upsert(cfg, ITEM_VOCAB, rows, update_when="s.item_idx != t.item_idx")
     assert first == second and merge["num_target_rows_updated"] == 0

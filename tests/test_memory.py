@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from jobs.memory import RssSampler
+from jobs.tracking.memory import RssSampler
 
 
 def test_peak_rss_sees_memory_the_driver_allocated_and_released():

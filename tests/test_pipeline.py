@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs import lake
 from jobs.config import load_config
-from jobs.generate import generate_drops, generated_days
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import ALL_TABLES, EVENTS, ITEM_TOKENS, ITEMS, PUBLISH, QUARANTINE
 from jobs.pipeline import run_day
-from jobs.show import day_report
-from jobs.tables import ALL_TABLES, EVENTS, ITEM_TOKENS, ITEMS, PUBLISH, QUARANTINE
+from jobs.serving.show import day_report
+from jobs.synthetic.generate import generate_drops, generated_days
 
 TINY = {
     "generator.users": "150", "generator.new_users_per_day": "10", "generator.genres": "6",
@@ -65,7 +65,7 @@ def table_digests(cfg) -> dict[str, str]:
     """A content hash per table: rows sorted, so file layout and row order do not matter."""
     digests = {}
     for spec in ALL_TABLES:
-        table = lake.read(cfg, spec)
+        table = delta.read(cfg, spec)
         if spec is PUBLISH:
             table = table.drop_columns(list(PUBLISH_BOOKKEEPING))
         rows = sorted(json.dumps(row, sort_keys=True, default=repr) for row in table.to_pylist())
@@ -77,19 +77,19 @@ def test_airflow_dags_test_runs_the_day_successfully(world):
     assert world["airflow"].returncode == 0, world["airflow"].stdout[-3000:] + world["airflow"].stderr[-3000:]
     assert "state=success" in world["airflow"].stdout + world["airflow"].stderr
     day1 = world["days"][0]
-    assert lake.read(world["cfg"], PUBLISH, where={"ds": day1}).num_rows == 1
+    assert delta.read(world["cfg"], PUBLISH, where={"ds": day1}).num_rows == 1
 
 
 def test_rerun_of_a_day_leaves_every_table_unchanged(world):
     assert world["before"] == world["after"]
-    assert all(lake.current_version(world["cfg"], spec) is not None for spec in ALL_TABLES)
+    assert all(delta.current_version(world["cfg"], spec) is not None for spec in ALL_TABLES)
 
 
 def test_every_raw_row_is_clean_or_quarantined_with_the_injected_reason(world):
     cfg = world["cfg"]
     for day in world["summary"].days:
-        clean = lake.read(cfg, EVENTS, where={"ds": day.ds}).num_rows
-        quarantined = lake.read(cfg, QUARANTINE, where={"ds": day.ds, "source": "events"})
+        clean = delta.read(cfg, EVENTS, where={"ds": day.ds}).num_rows
+        quarantined = delta.read(cfg, QUARANTINE, where={"ds": day.ds, "source": "events"})
         assert clean + quarantined.num_rows == day.raw_lines
         reasons = pa.compute.value_counts(quarantined.column("reason")).to_pylist()
         counted = {r["values"]: r["counts"] for r in reasons}
@@ -98,7 +98,7 @@ def test_every_raw_row_is_clean_or_quarantined_with_the_injected_reason(world):
 
 
 def test_quarantine_keeps_the_raw_bytes_of_non_utf8_lines(world):
-    bad = lake.read(world["cfg"], QUARANTINE, where={"ds": world["days"][0], "source": "events"})
+    bad = delta.read(world["cfg"], QUARANTINE, where={"ds": world["days"][0], "source": "events"})
     rows = [r for r in bad.to_pylist() if r["reason"] == "non_utf8"]
     assert rows and all(isinstance(r["raw_bytes"], bytes) for r in rows)
     with pytest.raises(UnicodeDecodeError):
@@ -106,10 +106,10 @@ def test_quarantine_keeps_the_raw_bytes_of_non_utf8_lines(world):
 
 
 def test_every_item_has_a_unique_semantic_id_of_four_or_more_tokens(world):
-    tokens = lake.read(world["cfg"], ITEM_TOKENS)
+    tokens = delta.read(world["cfg"], ITEM_TOKENS)
     latest = pa.compute.max(tokens.column("codebook_version")).as_py()
     current = tokens.filter(pa.compute.equal(tokens.column("codebook_version"), latest))
-    items = lake.read(world["cfg"], ITEMS, columns=["item_id"])
+    items = delta.read(world["cfg"], ITEMS, columns=["item_id"])
     assert set(current.column("item_id").to_pylist()) == set(items.column("item_id").to_pylist())
     assert min(len(t) for t in current.column("tokens").to_pylist()) >= 4
     assert len(set(current.column("sid").to_pylist())) == current.num_rows
@@ -135,7 +135,7 @@ def test_show_reports_every_table_with_a_version_and_the_day_runs(world):
 
 
 def test_champion_alias_points_at_a_registered_version(world):
-    from jobs.registry import CHAMPION, load_alias
+    from jobs.tracking.registry import CHAMPION, load_alias
 
     champion = load_alias(world["cfg"], CHAMPION)
     assert champion is not None and champion.trained_ds in world["days"]

@@ -1,6 +1,6 @@
 """Reliability at unit level: validation and gates, lake retries and crash safety, path safety,
 preflight errors and security defaults. No Spark, no Ray; the whole-pipeline scenarios (kill -9 in
-a step, concurrent days, backfill, bad model/codebook) are in jobs/faults.py (`make faults`)."""
+a step, concurrent days, backfill, bad model/codebook) are in jobs/faults/scenarios.py (`make faults`)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,28 @@ import pyarrow as pa
 import pytest
 from deltalake.exceptions import CommitFailedError
 
-from jobs import catalog, ingest, lake, pipeline, publish
+from jobs import pipeline
 from jobs.config import ConfigError, load_config, with_overrides
 from jobs.days import parse_ds, shift
 from jobs.errors import ConcurrentWriteError, DropRefused, FactoryError, GateFailed, QuarantineShareExceeded, UnsafePath
-from jobs.faults import BEGIN, END, bad_event_lines, fingerprint, orphan_files, write_drop, write_results
-from jobs.index import build_index, index_uri, write_index
-from jobs.landing import drop_days, drop_files, drop_uri
-from jobs.tables import (CODEBOOKS, EVAL_METRICS, EVENTS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEM_VOCAB, ITEMS, QUARANTINE,
-                         USER_EMBEDDINGS, USER_SEQUENCES, TableSpec)
+from jobs.faults.scenarios import BEGIN, END, bad_event_lines, fingerprint, orphan_files, write_drop, write_results
+from jobs.lakehouse import delta
+from jobs.lakehouse.landing import drop_days, drop_files, drop_uri
+from jobs.lakehouse.tables import (
+    CODEBOOKS,
+    EVAL_METRICS,
+    EVENTS,
+    ITEM_EMBEDDINGS,
+    ITEM_TOKENS,
+    ITEM_VOCAB,
+    ITEMS,
+    QUARANTINE,
+    USER_EMBEDDINGS,
+    USER_SEQUENCES,
+    TableSpec,
+)
+from jobs.steps import catalog, ingest, publish
+from jobs.steps.index import build_index, index_uri, write_index
 
 REPO = Path(__file__).parents[1]
 DS = "2026-01-01"
@@ -66,9 +79,9 @@ def test_every_kind_of_bad_line_is_quarantined_with_its_reason_and_nothing_is_lo
     lines, expected = bad_event_lines(DS, TRACKS, good=200)
     write_drop(Path(cfg.landing_uri), "events", DS, lines)
     result = ingest.run(DS, cfg)
-    quarantined = lake.read(cfg, QUARANTINE, where={"ds": DS, "source": "events"})
+    quarantined = delta.read(cfg, QUARANTINE, where={"ds": DS, "source": "events"})
     assert Counter(quarantined.column("reason").to_pylist()) == expected
-    assert lake.read(cfg, EVENTS, where={"ds": DS}).num_rows == 200
+    assert delta.read(cfg, EVENTS, where={"ds": DS}).num_rows == 200
     assert result.metrics["raw_lines"] == len(lines) == 200 + quarantined.num_rows
     assert {k: v for k, v in result.metrics.items() if k.startswith("quarantined.")} == \
         {f"quarantined.{reason}": n for reason, n in expected.items()}
@@ -93,8 +106,8 @@ def test_empty_day_is_refused_before_anything_is_written(cfg):
 
 def test_empty_day_is_ingested_when_the_gate_allows_it(cfg):
     ingest_lines(cfg, DS, [], min_raw_lines=0)
-    assert lake.read(cfg, EVENTS, where={"ds": DS}).num_rows == 0
-    assert lake.current_version(cfg, EVENTS) is not None
+    assert delta.read(cfg, EVENTS, where={"ds": DS}).num_rows == 0
+    assert delta.current_version(cfg, EVENTS) is not None
 
 
 def test_oversize_drop_is_refused_unread(cfg):
@@ -108,7 +121,7 @@ def test_quarantine_share_above_the_gate_fails_loudly_and_publish_refuses(cfg):
     lines, expected = bad_event_lines(DS, TRACKS, good=20)
     with pytest.raises(QuarantineShareExceeded, match="above gate.max_quarantine_share=20.0%"):
         ingest_lines(cfg, DS, lines)
-    assert lake.read(cfg, QUARANTINE, where={"ds": DS, "source": "events"}).num_rows == sum(expected.values())
+    assert delta.read(cfg, QUARANTINE, where={"ds": DS, "source": "events"}).num_rows == sum(expected.values())
     with pytest.raises(QuarantineShareExceeded):
         publish.check_gates(cfg, DS)
 
@@ -120,11 +133,11 @@ def test_catalog_quarantines_bad_items_with_reasons_and_accounts_for_every_line(
              catalog_line("trk_000012", mood="sad"), json.dumps({"item_id": "trk_000013", "item_type": "track"}).encode()]
     write_drop(Path(cfg.landing_uri), "catalog", ds, lines, files=1)
     result = catalog.run(ds, cfg)
-    reasons = Counter(lake.read(cfg, QUARANTINE, where={"ds": ds, "source": "catalog"}).column("reason").to_pylist())
+    reasons = Counter(delta.read(cfg, QUARANTINE, where={"ds": ds, "source": "catalog"}).column("reason").to_pylist())
     assert reasons == {"non_utf8": 1, "invalid_json": 2, "invalid_duration": 1, "wrong_type": 1, "schema_drift": 1,
                        "missing_field": 1}
     assert (result.metrics["catalog_rows"], result.metrics["superseded_rows"]) == (1, 1)
-    item = lake.read(cfg, ITEMS, where={"item_id": "trk_000009"}).to_pylist()[0]
+    item = delta.read(cfg, ITEMS, where={"item_id": "trk_000009"}).to_pylist()[0]
     assert item["title"] == "Song (remaster)"  # the later line of the drop wins
 
 
@@ -138,7 +151,7 @@ def test_catalog_days_merged_out_of_order_give_the_same_items(cfg, tmp_path, mlf
     for ds in (later, DS):  # a backfill that reached the later day first
         catalog.run(ds, other)
     assert fingerprint(other, [ITEMS]) == fingerprint(cfg, [ITEMS])
-    edited = lake.read(other, ITEMS, where={"item_id": "trk_000001"}).to_pylist()[0]
+    edited = delta.read(other, ITEMS, where={"item_id": "trk_000001"}).to_pylist()[0]
     assert (edited["first_seen_ds"], edited["updated_ds"], edited["title"]) == (DS, later, "Edited")
 
 
@@ -161,7 +174,7 @@ def test_concurrent_partition_writes_all_commit_and_never_mix(lake_cfg):
     def writer(n: int, ds: str) -> None:
         for _ in range(6):
             try:
-                lake.replace_partition(lake_cfg, USER_SEQUENCES, sequences(ds, n), {"ds": ds})
+                delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(ds, n), {"ds": ds})
             except Exception as err:  # noqa: BLE001
                 failures.append(err)
 
@@ -169,7 +182,7 @@ def test_concurrent_partition_writes_all_commit_and_never_mix(lake_cfg):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not failures
-    rows = lake.read(lake_cfg, USER_SEQUENCES).to_pylist()
+    rows = delta.read(lake_cfg, USER_SEQUENCES).to_pylist()
     by_day = {ds: {r["events_in_window"] for r in rows if r["ds"] == ds} for ds in {r["ds"] for r in rows}}
     assert len(rows) == 9 and all(len(writers) == 1 for writers in by_day.values())  # one writer's rows per day
 
@@ -180,12 +193,12 @@ def vocab(*pairs: tuple[str, int]) -> pa.Table:
 
 
 def test_concurrent_vocabulary_appends_never_duplicate_an_item_or_an_id(lake_cfg):
-    lake.append(lake_cfg, ITEM_VOCAB, vocab(("a", 1)))
+    delta.append(lake_cfg, ITEM_VOCAB, vocab(("a", 1)))
     errors = []
 
     def writer() -> None:
         try:
-            lake.append(lake_cfg, ITEM_VOCAB, vocab(("b", 2), ("c", 3)))
+            delta.append(lake_cfg, ITEM_VOCAB, vocab(("b", 2), ("c", 3)))
         except Exception as err:  # noqa: BLE001
             errors.append(err)
 
@@ -193,15 +206,15 @@ def test_concurrent_vocabulary_appends_never_duplicate_an_item_or_an_id(lake_cfg
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors
-    assert sorted(map(tuple, (r.values() for r in lake.read(lake_cfg, ITEM_VOCAB, columns=["item_id", "item_idx"]).to_pylist()))) == \
+    assert sorted(map(tuple, (r.values() for r in delta.read(lake_cfg, ITEM_VOCAB, columns=["item_id", "item_idx"]).to_pylist()))) == \
         [("a", 1), ("b", 2), ("c", 3)]
 
 
 def test_vocabulary_append_refuses_an_id_another_run_gave_to_another_item(lake_cfg):
-    lake.append(lake_cfg, ITEM_VOCAB, vocab(("a", 1), ("b", 2)))
+    delta.append(lake_cfg, ITEM_VOCAB, vocab(("a", 1), ("b", 2)))
     with pytest.raises(ConcurrentWriteError, match="rerun the step"):
-        lake.append(lake_cfg, ITEM_VOCAB, vocab(("c", 2), ("d", 3)))
-    ids = lake.read(lake_cfg, ITEM_VOCAB).column("item_idx").to_pylist()
+        delta.append(lake_cfg, ITEM_VOCAB, vocab(("c", 2), ("d", 3)))
+    ids = delta.read(lake_cfg, ITEM_VOCAB).column("item_idx").to_pylist()
     assert len(ids) == len(set(ids))
 
 
@@ -210,23 +223,23 @@ def test_a_write_that_keeps_losing_races_gives_up_with_one_sentence(lake_cfg, mo
         raise CommitFailedError("a concurrent transaction added new data")
 
     monkeypatch.setattr(lake, "write_deltalake", always_conflict)
-    monkeypatch.setattr(lake.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(delta.time, "sleep", lambda seconds: None)
     with pytest.raises(ConcurrentWriteError, match="lost 6 commits in a row"):
-        lake.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS})
+        delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS})
 
 
 def test_a_writer_killed_before_its_commit_leaves_the_table_unchanged(lake_cfg, tmp_path):
-    lake.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS})
-    before, version = fingerprint(lake_cfg, [USER_SEQUENCES]), lake.current_version(lake_cfg, USER_SEQUENCES)
+    delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS})
+    before, version = fingerprint(lake_cfg, [USER_SEQUENCES]), delta.current_version(lake_cfg, USER_SEQUENCES)
     marker = tmp_path / "paused"
     script = "\n".join([
         "import pyarrow as pa", "from jobs import lake", "from jobs.config import load_config",
-        "from jobs.tables import USER_SEQUENCES",
+        "from jobs.lakehouse.tables import USER_SEQUENCES",
         f"rows = [dict(user_id=f'u{{i}}', item_idx=[2], event_type=[1], ts=[0], events_in_window=2, ds={DS!r}) for i in range(40000)]",
         f"cfg = load_config(overrides={{'paths.state_dir': {str(tmp_path)!r}}})",
-        f"lake.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {{'ds': {DS!r}}})",
+        f"delta.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {{'ds': {DS!r}}})",
     ])
-    env = {**os.environ, lake.FAULT_PAUSE_ENV: "user_sequences", lake.FAULT_MARKER_ENV: str(marker)}
+    env = {**os.environ, delta.FAULT_PAUSE_ENV: "user_sequences", delta.FAULT_MARKER_ENV: str(marker)}
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not marker.exists() and process.poll() is None and time.time() < deadline:
@@ -237,24 +250,24 @@ def test_a_writer_killed_before_its_commit_leaves_the_table_unchanged(lake_cfg, 
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert orphan_files(lake_cfg, USER_SEQUENCES) >= 1  # files were written, never committed
-    assert lake.current_version(lake_cfg, USER_SEQUENCES) == version
+    assert delta.current_version(lake_cfg, USER_SEQUENCES) == version
     assert fingerprint(lake_cfg, [USER_SEQUENCES]) == before  # no half-written partition is visible
-    lake.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 2, rows=40000), {"ds": DS})  # the rerun
-    assert lake.read(lake_cfg, USER_SEQUENCES).num_rows == 40000
+    delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 2, rows=40000), {"ds": DS})  # the rerun
+    assert delta.read(lake_cfg, USER_SEQUENCES).num_rows == 40000
 
 
 @pytest.mark.parametrize("where", [{"ds": "../../etc"}, {"ds": "2026-01-01' OR '1'='1"}, {"ds": "a/b"},
                                    {"ds": ".."}, {"nope": DS}])
 def test_partition_values_cannot_leave_their_partition_or_the_predicate(lake_cfg, where):
     with pytest.raises(UnsafePath):
-        lake.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1).slice(0, 0), where)
+        delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1).slice(0, 0), where)
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/etc", "Events", ""])
 def test_table_names_cannot_leave_the_lake_root(lake_cfg, name):
     spec = TableSpec(name, USER_SEQUENCES.schema, ("user_id",), ("ds",), "features", "")
     with pytest.raises(UnsafePath):
-        lake.table_uri(lake_cfg, spec)
+        delta.table_uri(lake_cfg, spec)
 
 
 @pytest.mark.parametrize("ds", ["2026-01-01/../../x", " 2026-01-01", "2026-01-0\u0661", "2026-1-1", "2026-02-30", None, 20260101])
@@ -301,7 +314,7 @@ def publishable(cfg, ds: str = DS, *, model: tuple[str, str] = ("3", "3"), codes
     ids = [f"trk_{i}" for i in range(items)]
 
     def put(spec, rows, where):
-        lake.replace_partition(cfg, spec, pa.Table.from_pylist(rows, schema=spec.schema), where)
+        delta.replace_partition(cfg, spec, pa.Table.from_pylist(rows, schema=spec.schema), where)
 
     put(EVENTS, [{"event_id": f"e{i}", "user_id": "u1", "item_id": ids[0], "item_type": "track", "event_type": "play",
                   "ts": None, "ms_played": 1, "ds": ds} for i in range(9)], {"ds": ds})
@@ -316,12 +329,12 @@ def publishable(cfg, ds: str = DS, *, model: tuple[str, str] = ("3", "3"), codes
     put(ITEM_EMBEDDINGS, [{"item_id": i, "item_idx": n + 1, "embedding": v, "model_version": model[1], "ds": ds}
                           for n, (i, v) in enumerate(zip(ids, vectors))], {"ds": ds})
     write_index(cfg, build_index(np.array(vectors, np.float32), np.arange(1, items + 1), "Flat"), index_uri(cfg, ds))
-    lake.upsert(cfg, ITEMS, pa.Table.from_pylist([{"item_id": i, "item_type": "track", "title": i, "first_seen_ds": ds,
+    delta.upsert(cfg, ITEMS, pa.Table.from_pylist([{"item_id": i, "item_type": "track", "title": i, "first_seen_ds": ds,
                                                    "updated_ds": ds} for i in ids], schema=ITEMS.schema))
-    lake.upsert(cfg, CODEBOOKS, pa.Table.from_pylist([{"codebook_version": 1, "level": 0, "code": 0, "centroid": [0.0],
+    delta.upsert(cfg, CODEBOOKS, pa.Table.from_pylist([{"codebook_version": 1, "level": 0, "code": 0, "centroid": [0.0],
                                                        "built_ds": ds, "params": "{}"}], schema=CODEBOOKS.schema))
     codes = codes or [[n, 0] for n in range(items)]
-    lake.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": i, "tokens": c + [n],
+    delta.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": i, "tokens": c + [n],
                                                          "sid": f"{i}", "text_hash": "", "assigned_ds": ds}
                                                         for n, (i, c) in enumerate(zip(ids, codes))], schema=ITEM_TOKENS.schema))
     for day, value, extra in ((shift(ds, -1), hr[0], []), (ds, hr[1], [("drift_mean_cosine", drift)])):
@@ -353,16 +366,16 @@ def test_a_day_that_regresses_or_is_partial_is_not_published(lake_cfg, change, m
 
 def test_vectors_of_a_diverged_model_block_the_day(lake_cfg):
     publishable(lake_cfg)
-    users = lake.read(lake_cfg, USER_EMBEDDINGS).to_pylist()
+    users = delta.read(lake_cfg, USER_EMBEDDINGS).to_pylist()
     users[0]["embedding"] = [float("nan")] * 4
-    lake.replace_partition(lake_cfg, USER_EMBEDDINGS, pa.Table.from_pylist(users, schema=USER_EMBEDDINGS.schema), {"ds": DS})
+    delta.replace_partition(lake_cfg, USER_EMBEDDINGS, pa.Table.from_pylist(users, schema=USER_EMBEDDINGS.schema), {"ds": DS})
     with pytest.raises(GateFailed, match="not finite unit vectors"):
         publish.check_gates(lake_cfg, DS)
 
 
 def test_an_item_without_a_semantic_id_blocks_the_day(lake_cfg):
     publishable(lake_cfg)
-    lake.upsert(lake_cfg, ITEMS, pa.Table.from_pylist([{"item_id": "trk_new", "item_type": "track", "title": "x",
+    delta.upsert(lake_cfg, ITEMS, pa.Table.from_pylist([{"item_id": "trk_new", "item_type": "track", "title": "x",
                                                         "first_seen_ds": DS, "updated_ds": DS}], schema=ITEMS.schema))
     with pytest.raises(GateFailed, match="1 of 5 items have no SID in codebook 1"):
         publish.check_gates(lake_cfg, DS)
@@ -372,9 +385,9 @@ def test_a_codebook_that_collides_more_than_the_serving_one_is_not_published(lak
     publishable(lake_cfg, codes=[[0, 0], [0, 0], [1, 0], [2, 0]])  # half the items collide
     serving = {"ds": shift(DS, -1), "model_version": "3", "codebook_version": 0, "index_uri": "", "table_versions": "{}",
                "published_at": None}
-    lake.replace_partition(lake_cfg, publish.PUBLISH, pa.Table.from_pylist([serving], schema=publish.PUBLISH.schema),
+    delta.replace_partition(lake_cfg, publish.PUBLISH, pa.Table.from_pylist([serving], schema=publish.PUBLISH.schema),
                            {"ds": shift(DS, -1)})
-    lake.upsert(lake_cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 0, "item_id": f"trk_{i}",
+    delta.upsert(lake_cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 0, "item_id": f"trk_{i}",
                                                               "tokens": [i, 0, 0], "sid": str(i)} for i in range(4)],
                                                             schema=ITEM_TOKENS.schema))
     with pytest.raises(GateFailed, match="collides more than the serving codebook 0 \\(0.500 vs 0.000"):
@@ -384,7 +397,7 @@ def test_a_codebook_that_collides_more_than_the_serving_one_is_not_published(lak
 def test_gates_check_the_pinned_versions_not_what_was_committed_later(lake_cfg):
     publishable(lake_cfg)
     pinned = publish.pinned_versions(lake_cfg)
-    lake.replace_partition(lake_cfg, ITEM_EMBEDDINGS, pa.Table.from_pylist([], schema=ITEM_EMBEDDINGS.schema), {"ds": DS})
+    delta.replace_partition(lake_cfg, ITEM_EMBEDDINGS, pa.Table.from_pylist([], schema=ITEM_EMBEDDINGS.schema), {"ds": DS})
     assert publish.check_gates(lake_cfg, DS, versions=pinned)["model_version"] == "3"
     with pytest.raises(FactoryError, match="item_embeddings has no rows"):
         publish.check_gates(lake_cfg, DS)
@@ -471,7 +484,7 @@ def test_local_airflow_and_mlflow_ui_listen_on_localhost_only(lake_cfg, monkeypa
     from typer.testing import CliRunner
 
     from jobs import cli
-    from jobs.airflow_setup import airflow_env
+    from jobs.runtime.airflow_env import airflow_env
 
     monkeypatch.delenv("AIRFLOW__API__HOST", raising=False)
     assert airflow_env(lake_cfg)["AIRFLOW__API__HOST"] == "127.0.0.1"

@@ -6,8 +6,16 @@ import pytest
 
 import models.residual_quantizer as rq_module
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig, dedup_tokens, sid_string
-from models.sid_metrics import (code_quality, collision_rate, largest_bucket, level_usage, near_duplicate_pairs,
-                                near_duplicate_report, prefix_purity, sid_change_share)
+from models.sid_metrics import (
+    code_quality,
+    collision_rate,
+    largest_bucket,
+    level_usage,
+    near_duplicate_pairs,
+    near_duplicate_report,
+    prefix_purity,
+    sid_change_share,
+)
 
 SMALL = ResidualQuantizerConfig(levels=3, codes_per_level=16, kmeans_iterations=10)
 

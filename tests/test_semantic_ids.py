@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from jobs import lake, semantic_ids
 from jobs.config import SidConfig, load_config
 from jobs.errors import FactoryError
-from jobs.tracking import configure_mlflow
-from jobs.tables import CODEBOOKS, EVENTS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEMS
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import CODEBOOKS, EVENTS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEMS
+from jobs.steps import semantic_ids
+from jobs.tracking.runs import configure_mlflow
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig
 from models.sid_metrics import code_quality
 
@@ -66,7 +67,7 @@ def add_items(cfg, ds: str, rows: list[tuple[str, str]]) -> None:
         {"item_id": i, "item_type": "track", "title": text, "genre": next(g for g in GENRES if g in text),
          "text": text, "text_hash": hashlib.sha1(text.encode()).hexdigest(), "first_seen_ds": ds, "updated_ds": ds}
         for i, text in rows], schema=ITEMS.schema)
-    lake.upsert(cfg, ITEMS, table, update_when="s.text_hash != t.text_hash", preserve=("first_seen_ds",))
+    delta.upsert(cfg, ITEMS, table, update_when="s.text_hash != t.text_hash", preserve=("first_seen_ds",))
 
 
 def catalog(n: int, start: int = 0) -> list[tuple[str, str]]:
@@ -74,14 +75,14 @@ def catalog(n: int, start: int = 0) -> list[tuple[str, str]]:
 
 
 def sids(cfg, version: int | None = None) -> dict[str, str]:
-    rows = lake.read(cfg, ITEM_TOKENS, columns=["codebook_version", "item_id", "sid"])
+    rows = delta.read(cfg, ITEM_TOKENS, columns=["codebook_version", "item_id", "sid"])
     version = version or pc.max(rows.column("codebook_version")).as_py()
     rows = rows.filter(pc.equal(rows.column("codebook_version"), version))
     return dict(zip(rows.column("item_id").to_pylist(), rows.column("sid").to_pylist()))
 
 
 def versions(cfg) -> list[int]:
-    return sorted(set(lake.read(cfg, CODEBOOKS, columns=["codebook_version"]).column(0).to_pylist()))
+    return sorted(set(delta.read(cfg, CODEBOOKS, columns=["codebook_version"]).column(0).to_pylist()))
 
 
 # --- the step --------------------------------------------------------------------------------------
@@ -102,10 +103,10 @@ def test_rerun_of_the_build_day_writes_no_new_version_and_no_table_commit(make_c
     cfg = make_cfg()
     add_items(cfg, D1, catalog(60))
     semantic_ids.run(D1, cfg)
-    tables_before = [lake.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)]
+    tables_before = [delta.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)]
     again = semantic_ids.run(D1, cfg, force_refit=True)  # forced or not: the build day keeps its codebook
     assert again.params["refit_reason"] == "none" and versions(cfg) == [1]
-    assert [lake.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)] == tables_before
+    assert [delta.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)] == tables_before
 
 
 def test_day_without_a_due_refit_assigns_new_and_edited_items_and_keeps_every_other_sid(make_cfg):
@@ -152,7 +153,7 @@ def test_rerun_after_a_crash_between_codebook_and_token_writes_restores_the_refi
     add_items(cfg, D2, catalog(3, start=60))
     semantic_ids.run(D2, cfg, force_refit=True)
     written = sids(cfg, 2)
-    lake.open_table(cfg, ITEM_TOKENS).delete("codebook_version = 2")  # as if killed before the token commit
+    delta.open_table(cfg, ITEM_TOKENS).delete("codebook_version = 2")  # as if killed before the token commit
     assert semantic_ids.run(D2, cfg).params["refit_reason"] == "none"
     assert sids(cfg, 2) == written
 
@@ -195,7 +196,7 @@ def test_fusion_needs_the_days_item_embeddings_and_widens_the_vectors(make_cfg):
     embeddings = pa.Table.from_pylist([{"item_id": i, "item_idx": n + 1, "embedding": rng.standard_normal(8).tolist(),
                                         "model_version": "1", "ds": D1} for n, (i, _) in enumerate(catalog(30))],
                                       schema=ITEM_EMBEDDINGS.schema)
-    lake.replace_partition(cfg, ITEM_EMBEDDINGS, embeddings, {"ds": D1})
+    delta.replace_partition(cfg, ITEM_EMBEDDINGS, embeddings, {"ds": D1})
     result = semantic_ids.run(D1, cfg)
     assert result.params["vector_dim"] == str(DIM + 8)
     assert result.metrics["items_without_collaborative"] == 10 and len(set(sids(cfg).values())) == 40
@@ -206,7 +207,7 @@ def test_popular_policy_logs_how_bare_codes_resolve_on_the_day(make_cfg):
     add_items(cfg, D1, [(f"cl_{n}", f"jazz clone #{n}") for n in range(3)] + catalog(20))
     plays = [{"event_id": f"e{n}", "user_id": "u1", "item_id": "cl_2", "item_type": "track", "event_type": "play",
               "ts": 0, "ms_played": 1000, "ds": D1} for n in range(3)]
-    lake.replace_partition(cfg, EVENTS, pa.Table.from_pylist(plays, schema=EVENTS.schema), {"ds": D1})
+    delta.replace_partition(cfg, EVENTS, pa.Table.from_pylist(plays, schema=EVENTS.schema), {"ds": D1})
     result = semantic_ids.run(D1, cfg)
     assert result.metrics["items_unreachable_by_bare_code"] >= 2
     assert result.metrics["bare_codes_won_by_later_token"] >= 1  # cl_2 (token 2) out-played cl_0 (token 0)

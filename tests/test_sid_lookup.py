@@ -1,4 +1,4 @@
-"""SID lookups (jobs/sid_lookup.py): both directions, the prefix trie, the collision policies, the CLI."""
+"""SID lookups (jobs/steps/sid_lookup.py): both directions, the prefix trie, the collision policies, the CLI."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from jobs import lake
 from jobs.config import load_config
 from jobs.errors import FactoryError
-from jobs.sid_lookup import SidTrie, build_lookup, load_lookup, parse_sid, resolve_bare_codes, sid_app
-from jobs.tables import EVENTS, ITEM_TOKENS
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import EVENTS, ITEM_TOKENS
+from jobs.steps.sid_lookup import SidTrie, build_lookup, load_lookup, parse_sid, resolve_bare_codes, sid_app
 
 # Three levels + de-duplication token; items a, b, c share the code 1-2-3.
 TOKENS = {"a": [1, 2, 3, 0], "b": [1, 2, 3, 1], "c": [1, 2, 3, 2], "d": [1, 2, 5, 0], "e": [1, 7, 0, 0], "f": [4, 0, 0, 0]}
@@ -98,10 +98,10 @@ def lake_cfg(tmp_path, monkeypatch):
     rows = [{"codebook_version": v, "item_id": i, "tokens": t, "sid": "-".join(map(str, t)), "text_hash": "h",
              "assigned_ds": DS} for v in (1, 2) for i, t in TOKENS.items()]
     rows[0]["tokens"], rows[0]["sid"] = [9, 9, 9, 0], "9-9-9-0"  # item a had another SID in version 1
-    lake.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist(rows, schema=ITEM_TOKENS.schema))
+    delta.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist(rows, schema=ITEM_TOKENS.schema))
     plays = [{"event_id": f"e{n}", "user_id": "u", "item_id": "b", "item_type": "track", "event_type": event,
               "ts": 0, "ms_played": 1, "ds": DS} for n, event in enumerate(["play", "play", "skip"])]
-    lake.replace_partition(cfg, EVENTS, pa.Table.from_pylist(plays, schema=EVENTS.schema), {"ds": DS})
+    delta.replace_partition(cfg, EVENTS, pa.Table.from_pylist(plays, schema=EVENTS.schema), {"ds": DS})
     return cfg
 
 

@@ -1,0 +1,475 @@
+"""`factory bench features`: the features step's Spark transformation against the same SQL in DuckDB.
+
+Input: synthetic EVENTS as hive-style parquet (`events/ds=YYYY-MM-DD/part-0.parquet`, one file per
+day of a 30-day window) plus an ITEM_VOCAB parquet, generated once per (size, seed) into a cache
+folder and reused: ~50 events per user (users with Zipf(0.5) activity, so 20M events ≈ 400k users),
+a 50k-item vocabulary with Zipf(1) popularity (90% tracks, 10% episodes, 0.1% of events on items
+outside the vocabulary), 70% plays / 25% skips / 5% saves, millisecond timestamps. Generated day by
+day: no process ever holds more than one day of events.
+
+On the same files, per size: Spark runs the step's own `jobs.steps.features.user_sequences` (local[2], the
+session of jobs.lakehouse.spark with the factory's settings, warmed up first; session start reported apart)
+and DuckDB runs the same computation in SQL (row_number window, filter, ordered list aggregation)
+with 2 threads in a child process. Both write the full result to parquet (rows unordered in both: the
+step sorts the collected result by user_id in Arrow), and the two outputs are compared row by row. Reported: seconds, ratio Spark/DuckDB, events/s, seconds per million events
+between sizes (linearity), peak RSS of the Python driver, the Spark JVM and the DuckDB process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+
+from jobs.bench.common import invocation, report
+from jobs.config import FactoryConfig, load_config, with_overrides
+from jobs.errors import FactoryError
+from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB, USER_SEQUENCES
+
+log = logging.getLogger(__name__)
+DEFAULT_SIZES = (1_000_000, 5_000_000, 20_000_000)
+BARS = {"max_ratio_at_largest": 4.0}
+EVENTS_PER_USER = 50
+VOCAB_ITEMS = 50_000
+DAYS = 30
+END_DS = "2026-01-30"  # ds of the built sequences: the window is the 30 days ending here
+EVENT_TYPES = ("play", "skip", "save")
+EVENT_TYPE_SHARES = (0.70, 0.25, 0.05)
+UNKNOWN_ITEM_SHARE = 0.001
+
+
+# ---------------------------------------------------------------- synthetic events
+
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.StringArray:
+    """Zero-padded ids `prefix + %0{width}d` for an int array, built as one byte buffer (no Python strings)."""
+    digits = (numbers[:, None] // 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)) % 10 + ord("0")
+    head = np.broadcast_to(np.frombuffer(prefix.encode(), np.uint8), (len(numbers), len(prefix)))
+    data = np.hstack([head, digits.astype(np.uint8)])
+    offsets = np.arange(len(numbers) + 1, dtype=np.int32) * data.shape[1]
+    return pa.StringArray.from_buffers(len(numbers), pa.py_buffer(offsets), pa.py_buffer(data.tobytes()))
+
+
+def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    return np.cumsum(weights) / weights.sum()
+
+
+def window_days(end_ds: str = END_DS, days: int = DAYS) -> list[str]:
+    end = date.fromisoformat(end_ds)
+    return [(end - timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
+
+
+def generate_events(folder: Path, events: int, seed: int = 0, *, days: int = DAYS, end_ds: str = END_DS,
+                    vocab_items: int = VOCAB_ITEMS, events_per_user: int = EVENTS_PER_USER,
+                    ts_step_ms: int = 1) -> dict:
+    """Write `events` EVENTS rows as folder/events/ds=*/part-0.parquet and folder/item_vocab.parquet.
+
+    Deterministic in (events, seed, days, end_ds, vocab_items, events_per_user, ts_step_ms); reused if
+    folder/manifest.json says the same. ts_step_ms > 1 coarsens timestamps (ties, broken by event_id).
+    Returns the manifest: counts, files, generation seconds.
+    """
+    params = {"events": events, "seed": seed, "days": days, "end_ds": end_ds, "vocab_items": vocab_items,
+              "events_per_user": events_per_user, "ts_step_ms": ts_step_ms, "version": 1}
+    manifest_path = Path(folder) / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["params"] == params:
+            return {**manifest, "reused": True}
+    if events < days:
+        raise FactoryError(f"--sizes: {events} events is fewer than one per day of the {days}-day window.")
+    started = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)
+    (Path(folder) / "events").mkdir(parents=True)
+    users = max(1, events // events_per_user)
+    setup = np.random.default_rng([seed, 0])
+    user_names = _ids("u", setup.permutation(users).astype(np.int64), 7)  # activity rank -> id, shuffled
+    user_cdf = _zipf_cdf(users, 0.5)  # scale-free at this exponent: ~25 events for the least active user
+    item_cdf = _zipf_cdf(vocab_items, 1.0)
+    tracks = int(vocab_items * 0.9)
+    item_numbers = setup.permutation(vocab_items + 100).astype(np.int64)  # popularity rank -> item number
+    item_names = pa.concat_arrays([_ids("t", item_numbers[:tracks], 7), _ids("p", item_numbers[tracks:vocab_items], 7),
+                                   _ids("x", item_numbers[vocab_items:], 7)])  # "x": outside the vocabulary
+    item_types = pa.array(["track"] * tracks + ["episode"] * (vocab_items - tracks) + ["track"] * 100)
+    vocab = pa.table({"item_id": item_names[:vocab_items],
+                      "item_idx": pa.array(np.arange(1, vocab_items + 1, dtype=np.int32)),
+                      "first_seen_ds": pa.array([window_days(end_ds, days)[0]] * vocab_items)}, schema=ITEM_VOCAB.schema)
+    pq.write_table(vocab, Path(folder) / "item_vocab.parquet")
+    per_day = np.full(days, events // days)
+    per_day[-1] += events - per_day.sum()
+    first_event, files = 0, []
+    for day_index, ds in enumerate(window_days(end_ds, days)):
+        n, rng = int(per_day[day_index]), np.random.default_rng([seed, 1 + day_index])
+        day_start_ms = int(datetime.fromisoformat(ds).replace(tzinfo=timezone.utc).timestamp() * 1000)
+        ts = day_start_ms + rng.integers(0, 86_400_000 // ts_step_ms, n) * ts_step_ms
+        order = np.argsort(ts, kind="stable")  # files arrive roughly in time order
+        user = np.searchsorted(user_cdf, rng.random(n), side="right").clip(max=users - 1)[order]
+        item = np.searchsorted(item_cdf, rng.random(n), side="right").clip(max=vocab_items - 1)
+        unknown = rng.random(n) < UNKNOWN_ITEM_SHARE
+        item[unknown] = vocab_items + rng.integers(0, 100, int(unknown.sum()))
+        item = item[order]
+        kind = np.searchsorted(np.cumsum(EVENT_TYPE_SHARES), rng.random(n), side="right").clip(max=2)[order]
+        ms_played = np.where(kind == 0, rng.integers(30_000, 240_000, n), np.where(kind == 1, rng.integers(0, 30_000, n), 0))
+        table = pa.table({
+            "event_id": _ids("ev", np.arange(first_event, first_event + n, dtype=np.int64), 11),
+            "user_id": user_names.take(pa.array(user)),
+            "item_id": item_names.take(pa.array(item)),
+            "item_type": item_types.take(pa.array(item)),
+            "event_type": pa.array(EVENT_TYPES).take(pa.array(kind)),
+            "ts": pa.array(ts[order] * 1000, EVENTS.schema.field("ts").type),
+            "ms_played": pa.array(ms_played, pa.int64()),
+        })
+        path = Path(folder) / "events" / f"ds={ds}" / "part-0.parquet"
+        path.parent.mkdir()
+        pq.write_table(table, path)
+        files.append(str(path))
+        first_event += n
+    manifest = {"params": params, "events": events, "users": users, "items": vocab_items, "files": files,
+                "bytes": sum(Path(f).stat().st_size for f in files), "generate_seconds": time.perf_counter() - started}
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return {**manifest, "reused": False}
+
+
+# ---------------------------------------------------------------- the two engines
+
+DUCKDB_SQL = """
+COPY (
+  WITH kept AS (
+    SELECT e.user_id, e.event_id, e.ts, epoch_ms(e.ts) AS ts_ms, v.item_idx,
+           CASE e.event_type WHEN 'play' THEN 1 WHEN 'skip' THEN 2 END::TINYINT AS event_type
+    FROM read_parquet($events) e JOIN read_parquet($vocab) v ON e.item_id = v.item_id
+    WHERE e.event_type IN ('play', 'skip')
+  ), ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, event_id DESC) AS recency,
+           count(*) OVER (PARTITION BY user_id) AS events_in_window
+    FROM kept
+  )
+  SELECT user_id,
+         list(item_idx ORDER BY ts_ms, event_id) AS item_idx,
+         list(event_type ORDER BY ts_ms, event_id) AS event_type,
+         list(ts_ms ORDER BY ts_ms, event_id) AS ts,
+         any_value(events_in_window) AS events_in_window, max(ts) AS last_ts, $ds AS ds
+  FROM ranked WHERE recency <= $max_seq_len
+  GROUP BY user_id
+) TO '{out}' (FORMAT parquet)
+"""
+
+COMPARE_SQL = """
+SELECT count(*) FILTER (WHERE s.user_id IS NULL OR d.user_id IS NULL) AS users_in_one_only,
+       count(*) FILTER (WHERE s.item_idx IS DISTINCT FROM d.item_idx OR s.event_type IS DISTINCT FROM d.event_type
+                        OR s.ts IS DISTINCT FROM d.ts OR s.events_in_window IS DISTINCT FROM d.events_in_window
+                        OR epoch_us(s.last_ts) IS DISTINCT FROM epoch_us(d.last_ts) OR s.ds IS DISTINCT FROM d.ds)
+         AS rows_differing,
+       count(s.user_id) AS spark_users, count(d.user_id) AS duckdb_users,
+       sum(len(d.item_idx)) AS duckdb_sequence_events
+FROM read_parquet($spark) s FULL OUTER JOIN read_parquet($duckdb) d ON s.user_id = d.user_id
+"""
+
+
+def duckdb_user_sequences(files: list[str], vocab: str, out: str, ds: str, max_seq_len: int, threads: int = 2) -> dict:
+    """The features computation in DuckDB SQL, written to the parquet file `out`; seconds and peak RSS."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": threads})
+    con.execute("SET enable_progress_bar = false")  # it would write to stdout, where the answer goes
+    started, cpu = time.perf_counter(), _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF))
+    con.execute(DUCKDB_SQL.format(out=out.replace("'", "''")),
+                {"events": files, "vocab": vocab, "ds": ds, "max_seq_len": max_seq_len})
+    seconds, usage = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": seconds, "cpu_seconds": _cpu_seconds(usage) - cpu, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _cpu_seconds(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def compare_outputs(spark_out: str, duckdb_out: str) -> dict:
+    """Row-by-row comparison of two user_sequences parquet outputs (in DuckDB, so no rows enter Python)."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 2})
+    con.execute("SET enable_progress_bar = false")
+    row = con.execute(COMPARE_SQL, {"spark": [str(p) for p in sorted(Path(spark_out).glob("*.parquet"))],
+                                    "duckdb": duckdb_out}).fetchone()
+    names = ("users_in_one_only", "rows_differing", "spark_users", "duckdb_users", "duckdb_sequence_events")
+    result = dict(zip(names, (int(v or 0) for v in row)))
+    result["identical"] = result["users_in_one_only"] == 0 and result["rows_differing"] == 0
+    return result
+
+
+def _child_main() -> None:
+    """Entry of the DuckDB child process: one JSON request on stdin, one JSON answer on stdout."""
+    request = json.loads(sys.stdin.read())
+    op = request.pop("op")
+    answer = duckdb_user_sequences(**request) if op == "run" else compare_outputs(**request)
+    sys.stdout.write("\n" + json.dumps(answer) + "\n")
+
+
+def in_child(op: str, **request) -> dict:
+    """Run DuckDB in its own process, so its memory is measured apart from the Spark driver's."""
+    done = subprocess.run([sys.executable, "-c", "from jobs.bench.features import _child_main; _child_main()"],
+                          input=json.dumps({"op": op, **request}), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FactoryError(f"DuckDB child process failed ({op}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # the answer is the last line
+
+
+class PeakRss:
+    """Peak resident memory (MB) of this Python process and of its JVM child, sampled every `every` s."""
+
+    def __init__(self, every: float = 0.1):
+        self.every, self.python_mb, self.jvm_mb = every, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._me = psutil.Process()
+        self.jvm_cpu_seconds = 0.0  # CPU the JVM used inside the block: robust to other load, unlike wall time
+
+    def _jvm(self) -> psutil.Process | None:
+        return next((c for c in self._me.children(recursive=True) if "java" in c.name()), None)
+
+    def _jvm_cpu(self) -> float:
+        jvm = self._jvm()
+        return sum(jvm.cpu_times()[:2]) if jvm else 0.0
+
+    def __enter__(self) -> "PeakRss":
+        self._cpu_before = self._jvm_cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.jvm_cpu_seconds = self._jvm_cpu() - self._cpu_before
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.python_mb = max(self.python_mb, self._me.memory_info().rss / 2**20)
+                jvm = self._jvm()
+                if jvm:
+                    self.jvm_mb = max(self.jvm_mb, jvm.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+            if self._stop.wait(self.every):
+                return
+
+
+def spark_user_sequences(spark, files: list[str], events_dir: str, vocab: str, out: str, ds: str, max_seq_len: int) -> dict:
+    """The step's own transformation on the same files, written to parquet by Spark's executors."""
+    from jobs.steps.features import user_sequences
+
+    started = time.perf_counter()
+    with PeakRss() as rss:
+        events = spark.read.option("basePath", events_dir).parquet(*files).select(*EVENTS.schema.names)
+        user_sequences(events, spark.read.parquet(vocab), ds, max_seq_len).write.mode("overwrite").parquet(out)
+    return {"seconds": time.perf_counter() - started, "jvm_cpu_seconds": rss.jvm_cpu_seconds,
+            "driver_python_peak_rss_mb": rss.python_mb, "jvm_peak_rss_mb": rss.jvm_mb}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def run(sizes: list[int] = DEFAULT_SIZES, *, seed: int = 0, repeats: int = 2, cache: Path | None = None,
+        cfg: FactoryConfig | None = None, out: Path | None = None, log_to_mlflow: bool = True,
+        command: str | None = None, generator_options: dict | None = None) -> dict:
+    """Generate (or reuse) each size, time Spark and DuckDB side by side, compare outputs; the result dict.
+
+    Per size, `repeats` rounds of (Spark, DuckDB); the best round of each engine gives the headline
+    seconds and ratio, every round is kept. `out` receives the result as JSON. generator_options:
+    keyword arguments of generate_events other than the size and seed (tests shrink the data shape).
+    """
+    if not sizes or any(s <= 0 for s in sizes):
+        raise FactoryError(f"--sizes must be positive event counts, got {sizes}.")
+    if repeats < 1:
+        raise FactoryError(f"--repeats must be >= 1, got {repeats}.")
+    from jobs.bench.encoder import LoadSampler, machine
+    from jobs.lakehouse.spark import spark_session
+
+    cfg = cfg or load_config()
+    cache = Path(cache or Path(cfg.paths.state_dir) / "bench" / "features")
+    max_seq_len, ds = cfg.features.max_seq_len, END_DS
+    started = time.perf_counter()
+    uptime_before = os.getloadavg()
+    with LoadSampler() as load:
+        datasets = {}
+        for size in sorted(sizes):
+            with PeakRss() as rss:
+                datasets[size] = generate_events(cache / f"events_{size}_seed{seed}", size, seed, **(generator_options or {}))
+            datasets[size]["python_peak_rss_mb"] = rss.python_mb
+            log_progress(f"data {size:,} events: {datasets[size]['users']:,} users, "
+                         f"{'reused' if datasets[size]['reused'] else 'generated in %.0f s' % datasets[size]['generate_seconds']}")
+        t = time.perf_counter()
+        spark = spark_session(cfg)
+        session_seconds = time.perf_counter() - t
+        log_progress(f"Spark session started in {session_seconds:.1f} s")
+        scratch = cache / "out"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        smallest = datasets[min(sizes)]
+        t = time.perf_counter()
+        spark_user_sequences(spark, smallest["files"], str(cache / f"events_{min(sizes)}_seed{seed}" / "events"),
+                             str(cache / f"events_{min(sizes)}_seed{seed}" / "item_vocab.parquet"),
+                             str(scratch / "warmup"), ds, max_seq_len)
+        warmup_seconds = time.perf_counter() - t
+        log_progress(f"Spark warm-up on {min(sizes):,} events: {warmup_seconds:.1f} s (not counted)")
+        rows = []
+        for size in sorted(sizes):
+            data, folder = datasets[size], cache / f"events_{size}_seed{seed}"
+            rounds = []
+            for r in range(repeats):
+                spark_out, duck_out = str(scratch / f"spark_{size}"), str(scratch / f"duckdb_{size}.parquet")
+                s = spark_user_sequences(spark, data["files"], str(folder / "events"), str(folder / "item_vocab.parquet"),
+                                         spark_out, ds, max_seq_len)
+                d = in_child("run", files=data["files"], vocab=str(folder / "item_vocab.parquet"), out=duck_out,
+                             ds=ds, max_seq_len=max_seq_len, threads=2)
+                rounds.append({"spark": s, "duckdb": d, "ratio": s["seconds"] / d["seconds"], "load1": os.getloadavg()[0]})
+                log_progress(f"{size:,} events round {r + 1}: Spark {s['seconds']:.1f} s ({s['jvm_cpu_seconds']:.1f} s CPU), "
+                             f"DuckDB {d['seconds']:.1f} s ({d['cpu_seconds']:.1f} s CPU), ratio {s['seconds'] / d['seconds']:.2f}, "
+                             f"load {os.getloadavg()[0]:.1f}")
+            same = in_child("compare", spark_out=spark_out, duckdb_out=duck_out)
+            log_progress(f"{size:,} events: outputs identical = {same['identical']} ({same['duckdb_users']:,} users)")
+            spark_s = min(x["spark"]["seconds"] for x in rounds)
+            duck_s = min(x["duckdb"]["seconds"] for x in rounds)
+            rows.append({
+                "events": size, "users": data["users"], "input_bytes": data["bytes"], "spark_seconds": spark_s,
+                "duckdb_seconds": duck_s, "ratio": spark_s / duck_s,
+                "spark_events_per_s": size / spark_s, "duckdb_events_per_s": size / duck_s,
+                "spark_jvm_cpu_seconds": min(x["spark"]["jvm_cpu_seconds"] for x in rounds),
+                "duckdb_cpu_seconds": min(x["duckdb"]["cpu_seconds"] for x in rounds),
+                "driver_python_peak_rss_mb": max(x["spark"]["driver_python_peak_rss_mb"] for x in rounds),
+                "jvm_peak_rss_mb": max(x["spark"]["jvm_peak_rss_mb"] for x in rounds),
+                "duckdb_peak_rss_mb": max(x["duckdb"]["peak_rss_mb"] for x in rounds),
+                "cpu_ratio": min(x["spark"]["jvm_cpu_seconds"] for x in rounds) / min(x["duckdb"]["cpu_seconds"] for x in rounds),
+                "generate_python_peak_rss_mb": data["python_peak_rss_mb"], "outputs": same, "rounds": rounds,
+            })
+    growth = [{"from": a["events"], "to": b["events"],
+               "spark_seconds_per_million": (b["spark_seconds"] - a["spark_seconds"]) / ((b["events"] - a["events"]) / 1e6),
+               "duckdb_seconds_per_million": (b["duckdb_seconds"] - a["duckdb_seconds"]) / ((b["events"] - a["events"]) / 1e6),
+               "spark_time_growth_per_size_growth": (b["spark_seconds"] / a["spark_seconds"]) / (b["events"] / a["events"]),
+               "duckdb_time_growth_per_size_growth": (b["duckdb_seconds"] / a["duckdb_seconds"]) / (b["events"] / a["events"])}
+              for a, b in zip(rows, rows[1:])]
+    ratios = [r["ratio"] for r in rows]
+    checks = {"outputs_identical": all(r["outputs"]["identical"] for r in rows),
+              "ratio_at_largest_le_4": ratios[-1] <= BARS["max_ratio_at_largest"],
+              "ratio_falls_as_events_grow": all(b < a for a, b in zip(ratios, ratios[1:]))}
+    spark_conf = {k: v for k, v in spark.sparkContext.getConf().getAll()
+                  if k.startswith(("spark.sql", "spark.driver.memory", "spark.master", "spark.executor"))}
+    result = {
+        "benchmark": "features", "date": time.strftime("%Y-%m-%d"), "command": command,
+        "params": {"sizes": sorted(sizes), "seed": seed, "repeats": repeats, "max_seq_len": max_seq_len, "ds": ds,
+                   "window_days": DAYS, "events_per_user": EVENTS_PER_USER, "vocab_items": VOCAB_ITEMS,
+                   "duckdb_threads": 2, "spark_conf": spark_conf,
+                   "materialised_as": "both engines write the full result to parquet (Spark: DataFrame.write.parquet "
+                                      "by the executors; DuckDB: COPY ... TO parquet), timed from reading the files",
+                   "spark_transformation": "jobs.steps.features.user_sequences"},
+        "bars": BARS, "checks": checks, "spark_session_start_seconds": session_seconds,
+        "spark_warmup_seconds": warmup_seconds, "sizes": rows, "growth": growth,
+        "machine": machine(), "load": {**load.summary(), "before": uptime_before, "after": os.getloadavg()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if log_to_mlflow:
+        _log_mlflow(cfg, result)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return result
+
+
+def log_progress(message: str) -> None:
+    log.info(message)
+    typer.echo(f"[bench features] {message}", err=True)
+
+
+def _log_mlflow(cfg: FactoryConfig, result: dict) -> None:
+    import mlflow
+
+    from jobs.tracking.runs import configure_mlflow
+
+    experiment = f"{cfg.mlflow.experiment}_benchmarks"
+    experiment_id = configure_mlflow(with_overrides(cfg, mlflow={"experiment": experiment}))
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bench features") as run:
+        mlflow.log_params({"command": result["command"], **{k: str(v) for k, v in result["params"].items()
+                                                            if k != "spark_conf"}})
+        metrics = {"spark_session_start_seconds": result["spark_session_start_seconds"],
+                   "wall_seconds": result["wall_seconds"], "load1_mean": result["load"]["load1_mean"],
+                   **{f"checks.{k}": float(v) for k, v in result["checks"].items()}}
+        for row in result["sizes"]:
+            for key in ("spark_seconds", "duckdb_seconds", "ratio", "spark_events_per_s", "duckdb_events_per_s",
+                        "spark_jvm_cpu_seconds", "duckdb_cpu_seconds", "cpu_ratio",
+                        "driver_python_peak_rss_mb", "jvm_peak_rss_mb", "duckdb_peak_rss_mb"):
+                metrics[f"{key}.{row['events']}"] = row[key]
+        for g in result["growth"]:
+            metrics[f"spark_seconds_per_million.{g['from']}_{g['to']}"] = g["spark_seconds_per_million"]
+            metrics[f"duckdb_seconds_per_million.{g['from']}_{g['to']}"] = g["duckdb_seconds_per_million"]
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(result, "bench_features.json")
+        mlflow.log_text(render_markdown(result), "bench_features.md")
+        result["mlflow"] = {"run_id": run.info.run_id, "experiment": experiment}
+
+
+def render_markdown(result: dict) -> str:
+    """The per-size table and the growth between sizes as markdown."""
+    lines = ["| events | users | Spark s | DuckDB s | ratio | Spark events/s | DuckDB events/s | CPU s Spark JVM / DuckDB "
+             "(ratio) | driver Python peak RSS | JVM peak RSS | DuckDB peak RSS | outputs identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["sizes"]:
+        lines.append(f"| {r['events']:,} | {r['users']:,} | {r['spark_seconds']:.1f} | {r['duckdb_seconds']:.2f} | "
+                     f"{r['ratio']:.2f} | {r['spark_events_per_s'] / 1e6:.2f}M | {r['duckdb_events_per_s'] / 1e6:.2f}M | "
+                     f"{r['spark_jvm_cpu_seconds']:.1f} / {r['duckdb_cpu_seconds']:.1f} ({r['cpu_ratio']:.2f}) | "
+                     f"{r['driver_python_peak_rss_mb']:.0f} MB | {r['jvm_peak_rss_mb']:.0f} MB | "
+                     f"{r['duckdb_peak_rss_mb']:.0f} MB | {r['outputs']['identical']} |")
+    lines += ["", "| growth | Spark s per M events | DuckDB s per M events | Spark time x / size x | DuckDB time x / size x |",
+              "|---|---|---|---|---|"]
+    for g in result["growth"]:
+        lines.append(f"| {g['from']:,} → {g['to']:,} | {g['spark_seconds_per_million']:.2f} | "
+                     f"{g['duckdb_seconds_per_million']:.3f} | {g['spark_time_growth_per_size_growth']:.2f} | "
+                     f"{g['duckdb_time_growth_per_size_growth']:.2f} |")
+    load, m = result["load"], result["machine"]
+    lines += ["", f"Spark session start {result['spark_session_start_seconds']:.1f} s, warm-up run "
+              f"{result['spark_warmup_seconds']:.1f} s (neither counted). Best of {result['params']['repeats']} "
+              f"rounds per engine; every round is in the JSON.",
+              f"Checks: {', '.join(f'{k}={v}' for k, v in result['checks'].items())}.",
+              f"Wall {result['wall_seconds'] / 60:.1f} min on {m['nproc']} cores, {m['ram_gb']} GB; load (1 min) "
+              f"before {load['before'][0]:.2f}, mean {load['load1_mean']:.2f}, max {load['load1_max']:.2f}, "
+              f"after {load['after'][0]:.2f}."]
+    return "\n".join(lines)
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FactoryError(f"--{name} must be comma-separated integers, got {text!r}.") from None
+
+
+def features(
+    sizes: Annotated[str, typer.Option(help="Event counts to measure, comma-separated.")] = "1000000,5000000,20000000",
+    repeats: Annotated[int, typer.Option(help="Rounds of (Spark, DuckDB) per size; the best of each engine is reported.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic events.")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = Path("benchmarks/results/features.json"),
+    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")] = True,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
+) -> None:
+    """Spark's user-sequence job against the same SQL in DuckDB at growing sizes (see jobs/bench/features.py)."""
+    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    command = invocation("features", "jobs.bench.features")
+    report(lambda: run(_ints(sizes, "sizes"), seed=seed, repeats=repeats, cache=cache, cfg=load_config(config),
+                       out=out, log_to_mlflow=mlflow, command=command), render_markdown, out)
+
+
+if __name__ == "__main__":
+    typer.run(features)

@@ -1,0 +1,330 @@
+"""`factory bench generative`: the soft-token / prompt ablation of generative retrieval on MovieLens-1M.
+
+Protocol (leave-one-out, as `factory bench encoder`): each user's last item is the test target;
+nothing of it reaches the encoder, the soft token, the prompt or any training example.
+1. The user encoder trains on everything but each user's last two items (jobs/steps/train.py's loop,
+   in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
+2. Every item gets a SID from its title: MiniLM vectors -> residual k-means (levels x codes) ->
+   de-duplication token (jobs/bench_sid.codes_for), so every SID names one item. Vectors and codes
+   are cached under .state/bench_generative/.
+3. Examples: for a random `--train-user-share` of users, the last `--targets-per-user` items
+   before the test item are targets; history = the `--history` items before each target (as SIDs),
+   soft token = the encoder's embedding of the whole history before the target, prompt = users.dat
+   (gender, age, occupation, first zip digit). The projector never sees the other users: at test
+   time it is applied to their embeddings as they are (no per-user training).
+4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
+   (history SIDs only), + soft token, + prompt, + both. Each is evaluated on every user's test item
+   (or a fixed random `--eval-users` subset): beam search constrained to valid SIDs (`--beams`),
+   consumed items dropped (the re-ranking rule; ML-1M users never rate a movie twice), HR@10,
+   HR@30, NDCG@10; and greedy decoding (beam 1). Reference: the encoder's dot-product ranking of
+   all items for the same users (seen items removed).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+
+from jobs.bench.common import invocation, report
+from jobs.bench.encoder import LoadSampler, leave_one_out, machine, read_sasrec
+from jobs.config import load_config, with_overrides
+from jobs.errors import FactoryError
+from jobs.steps import train
+from jobs.steps.generative import Examples, FitConfig, fit, generate, hit_metrics
+from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
+from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
+from models.reranking import Candidate, RerankRules, rerank
+from models.sequences import pad_left
+from models.user_encoder import UserEncoderConfig
+
+log = logging.getLogger(__name__)
+CONFIGS = {"baseline": (False, False), "+ soft token": (True, False), "+ prompt": (False, True), "+ soft token + prompt": (True, True)}
+TALK_HR30 = {"baseline": 0.1610, "+ soft token": 0.1646, "+ prompt": 0.1776, "+ soft token + prompt": 0.1830}
+
+
+def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path) -> np.ndarray:
+    """(num_items + 1, levels + 1) SID codes by SASRec item id (row 0 unused) from movies.dat titles."""
+    titles = {}
+    for line in (folder / "movies.dat").read_bytes().decode("latin-1").splitlines():
+        movie, title, _ = line.split("::")
+        titles[int(movie)] = title
+    with (folder / "item_map.csv").open(newline="") as handle:
+        item_to_movie = {int(r["sasrec_item_id"]): int(r["movie_id"]) for r in csv.DictReader(handle)}
+    missing = [i for i in range(1, num_items + 1) if item_to_movie.get(i) not in titles]
+    if missing:
+        raise FactoryError(f"{folder}/item_map.csv or movies.dat lacks items {missing[:5]}; pass the ML-1M folder.")
+    texts = [titles[item_to_movie[i]] for i in range(1, num_items + 1)]
+    key = hashlib.sha1(f"{levels}x{codes}\n".encode() + "\n".join(texts).encode()).hexdigest()[:16]
+    cached = cache_dir / f"sids_{key}.npy"  # derived codes only (no titles), local state, never committed
+    if cached.is_file():
+        return np.load(cached)
+    from jobs.bench.sid import codes_for
+    from jobs.steps import semantic_ids
+
+    vectors = semantic_ids.encode_texts(texts, 256)
+    tokens, _, _ = codes_for(vectors, levels, codes, seed=0)
+    out = np.vstack([np.zeros((1, levels + 1), np.int64), tokens])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cached, out)
+    return out
+
+
+def movielens_prompts(folder: Path, user_ids: np.ndarray) -> list[list[str]]:
+    """Prompt tokens per SASRec user (gender, age band, occupation, first zip digit) from users.dat."""
+    with (folder / "user_map.csv").open(newline="") as handle:
+        to_movielens = {int(r["sasrec_user_id"]): int(r["user_id"]) for r in csv.DictReader(handle)}
+    fields = {}
+    for line in (folder / "users.dat").read_text(encoding="latin-1").splitlines():
+        uid, gender, age, occupation, zipcode = line.split("::")
+        fields[int(uid)] = [f"gender={gender}", f"age={age}", f"occupation={occupation}", f"zip={zipcode[:1]}"]
+    return [fields.get(to_movielens.get(int(u), -1), []) for u in user_ids]
+
+
+@torch.inference_mode()
+def embed_histories(encoder, histories: list[np.ndarray], max_len: int, batch_size: int = 512) -> np.ndarray:
+    """(N, D) encoder user embeddings of histories (item ids, oldest first), bucketed by length."""
+    encoder.eval()
+    lengths = np.array([min(len(h), max_len) for h in histories])
+    out = np.zeros((len(histories), encoder.cfg.d_model), np.float32)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        inputs = pad_left([histories[i] for i in rows], int(lengths[rows].max()))
+        out[rows] = encoder.user_embeddings(torch.from_numpy(inputs), torch.from_numpy((inputs != 0).astype(np.int64))).numpy()
+    return out
+
+
+def build_examples(sequences, sids, prompts, embed, users: np.ndarray, history: int, per_user: int) -> Examples:
+    """Training examples: the last per_user items before each user's test item are targets."""
+    histories, prompt_rows, targets, contexts = [], [], [], []
+    for u in users:
+        known = sequences[u][:-1]  # never the test item
+        for t in range(max(1, len(known) - per_user), len(known)):
+            histories.append(sids[known[max(0, t - history):t], :-1])  # history SIDs without the dedup token
+            prompt_rows.append(prompts[u])
+            targets.append(sids[known[t]])
+            contexts.append(known[:t])
+    return Examples(histories, prompt_rows, embed(contexts), np.array(targets))
+
+
+def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen, targets: np.ndarray, beams: int,
+             unseen: np.ndarray) -> dict:
+    """Beam (consumed dropped by the re-ranking rule, and raw) and greedy metrics, with decoding speed."""
+    started = time.perf_counter()
+    rows, scores = generate(model, examples, trie, beams)
+    beam_seconds = time.perf_counter() - started
+    rules = RerankRules(k=beams)
+    raw, filtered = [], []
+    for r, s, consumed in zip(rows, scores, seen):
+        items = [int(i) + 1 for i in r if i >= 0]  # trie row i = SASRec item i + 1
+        raw.append(items)
+        candidates = [Candidate(str(i), tuple(sids[i]), float(x)) for i, x in zip(items, s)]
+        filtered.append([int(d.candidate.item_id) for d in rerank(candidates, set(map(str, consumed)), rules) if d.kept])
+    started = time.perf_counter()
+    greedy, _ = generate(model, examples, trie, 1)
+    greedy_seconds = time.perf_counter() - started
+    greedy_hit = float(np.mean(greedy[:, 0] + 1 == targets))
+    return {f"beam{beams}": hit_metrics(filtered, targets) | {"hr1": hit_metrics(filtered, targets, ks=(1,), ndcg_ks=())["hr1"]},
+            f"beam{beams}_consumed_kept": hit_metrics(raw, targets),
+            "unseen_users": hit_metrics([f for f, u in zip(filtered, unseen) if u], targets[unseen]) if unseen.any() else {},
+            "greedy": {"hr1": greedy_hit, "greedy_in_history_share": float(np.mean([g + 1 in set(c) for g, c in zip(greedy[:, 0], seen)]))},
+            "valid_sid_share": float(np.mean(rows >= 0)), "mean_list_after_rerank": float(np.mean([len(f) for f in filtered])),
+            "beam_users_per_s": len(examples) / beam_seconds, "greedy_users_per_s": len(examples) / greedy_seconds}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and std (ddof=0, over seeds) of every number under 'eval'."""
+    out = {}
+    for section, metrics in runs[0]["eval"].items():
+        if isinstance(metrics, dict):
+            out[section] = {k: {"mean": float(np.mean([r["eval"][section][k] for r in runs])),
+                                "std": float(np.std([r["eval"][section][k] for r in runs])),
+                                "per_seed": [r["eval"][section][k] for r in runs]} for k in metrics}
+    return out
+
+
+def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0, encoder_minutes: float = 6.0, levels: int = 3,
+                  codes: int = 256, history: int = 20, targets_per_user: int = 16, train_user_share: float = 0.85,
+                  eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
+                  batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
+                  cache_dir: Path = Path(".state/bench_generative"), command: str | None = None, log_to_mlflow: bool = True) -> dict:
+    data = Path(data)
+    folder = data.parent
+    cfg = load_config()
+    started, phases = time.perf_counter(), {}
+    with LoadSampler(every=30) as load:
+        dataset = read_sasrec(data)
+        user_ids = np.unique(pd.read_csv(data, sep=r"\s+", header=None, usecols=[0], dtype=np.int64)[0].to_numpy())
+        max_len = 200
+        training, test = leave_one_out(dataset, max_len)
+        if len(test.targets) != len(dataset.sequences):
+            raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
+        t = time.perf_counter()
+        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
+                                        dropout=0.2, temperature=0.05)
+        loop = train.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
+                                warmup_steps=100, minutes=encoder_minutes, select_on="val_ndcg10_seen_filtered", threads=2)
+        encoder = train.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
+        phases["encoder_training"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sids = movielens_sids(folder, dataset.num_items, levels, codes, cache_dir)
+        phases["semantic_ids"] = time.perf_counter() - t
+        level_sizes = tuple([codes] * levels + [int(sids[1:, -1].max()) + 1])
+        trie = TrieTables(sids[1:], level_sizes)
+        prompts = movielens_prompts(folder, user_ids)
+        vocab = SidVocabulary(tuple(sorted({p for row in prompts for p in row})), level_sizes)
+
+        t = time.perf_counter()
+        rng = np.random.default_rng(1234)
+        train_users = np.sort(rng.choice(len(user_ids), int(round(train_user_share * len(user_ids))), replace=False))
+        embed = lambda histories: embed_histories(encoder, histories, max_len)  # noqa: E731
+        examples = build_examples(dataset.sequences, sids, prompts, embed, train_users, history, targets_per_user)
+        evaluated = np.arange(len(user_ids)) if not eval_users else np.sort(rng.choice(len(user_ids), eval_users, replace=False))
+        test_examples = Examples([sids[dataset.sequences[u][:-1][-history:], :-1] for u in evaluated], [prompts[u] for u in evaluated],
+                                 embed([dataset.sequences[u][:-1] for u in evaluated]), None)
+        targets = test.targets[evaluated]
+        seen = [test.seen[u] for u in evaluated]
+        unseen_user = ~np.isin(evaluated, train_users)
+        phases["examples_and_embeddings"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        _, filtered_ranks = train.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
+        reference = {"hr10": hit_rate_at_k(filtered_ranks, 10), "hr30": hit_rate_at_k(filtered_ranks, 30),
+                     "ndcg10": ndcg_at_k(filtered_ranks, 10), "hr1": hit_rate_at_k(filtered_ranks, 1),
+                     "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10)}
+        phases["encoder_reference"] = time.perf_counter() - t
+
+        results = {}
+        for name in configs:
+            soft, prompt = CONFIGS[name]
+            runs = []
+            for seed in seeds:
+                t = time.perf_counter()
+                if model_dir:
+                    base_lm, run_vocab = pretrained_lm(model_dir, vocab)
+                else:
+                    base_lm, run_vocab = tiny_llama(vocab, lm, seed), vocab
+                torch.manual_seed(seed)
+                model = GenerativeRecommender(base_lm, run_vocab, user_dim=encoder_cfg.d_model if soft else 0)
+                fitted = fit(model, examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr, batch_size=batch_size,
+                                                                                  warmup_steps=20, seed=seed, threads=1))
+                fit_seconds = time.perf_counter() - t
+                t = time.perf_counter()
+                ev = evaluate(model, test_examples.without(soft, prompt), trie, sids, seen, targets, beams, unseen_user)
+                runs.append({"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - t,
+                             "eval": ev, "parameters": sum(p.numel() for p in model.parameters())})
+                log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
+                            name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
+                            ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60,
+                            runs[-1]["eval_seconds"] / 60)
+            results[name] = {"soft_token": soft, "prompt": prompt, "runs": runs, "summary": summarise(runs)}
+            phases[f"config {name}"] = sum(r["fit_seconds"] + r["eval_seconds"] for r in runs)
+    result = {
+        "benchmark": "generative", "date": time.strftime("%Y-%m-%d"), "command": command,
+        "dataset": {"path": str(data), "sha256": dataset.sha256, "users": len(user_ids), "items": dataset.num_items,
+                    "train_users": int(len(train_users)), "train_examples": len(examples), "evaluated_users": int(len(evaluated)),
+                    "evaluated_unseen_users": int(unseen_user.sum())},
+        "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps, "encoder_minutes": encoder_minutes, "levels": levels,
+                     "codes": codes, "level_sizes": list(level_sizes), "history_items": history, "targets_per_user": targets_per_user,
+                     "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
+                     "batch_size": batch_size, "model_dir": model_dir, "vocab_size": vocab.size,
+                     "prompt_fields": "users.dat gender, age band, occupation, first zip digit",
+                     "loss": "cross-entropy on the target SID's tokens only", "history_tokens": "levels codes per item (no dedup token)",
+                     "fit": "AdamW, lr warmup 20 steps then cosine over the time budget, batch %d, 1 torch thread per run" % batch_size},
+        "reference_encoder": reference, "results": {k: v for k, v in results.items()},
+        "talk_hr30": TALK_HR30, "machine": machine(), "load": load.summary(),
+        "wall_seconds": {"total": time.perf_counter() - started, **phases},
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    if log_to_mlflow:
+        _log_mlflow(cfg, result)
+    return result
+
+
+def _log_mlflow(cfg, result: dict) -> None:
+    import mlflow
+
+    from jobs.tracking.runs import configure_mlflow
+
+    experiment_id = configure_mlflow(with_overrides(cfg, mlflow={"experiment": f"{cfg.mlflow.experiment}_benchmarks"}))
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bench generative ml-1m") as run:
+        mlflow.log_params({k: str(v) for k, v in result["settings"].items()} | {"command": result["command"]})
+        beams = result["settings"]["beams"]
+        for name, r in result["results"].items():
+            key = name.replace("+ ", "plus_").replace(" ", "_")
+            mlflow.log_metrics({f"{key}_{m}": v["mean"] for m, v in r["summary"][f"beam{beams}"].items()})
+        mlflow.log_metrics({f"encoder_{k}": v for k, v in result["reference_encoder"].items()})
+        mlflow.log_dict(result, "bench_generative.json")
+        result["mlflow"] = {"run_id": run.info.run_id}
+
+
+def render_markdown(result: dict) -> str:
+    beams = result["settings"]["beams"]
+    lines = [f"| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | greedy HR@1 | unseen users HR@10 | talk HR@30 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in result["results"].items():
+        s = r["summary"]
+        b, g, u = s[f"beam{beams}"], s["greedy"], s.get("unseen_users", {})
+        cell = lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}"  # noqa: E731
+        lines.append(f"| {name} | {cell(b['hr10'])} | {cell(b['hr30'])} | {cell(b['ndcg10'])} | {cell(b['hr1'])} | "
+                     f"{cell(g['hr1'])} | {cell(u['hr10']) if u else '–'} | {result['talk_hr30'][name]:.2%} |")
+    ref = result["reference_encoder"]
+    lines.append(f"| encoder dot product (reference) | {ref['hr10']:.4f} | {ref['hr30']:.4f} | {ref['ndcg10']:.4f} | "
+                 f"{ref['hr1']:.4f} | – | {ref['unseen_users_hr10']:.4f} | – |")
+    lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached):"]
+    for name, r in result["results"].items():
+        lines.append(f"- {name}: " + "; ".join(f"seed {run['seed']}: {run['eval'][f'beam{beams}']['hr10']:.4f} / "
+                                               f"{run['eval'][f'beam{beams}']['hr30']:.4f} / {run['eval'][f'beam{beams}']['ndcg10']:.4f}"
+                                               f" ({run['fit']['steps']} steps)" for run in r["runs"]))
+    w, load = result["wall_seconds"], result["load"]
+    lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()) + ".",
+              f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} on {load['cores']} cores."]
+    return "\n".join(lines)
+
+
+def generative(
+    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, item_map.csv, user_map.csv.")],
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
+    minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
+                                             "compute for every run however busy the machine is.")] = 0,
+    encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, reference row).")] = 5.0,
+    history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
+    targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
+    train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its projector).")] = 0.85,
+    eval_users: Annotated[int, typer.Option(help="Evaluate on this many random users, a fixed sample (0 = all).")] = 2000,
+    beams: Annotated[int, typer.Option(help="Beam width of constrained decoding.")] = 30,
+    hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
+    model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
+    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")] = True,
+) -> None:
+    """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
+    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = out or Path("benchmarks/results") / f"generative_{data.parent.name}.json"
+    command = invocation("generative", "jobs.bench.generative")
+    report(lambda: run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
+                               history=history, targets_per_user=targets_per_user, train_user_share=train_user_share,
+                               eval_users=eval_users, beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers,
+                                                                                      intermediate=4 * hidden),
+                               model_dir=model_dir, out=out, command=command, log_to_mlflow=mlflow),
+           render_markdown, out)
+
+
+if __name__ == "__main__":
+    typer.run(generative)

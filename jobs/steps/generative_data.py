@@ -1,0 +1,155 @@
+"""The day's data for generative retrieval, and the saved model: what the step trains on and recommend reads.
+
+Training on day ds (no leakage): targets are the items a user played ON ds, the history is what
+came before each of them (user_sequences of ds), and the soft token is the user's embedding of
+the day BEFORE (user_embeddings of ds-1, from data up to ds-1). Serving after ds uses the
+embeddings of ds and the whole sequence. Prompt tokens come from the day's own data (how much of
+the history is episodes, how active the user is), since the generated logs have no demographics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from jobs.config import FactoryConfig
+from jobs.days import day_bounds_ms, shift
+from jobs.errors import FactoryError
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.steps.sid_lookup import SidLookup, load_lookup
+from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
+
+PROMPT_TOKENS = tuple(f"episodes={v}" for v in ("none", "some", "most")) + tuple(f"activity={v}" for v in ("low", "mid", "high"))
+
+
+@dataclasses.dataclass
+class DayData:
+    """Everything of one day the generator needs, keyed by the factory's own ids."""
+
+    lookup: SidLookup  # item_id <-> full SID (codes + de-duplication token) of the latest codebook
+    item_type: dict[str, str]
+    sequences: dict[str, tuple[list[str], np.ndarray]]  # user_id -> (item ids oldest first, ts in ms)
+    embeddings: dict[str, dict[str, np.ndarray]]  # ds -> user_id -> vector
+
+    def sid(self, item_id: str) -> np.ndarray | None:
+        row = self.lookup._row.get(item_id)
+        return None if row is None else self.lookup.tokens[row]
+
+    def prompt(self, items: list[str], events_in_window: int | None = None) -> list[str]:
+        share = np.mean([self.item_type.get(i) == "episode" for i in items]) if items else 0.0
+        n = len(items) if events_in_window is None else events_in_window
+        return [f"episodes={'none' if share == 0 else 'some' if share < 0.5 else 'most'}",
+                f"activity={'low' if n < 10 else 'mid' if n < 40 else 'high'}"]
+
+    def vocabulary(self) -> SidVocabulary:
+        tokens = self.lookup.tokens
+        sizes = tuple(int(tokens[:, level].max()) + 1 for level in range(tokens.shape[1]))
+        return SidVocabulary(PROMPT_TOKENS, sizes)
+
+
+def load_day(cfg: FactoryConfig, ds: str, embedding_days=(0, -1)) -> DayData:
+    """SIDs, item types, the sequences of ds and the user embeddings of ds + each shift in embedding_days."""
+    lookup = load_lookup(cfg, policy="dedup")
+    items = delta.read(cfg, ITEMS, columns=["item_id", "item_type"])
+    vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_id", "item_idx"])
+    by_idx = dict(zip(vocab.column("item_idx").to_pylist(), vocab.column("item_id").to_pylist()))
+    rows = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=["user_id", "item_idx", "ts"])
+    if rows.num_rows == 0:
+        raise FactoryError(f"ds={ds}: user_sequences has no rows; run the features step for that day first.")
+    sequences = {u: ([by_idx.get(i) for i in idx], np.asarray(ts, dtype=np.int64))
+                 for u, idx, ts in zip(rows.column("user_id").to_pylist(), rows.column("item_idx").to_pylist(),
+                                       rows.column("ts").to_pylist())}
+    embeddings = {}
+    for days in embedding_days:
+        day = shift(ds, days)
+        table = delta.read(cfg, USER_EMBEDDINGS, where={"ds": day}, columns=["user_id", "embedding"])
+        embeddings[day] = dict(zip(table.column("user_id").to_pylist(),
+                                   (np.asarray(v, np.float32) for v in table.column("embedding").to_pylist())))
+    return DayData(lookup, dict(zip(items.column("item_id").to_pylist(), items.column("item_type").to_pylist())),
+                   sequences, embeddings)
+
+
+def training_examples(day: DayData, ds: str, history: int, per_user: int, users: list[str], soft: bool):
+    """(histories, prompts, user vectors or None, targets) for the plays of ds by `users`."""
+    from jobs.steps.generative import Examples
+
+    start, _ = day_bounds_ms(ds)
+    yesterday = day.embeddings.get(shift(ds, -1), {})
+    histories, prompts, vectors, targets = [], [], [], []
+    for user in users:
+        items, ts = day.sequences[user]
+        if soft and user not in yesterday:
+            continue  # a new user has no embedding of yesterday: the soft token would be made up
+        on_day = [t for t in np.flatnonzero(ts >= start) if t > 0][-per_user:]
+        for t in on_day:
+            target, before = day.sid(items[t]), [day.sid(i) for i in items[max(0, t - history):t]]
+            if target is None or any(b is None for b in before):
+                continue  # an item without a SID (none yet in this codebook) cannot be generated
+            histories.append(np.array([b[:-1] for b in before]).reshape(-1, len(target) - 1))
+            prompts.append(day.prompt(items[:t]))
+            vectors.append(yesterday[user] if soft else None)
+            targets.append(target)
+    dim = len(next(iter(yesterday.values()))) if yesterday else 0
+    return Examples(histories, prompts, np.array(vectors, np.float32).reshape(-1, dim) if soft else None,
+                    np.array(targets, np.int64).reshape(len(targets), -1))
+
+
+def save_model(folder: Path, model: GenerativeRecommender, meta: dict) -> None:
+    """LM (save_pretrained), projector weights and the vocabulary/meta as JSON into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.lm.save_pretrained(folder / "lm")
+    if model.projector is not None:
+        torch.save(model.projector.state_dict(), folder / "projector.pt")
+    vocab = model.vocab
+    (folder / "meta.json").write_text(json.dumps({**meta, "prompt_tokens": list(vocab.prompt_tokens),
+                                                  "level_sizes": list(vocab.level_sizes), "base": vocab.base}, indent=1))
+
+
+def load_model(folder: Path) -> tuple[GenerativeRecommender, dict]:
+    from transformers import AutoModelForCausalLM
+
+    if not (folder / "meta.json").is_file():
+        raise FactoryError(f"No generative model in {folder}; enable the generative step (generative.enabled = true) and run it.")
+    meta = json.loads((folder / "meta.json").read_text())
+    vocab = SidVocabulary(tuple(meta["prompt_tokens"]), tuple(meta["level_sizes"]), meta["base"])
+    model = GenerativeRecommender(AutoModelForCausalLM.from_pretrained(folder / "lm"), vocab, meta["user_dim"])
+    if model.projector is not None:
+        model.projector.load_state_dict(torch.load(folder / "projector.pt"))
+    return model.eval(), meta
+
+
+def model_folder(cfg: FactoryConfig, ds: str) -> Path:
+    return cfg.state_dir / "generative" / f"ds={ds}"
+
+
+def latest_model_folder(cfg: FactoryConfig, ds: str | None) -> Path:
+    """The model trained on ds, or on the latest day before it (default: the latest of all)."""
+    root = cfg.state_dir / "generative"
+    days = sorted(p.name.split("=", 1)[1] for p in root.glob("ds=*") if (p / "meta.json").is_file()) if root.is_dir() else []
+    days = [d for d in days if ds is None or d <= ds]
+    if not days:
+        raise FactoryError(f"No generative model trained{'' if ds is None else f' on or before {ds}'}; set "
+                           "generative.enabled = true and run `factory run --ds D --step generative`.")
+    return root / f"ds={days[-1]}"
+
+
+def new_model(cfg: FactoryConfig, vocab: SidVocabulary, user_dim: int) -> GenerativeRecommender:
+    """A tiny Llama from scratch, or generative.model_dir's pretrained LM with the vocabulary added."""
+    g = cfg.generative
+    if g.model_dir:
+        if not Path(g.model_dir).is_dir():
+            raise FactoryError(f"generative.model_dir {g.model_dir} is not a directory; point it at a from_pretrained folder.")
+        lm, vocab = pretrained_lm(g.model_dir, vocab)
+    else:
+        lm = tiny_llama(vocab, TinyLlamaConfig(hidden=g.hidden, layers=g.layers, heads=g.heads, intermediate=4 * g.hidden), g.seed)
+    return GenerativeRecommender(lm, vocab, user_dim)
+
+
+def trie_of(day: DayData, vocab: SidVocabulary) -> TrieTables:
+    return TrieTables(day.lookup.tokens, vocab.level_sizes)
