@@ -22,9 +22,9 @@ import datetime as dt
 from airflow.sdk import Asset, Param, PokeReturnValue, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from jobs import STEP_NAMES
 from jobs.config import load_config
 from jobs.lakehouse.tables import ALL_TABLES
+from jobs.steps import FLAGS, STEP_NAMES
 
 INFRASTRUCTURE_RETRIES = {"retries": 2, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": True}
 LAKE_URI = load_config().lake_uri  # light: a TOML file and env vars
@@ -47,10 +47,8 @@ def step_task(step: str):
         context = get_current_context()
         params = context["params"]
         try:
-            result = run(
-                step, context["ds"], load_config(), run_key=context["run_id"],
-                force_retrain=bool(params["force_retrain"]), force_codebook_rebuild=bool(params["force_codebook_rebuild"]),
-            )
+            result = run(step, context["ds"], load_config(), run_key=context["run_id"],
+                         **{flag.name: bool(params[flag.name]) for flag in FLAGS})
         except (GateFailed, UnsafePath) as err:  # a retry would refuse the same day again: fail now, say why
             raise AirflowFailException(str(err)) from err
         return {"mlflow_run_id": result.mlflow_run_id, "metrics": result.metrics, "notes": result.notes}
@@ -80,10 +78,7 @@ def wait_for_drops() -> PokeReturnValue:
     max_active_runs=1,  # days build on each other (vocabulary, champion, codebooks)
     doc_md=__doc__,
     tags=["embeddings"],
-    params={
-        "force_retrain": Param(False, type="boolean", description="Train a new encoder even if the champion is fresh"),
-        "force_codebook_rebuild": Param(False, type="boolean", description="Refit the semantic-ID codebooks"),
-    },
+    params={flag.name: Param(False, type="boolean", description=flag.help) for flag in FLAGS},
 )
 def daily_embeddings():
     chain(wait_for_drops(), *[step_task(step) for step in STEP_NAMES])

@@ -1,8 +1,8 @@
-"""Pipeline steps of the daily embedding factory and their I/O (Delta tables, MLflow, Spark, Ray).
+"""The daily embedding factory: the pipeline's steps and everything they run on.
 
-STEP_NAMES is the one list of the day's steps, in order; each is the module jobs.steps.<name> with
-`run(ds, cfg, run_key=None) -> StepResult`. `generative` is optional (generative.enabled; off by
-default it only records that it was disabled). Kept here, import-light, for the Airflow DAG parser.
+One sub-package per concern (docs/architecture.md has the map and the import rules): steps (one
+module per DAG task; STEPS lists them), lakehouse (tables, Delta I/O, landing drops, Spark), tracking
+(MLflow runs and registry, plots, memory), runtime (Ray, Airflow), serving (answers over the
+published outputs), synthetic (generated worlds), bench and faults (leaves nothing imports). Top
+level: config, errors, days, pipeline (one step / day / range) and cli (`factory`).
 """
-
-STEP_NAMES = ("catalog", "ingest", "features", "train", "embed", "semantic_ids", "index", "evaluate", "publish", "generative")

@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES
 from jobs.bench import features as bench_features
 from jobs.bench import inference as bench_inference
 from jobs.bench import perf as bench_perf
@@ -28,6 +27,7 @@ from jobs.bench.generative import generative as bench_generative
 from jobs.config import ConfigError, FactoryConfig, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
+from jobs.steps import FORCE_CODEBOOK_REBUILD, FORCE_RETRAIN, STEP_NAMES
 from jobs.steps.sid_lookup import sid_app
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
@@ -88,8 +88,8 @@ def generate(
 def run(
     ds: Annotated[str, typer.Option("--ds", help="Logical date YYYY-MM-DD.")],
     step: Annotated[Optional[list[str]], typer.Option("--step", help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
-    force_retrain: Annotated[bool, typer.Option(help="Train a new encoder even if the champion is fresh.")] = False,
-    force_codebook_rebuild: Annotated[bool, typer.Option(help="Refit the semantic-ID codebooks.")] = False,
+    force_retrain: Annotated[bool, typer.Option(help=FORCE_RETRAIN.help)] = False,
+    force_codebook_rebuild: Annotated[bool, typer.Option(help=FORCE_CODEBOOK_REBUILD.help)] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the day's pipeline (all steps, or --step NAME) for one ds, without Airflow."""

@@ -19,30 +19,33 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jobs import STEP_NAMES
 from jobs.config import FactoryConfig
 from jobs.days import day_range, parse_ds
 from jobs.errors import ConcurrentWriteError, FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.landing import drop_days
 from jobs.lakehouse.tables import EVENTS
+from jobs.steps import FLAGS, STEP_NAMES, STEPS_BY_NAME
 from jobs.tracking.runs import StepResult, new_run_key
 
 log = logging.getLogger(__name__)
 
 STEP_ATTEMPTS = 3  # a step that lost a write race is rerun up to this many times in all
 CONNECT_TIMEOUT_SECONDS = 3.0
-SERVICES_OF_STEP = {"features": ("spark",), "train": ("ray",), "embed": ("ray",)}  # MLflow and the lake: every step
 
 
-def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
-             force_retrain: bool = False, force_codebook_rebuild: bool = False) -> StepResult:
-    if step not in STEP_NAMES:
+def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None, **flags: bool) -> StepResult:
+    """Run one step for ds. flags: the CLI/DAG flags by name (jobs.steps.FLAGS, e.g. force_retrain=True);
+    the step gets the ones it takes (Step.flags) as its run() keywords, the others are ignored."""
+    if step not in STEPS_BY_NAME:
         raise FactoryError(f"Unknown step {step!r}; steps are: {', '.join(STEP_NAMES)}.")
+    unknown = sorted(set(flags) - {flag.name for flag in FLAGS})
+    if unknown:
+        raise TypeError(f"run_step got unknown flag(s) {', '.join(unknown)}; flags are: {', '.join(f.name for f in FLAGS)}.")
     parse_ds(ds)
     preflight(cfg, step, ds)
     run = step_function(step)
-    kwargs = {"force": force_retrain} if step == "train" else {"force_refit": force_codebook_rebuild} if step == "semantic_ids" else {}
+    kwargs = {flag.argument: bool(flags.get(flag.name, False)) for flag in STEPS_BY_NAME[step].flags}
     for attempt in range(1, STEP_ATTEMPTS + 1):
         try:
             return run(ds, cfg, run_key, **kwargs)
@@ -90,7 +93,7 @@ def preflight(cfg: FactoryConfig, step: str, ds: str) -> None:
     """Raise FactoryError naming the configured address if something the step needs is missing."""
     delta.check_writable(cfg)
     check_mlflow(cfg)
-    services = SERVICES_OF_STEP.get(step, ())
+    services = STEPS_BY_NAME[step].services
     if "spark" in services:
         check_spark(cfg)
     if "ray" in services:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import STEP_NAMES
+from jobs.steps import STEP_NAMES
 from jobs.lakehouse.tables import ALL_TABLES
 
 

@@ -9,7 +9,7 @@ def test_tables_doc_matches_the_table_registry():
 
 
 def test_readme_dag_picture_names_every_step_and_table():
-    from jobs import STEP_NAMES
+    from jobs.steps import STEP_NAMES
     from jobs.lakehouse.tables import ALL_TABLES
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()

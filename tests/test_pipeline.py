@@ -139,3 +139,20 @@ def test_champion_alias_points_at_a_registered_version(world):
 
     champion = load_alias(world["cfg"], CHAMPION)
     assert champion is not None and champion.trained_ds in world["days"]
+
+
+def test_run_step_passes_each_step_only_the_flags_it_takes(monkeypatch):
+    from jobs import pipeline
+
+    calls = {}
+
+    def fake_step(step):
+        return lambda ds, cfg, run_key, **kwargs: calls.setdefault(step, kwargs)
+
+    monkeypatch.setattr(pipeline, "preflight", lambda cfg, step, ds: None)
+    monkeypatch.setattr(pipeline, "step_function", fake_step)
+    for step in ("train", "semantic_ids", "embed"):
+        pipeline.run_step(step, "2026-01-02", None, force_retrain=True, force_codebook_rebuild=False)
+    assert calls == {"train": {"force": True}, "semantic_ids": {"force_refit": False}, "embed": {}}
+    with pytest.raises(TypeError, match="force_everything"):
+        pipeline.run_step("train", "2026-01-02", None, force_everything=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import STEP_NAMES
+from jobs.steps import STEP_NAMES
 from jobs.config import load_config
 from jobs.synthetic.generate import generated_days
 from jobs.tracking.runs import day_summary

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import STEP_NAMES
+from jobs.steps import STEP_NAMES
 from jobs.config import FactoryConfig, load_config
 from jobs.days import day_bounds_ms, shift
 from jobs.lakehouse import delta

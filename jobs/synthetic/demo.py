@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from jobs import STEP_NAMES
+from jobs.steps import STEP_NAMES
 from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.runtime.airflow_env import DAG_ID, airflow_command
