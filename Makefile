@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 # world under .state/faults; results go into docs/reliability.md. About an hour on 2 shared cores.
 # FAULTS_ARGS="--only crash,gates" runs some scenarios; "--fresh" rebuilds the world.
 faults: $(STAMP)
-	$(BIN)/python -m jobs.faults.scenarios $(FAULTS_ARGS)
+	$(BIN)/python -m jobs.faults $(FAULTS_ARGS)
 
 # Every performance benchmark (inference, features, semantic IDs, end to end, scaling) on generated
 # data: benchmarks/results/perf.{json,md} and MLflow. About an hour on 2 idle cores; needs ~15 GB

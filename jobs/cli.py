@@ -24,9 +24,10 @@ from jobs.bench import perf as bench_perf
 from jobs.bench import sid as bench_sid
 from jobs.bench.encoder import bench_app
 from jobs.bench.generative import generative as bench_generative
-from jobs.config import ConfigError, FactoryConfig, load_config
+from jobs.config import ConfigError, FactoryConfig, configure_logging, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
+from jobs.faults.cli import faults as faults_command
 from jobs.steps import FORCE_CODEBOOK_REBUILD, FORCE_RETRAIN, STEP_NAMES
 from jobs.steps.sid_lookup import sid_app
 
@@ -39,12 +40,13 @@ bench_app.command("generative")(bench_generative)
 bench_app.command("features")(bench_features.features)
 bench_app.command("inference")(bench_inference.inference)
 bench_app.command("all")(bench_perf.all_benchmarks)
+app.command("faults")(faults_command)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
 
 
 def _config(path: Path | None) -> FactoryConfig:
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     return load_config(path)
 
 
@@ -251,10 +253,11 @@ def demo(
     run_demo(_config(config), use_airflow, console)
 
 
-def main() -> None:
-    """Entry point: usage errors are click's; errors a user can fix print one line and exit 1."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (argv: the arguments after `factory`, default sys.argv): usage errors are click's;
+    errors a user can fix print one line and exit 1."""
     try:
-        app()
+        app(args=argv, prog_name="factory")
     except (FactoryError, ConfigError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(1)

@@ -3,11 +3,16 @@
 Precedence: dataclass defaults < the TOML file < FACTORY__SECTION__KEY environment variables.
 The file is $FACTORY_CONFIG if set, else ./factory.toml if it exists. Unknown keys are errors.
 Relative paths are resolved against the directory of the config file (or the working directory).
+
+This module is the one place the factory reads its process environment: the config variables above,
+the log level, the run key and RAY_ADDRESS (the functions at the end), and the environment handed to
+child processes. (Spark and Ray start-up code still *sets* a few defaults for the processes it starts.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import typing
@@ -15,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "FACTORY__"
+CONFIG_ENV = "FACTORY_CONFIG"  # the config file
+LOG_LEVEL_ENV = "FACTORY_LOG_LEVEL"  # default WARNING
+RUN_KEY_ENV = "FACTORY_RUN_KEY"  # the MLflow parent run to nest a step under when the caller passes none
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own: the cluster to join when [ray].address is empty
 
 
 class ConfigError(ValueError):
@@ -325,8 +334,8 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _default_config_path() -> Path | None:
-    if os.environ.get("FACTORY_CONFIG"):
-        return Path(os.environ["FACTORY_CONFIG"])
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
     local = Path.cwd() / "factory.toml"
     return local if local.is_file() else None
 
@@ -382,3 +391,34 @@ def _coerce(hint, value, where: str):
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}.") from None
     return value
+
+
+# --- the rest of the process environment ------------------------------------------------------
+
+def configure_logging(fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """Log to stderr at $FACTORY_LOG_LEVEL (default WARNING): every command line sets logging up this way."""
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "WARNING"), format=fmt)
+
+
+def run_key_from_env() -> str | None:
+    """$FACTORY_RUN_KEY: the run key a step runs under when its caller passes none."""
+    return os.environ.get(RUN_KEY_ENV) or None
+
+
+def ray_address(cfg: FactoryConfig) -> tuple[str, str]:
+    """(address, the setting it came from): [ray].address, else $RAY_ADDRESS, else "" (a local Ray)."""
+    if cfg.ray.address:
+        return cfg.ray.address, "ray.address or FACTORY__RAY__ADDRESS"
+    return os.environ.get(RAY_ADDRESS_ENV, ""), RAY_ADDRESS_ENV
+
+
+def env_overrides(overrides: dict[str, str]) -> dict[str, str]:
+    """Dotted overrides ({"train.epochs": "2"}) as the FACTORY__SECTION__KEY variables a child process reads."""
+    return {f"{ENV_PREFIX}{key.replace('.', '__').upper()}": value for key, value in overrides.items()}
+
+
+def child_environment(without_prefix: str | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment for a child process, without the variables starting with
+    `without_prefix` (e.g. "FACTORY": none of the caller's settings leak in), plus `extra`."""
+    kept = {k: v for k, v in os.environ.items() if not (without_prefix and k.startswith(without_prefix))}
+    return {**kept, **extra}

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jobs.config import FactoryConfig
+from jobs.config import FactoryConfig, ray_address
 from jobs.days import day_range, parse_ds
 from jobs.errors import ConcurrentWriteError, FactoryError
 from jobs.lakehouse import delta
@@ -130,10 +129,9 @@ def check_spark(cfg: FactoryConfig) -> None:
 
 
 def check_ray(cfg: FactoryConfig) -> None:
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    address, where = ray_address(cfg)
     if address in ("", "auto", "local"):
         return
-    where = "ray.address or FACTORY__RAY__ADDRESS" if cfg.ray.address else "RAY_ADDRESS"
     _check_reachable("the Ray cluster", address if "://" in address else f"gcs://{address}", where, 10001)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import TINY
+from jobs.config import env_overrides
+from jobs.synthetic.worlds import TINY_WORLD
 
 REPO = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def factory(env: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_airflow_backfill_runs_every_day_to_success(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({f"FACTORY__{k.replace('.', '__').upper()}": v for k, v in TINY.items()})
+    env.update(env_overrides(TINY_WORLD))
     env["FACTORY__PATHS__STATE_DIR"] = str(tmp_path)
     env["AIRFLOW__API__PORT"] = "18080"
     assert factory(env, "generate").returncode == 0

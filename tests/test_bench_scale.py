@@ -2,14 +2,14 @@ import dataclasses
 
 import pytest
 
-from jobs.bench.scale import World, config_toml
+from jobs.synthetic.worlds import ScaleWorld, config_toml
 from jobs.config import load_config
 from jobs.synthetic.generate import generate_drops
 
 
 @pytest.mark.parametrize("events_per_user", [6.0, 50.0])
 def test_a_world_generates_about_the_events_per_user_it_states(tmp_path, events_per_user):
-    world = World(users=1_000, items=600, events_per_user=events_per_user)
+    world = ScaleWorld(users=1_000, items=600, events_per_user=events_per_user)
     (tmp_path / "factory.toml").write_text(config_toml(world))
     gen = dataclasses.replace(load_config(tmp_path / "factory.toml").generator, days=1)
     summary = generate_drops(gen, tmp_path / "landing")
@@ -18,7 +18,7 @@ def test_a_world_generates_about_the_events_per_user_it_states(tmp_path, events_
 
 
 def test_a_world_trains_on_a_sample_of_users_within_a_budget(tmp_path):
-    (tmp_path / "factory.toml").write_text(config_toml(World(users=1_000_000, items=5_000, events_per_user=6)))
+    (tmp_path / "factory.toml").write_text(config_toml(ScaleWorld(users=1_000_000, items=5_000, events_per_user=6)))
     cfg = load_config(tmp_path / "factory.toml")
     assert cfg.train.max_users == 20_000 and cfg.train.minutes == 2.0
     assert cfg.generator.tracks + cfg.generator.episodes == 5_000

@@ -16,22 +16,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.config import load_config
+from jobs.config import env_overrides, load_config
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ALL_TABLES, EVENTS, ITEM_TOKENS, ITEMS, PUBLISH, QUARANTINE
 from jobs.pipeline import run_day
 from jobs.serving.show import day_report
 from jobs.synthetic.generate import generate_drops, generated_days
+from jobs.synthetic.worlds import TINY_WORLD
 
-TINY = {
-    "generator.users": "150", "generator.new_users_per_day": "10", "generator.genres": "6",
-    "generator.artists_per_genre": "8", "generator.tracks": "240", "generator.shows": "6",
-    "generator.episodes": "60", "generator.new_items_per_day": "8", "generator.edited_items_per_day": "4",
-    "generator.days": "2", "generator.malformed_share": "0.02",
-    "train.d_model": "16", "train.epochs": "2", "train.retrain_every_days": "1",
-    "features.max_seq_len": "20", "sid.levels": "3", "sid.codes_per_level": "8",
-    "ray.inference_batch_size": "64",
-}
 # Columns that say when and at which table versions a day was published: a rerun writes new
 # (identical) table versions and publishes again, so these two legitimately change.
 PUBLISH_BOOKKEEPING = ("table_versions", "published_at")
@@ -43,10 +35,10 @@ REASON_OF_DEFECT = {"missing_user_id": "missing_id", "negative_duration": "inval
 def world(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     os.environ["FACTORY__PATHS__STATE_DIR"] = str(state)
-    cfg = load_config(overrides=TINY)
+    cfg = load_config(overrides=TINY_WORLD)
     summary = generate_drops(cfg.generator, Path(cfg.landing_uri))
     day1, day2 = generated_days(cfg.generator)
-    env = {**os.environ, **{f"FACTORY__{k.replace('.', '__').upper()}": v for k, v in TINY.items()}}
+    env = {**os.environ, **env_overrides(TINY_WORLD)}
     airflow = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "airflow", "dags", "test", "daily_embeddings", day1],
         env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1],

@@ -24,7 +24,9 @@ from jobs import pipeline
 from jobs.config import ConfigError, load_config, with_overrides
 from jobs.days import parse_ds, shift
 from jobs.errors import ConcurrentWriteError, DropRefused, FactoryError, GateFailed, QuarantineShareExceeded, UnsafePath
-from jobs.faults.scenarios import BEGIN, END, bad_event_lines, fingerprint, orphan_files, write_drop, write_results
+from jobs.faults.refusals import bad_event_lines, write_drop
+from jobs.faults.report import BEGIN, END, write_results
+from jobs.faults.world import fingerprint, orphan_files
 from jobs.lakehouse import delta
 from jobs.lakehouse.landing import drop_days, drop_files, drop_uri
 from jobs.lakehouse.tables import (
@@ -222,7 +224,7 @@ def test_a_write_that_keeps_losing_races_gives_up_with_one_sentence(lake_cfg, mo
     def always_conflict(*args, **kwargs):
         raise CommitFailedError("a concurrent transaction added new data")
 
-    monkeypatch.setattr(lake, "write_deltalake", always_conflict)
+    monkeypatch.setattr(delta, "write_deltalake", always_conflict)
     monkeypatch.setattr(delta.time, "sleep", lambda seconds: None)
     with pytest.raises(ConcurrentWriteError, match="lost 6 commits in a row"):
         delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS})
@@ -233,14 +235,15 @@ def test_a_writer_killed_before_its_commit_leaves_the_table_unchanged(lake_cfg, 
     before, version = fingerprint(lake_cfg, [USER_SEQUENCES]), delta.current_version(lake_cfg, USER_SEQUENCES)
     marker = tmp_path / "paused"
     script = "\n".join([
-        "import pyarrow as pa", "from jobs import lake", "from jobs.config import load_config",
+        "from pathlib import Path", "import pyarrow as pa", "from jobs.config import load_config",
+        "from jobs.faults.inject import Pause, pause_before_commit", "from jobs.lakehouse import delta",
         "from jobs.lakehouse.tables import USER_SEQUENCES",
+        f"pause_before_commit(Pause(('user_sequences',), Path({str(marker)!r})))",
         f"rows = [dict(user_id=f'u{{i}}', item_idx=[2], event_type=[1], ts=[0], events_in_window=2, ds={DS!r}) for i in range(40000)]",
         f"cfg = load_config(overrides={{'paths.state_dir': {str(tmp_path)!r}}})",
         f"delta.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {{'ds': {DS!r}}})",
     ])
-    env = {**os.environ, delta.FAULT_PAUSE_ENV: "user_sequences", delta.FAULT_MARKER_ENV: str(marker)}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not marker.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -91,16 +91,18 @@ def sid_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callabl
 
 
 def e2e_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
-    from jobs.bench.scale import World, run_world
+    from jobs.bench.scale import run_world
+    from jobs.synthetic.worlds import ScaleWorld
 
     users, items, events = sizes.e2e
-    return run_world(World(users, items, events), state / "scale", progress)
+    return run_world(ScaleWorld(users, items, events), state / "scale", progress)
 
 
 def scale_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
-    from jobs.bench.scale import World, linearity, run_world
+    from jobs.bench.scale import linearity, run_world
+    from jobs.synthetic.worlds import ScaleWorld
 
-    worlds = [run_world(World(u, sizes.scale_items, sizes.scale_events_per_user), state / "scale", progress)
+    worlds = [run_world(ScaleWorld(u, sizes.scale_items, sizes.scale_events_per_user), state / "scale", progress)
               for u in sizes.scale_users]
     return {"worlds": worlds, "linearity": linearity(worlds)}
 

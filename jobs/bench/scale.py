@@ -22,55 +22,13 @@ import numpy as np
 from jobs.steps import STEP_NAMES
 from jobs.config import load_config
 from jobs.synthetic.generate import generated_days
+from jobs.synthetic.worlds import ScaleWorld, config_toml
 from jobs.tracking.runs import day_summary
 
 PER_USER_STEPS = ("ingest", "features", "embed", "evaluate")  # their cost should grow with users
 
 
-@dataclass(frozen=True)
-class World:
-    """Sizes of a generated world; the generator's knobs are derived from them in `config_toml`."""
-
-    users: int
-    items: int
-    events_per_user: float  # per user and day, on average over all users
-    train_users: int = 20_000  # the encoder trains on a sample of users (train.max_users)
-    train_minutes: float = 2.0
-
-    @property
-    def label(self) -> str:
-        return f"u{self.users}_i{self.items}_e{self.events_per_user:g}"
-
-
-# Measured on generated worlds: events per user per day ~= 0.82 x active share x sessions x length.
-EVENTS_PER_SESSION_SLOT = 0.82
-
-
-def config_toml(world: World) -> str:
-    active, sessions = (0.7, 3.0) if world.events_per_user >= 20 else (0.5, 1.0)
-    length = world.events_per_user / (EVENTS_PER_SESSION_SLOT * active * sessions)
-    episodes = max(world.items // 10, 100)
-    return f"""# written by jobs/bench/scale.py for world {world.label}
-[generator]
-days = 2
-users = {world.users}
-new_users_per_day = {max(world.users // 50, 1)}
-tracks = {world.items - episodes}
-episodes = {episodes}
-shows = {max(episodes // 10, 10)}
-new_items_per_day = {max(world.items // 50, 1)}
-edited_items_per_day = {max(world.items // 100, 1)}
-active_user_share = {active}
-sessions_per_active_user = {sessions}
-mean_session_length = {length:.2f}
-
-[train]
-max_users = {world.train_users}
-minutes = {world.train_minutes}
-"""
-
-
-def run_world(world: World, root: Path, progress=print) -> dict:
+def run_world(world: ScaleWorld, root: Path, progress=print) -> dict:
     """Generate the world under root/<label> (from scratch) and run its two days; per-step figures."""
     folder = root / world.label
     shutil.rmtree(folder, ignore_errors=True)

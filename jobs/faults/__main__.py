@@ -1,7 +1,5 @@
-"""`python -m jobs.faults` (`make faults`)."""
+"""`python -m jobs.faults` (`make faults`): see jobs/faults/cli.py."""
 
-import sys
+from jobs.faults.cli import main
 
-from jobs.faults.scenarios import main
-
-sys.exit(main())
+main()

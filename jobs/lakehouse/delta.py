@@ -22,13 +22,11 @@ different partitions of a table do not conflict.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,17 +45,21 @@ log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 6  # a write lost to concurrent writers this often gives up with ConcurrentWriteError
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _PARTITION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]*")  # ds, source names: nothing that leaves a folder or a quote
-# Columns that must stay unique besides the key. TODO(lead): move into TableSpec (e.g. `unique=`) in jobs/lakehouse/tables.py.
-_ALSO_UNIQUE = {"item_vocab": ("item_idx",)}
-
-# Fault scenarios only (jobs.faults.scenarios): pause inside delta-rs's write of these tables, before the last
-# batch reaches it and so before the commit (after its first data files when the data is large
-# enough for delta-rs to flush some early), so a scenario can kill -9 the process mid-write.
-FAULT_PAUSE_ENV = "FACTORY_FAULT_PAUSE_BEFORE_COMMIT"
-FAULT_MARKER_ENV = "FACTORY_FAULT_MARKER"  # file touched when the pause starts
-FAULT_SECONDS_ENV = "FACTORY_FAULT_PAUSE_SECONDS"
 
 T = TypeVar("T")
+WritePayload = Callable[[TableSpec, pa.Table], tuple[pa.Table | pa.RecordBatchReader, dict]]
+
+
+def plain_payload(spec: TableSpec, data: pa.Table) -> tuple[pa.Table, dict]:
+    """What delta-rs gets for a write of `data` to `spec`: the table itself and no extra write options."""
+    return data, {}
+
+
+# The hook every write goes through on its way to delta-rs: (spec, data) -> (data or a reader, extra
+# write options). Production never changes it. Only the fault harness replaces it
+# (jobs.faults.inject.pause_before_commit), with a reader that pauses before its last batch, so a
+# scenario can kill -9 the process between a write's data files and its commit.
+write_payload: WritePayload = plain_payload
 
 
 def table_uri(cfg: FactoryConfig, spec: TableSpec) -> str:
@@ -176,26 +178,6 @@ def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> 
     raise AssertionError("unreachable")
 
 
-def _payload(spec: TableSpec, data: pa.Table) -> tuple[pa.Table | pa.RecordBatchReader, dict]:
-    """The data as delta-rs gets it, and extra write options. Normally the table itself; in a fault
-    scenario for this table a reader that pauses before its last batch (see FAULT_PAUSE_ENV)."""
-    if spec.name not in os.environ.get(FAULT_PAUSE_ENV, "").split(","):
-        return data, {}
-    return pa.RecordBatchReader.from_batches(data.schema, _pausing_batches(spec, data)), {"target_file_size": 1}
-
-
-def _pausing_batches(spec: TableSpec, data: pa.Table) -> Iterator[pa.RecordBatch]:
-    batches = data.to_batches(max_chunksize=max(1, data.num_rows // 4 or 1))
-    yield from batches[:-1]  # target_file_size=1: delta-rs flushes each batch to its own file
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if marker:
-        Path(marker).write_text(f"{spec.name} {os.getpid()}\n")
-    print(f"FACTORY_FAULT paused inside the write of {spec.name} before its commit (pid {os.getpid()})",
-          file=sys.stderr, flush=True)
-    time.sleep(float(os.environ.get(FAULT_SECONDS_ENV, "600")))
-    yield from batches[-1:]
-
-
 def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where: dict[str, str]) -> int:
     """Atomically replace exactly the rows matching `where` (partition columns) with `data`.
 
@@ -213,7 +195,7 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
 
     def write() -> int:
         table = open_table(cfg, spec)
-        payload, options = _payload(spec, data)
+        payload, options = write_payload(spec, data)
         write_deltalake(
             table if table is not None else table_uri(cfg, spec), payload, mode="overwrite", predicate=predicate,
             partition_by=list(spec.partition_by) or None, storage_options=cfg.lake.storage_options or None, **options,
@@ -227,7 +209,7 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
     """Add rows whose key is new to an append-only table (item_vocab); existing rows never change.
 
     One MERGE inserts a row only if neither its key nor a value of a column that must stay unique
-    (item_vocab.item_idx) is taken, so two runs racing cannot give one id to two items or two ids to
+    (TableSpec.unique: item_vocab.item_idx) is taken, so two runs racing cannot give one id to two items or two ids to
     one item. If afterwards a row of `data` is not in the table exactly as given, another run got
     there first with different rows: ConcurrentWriteError, and the step recomputes from a fresh
     snapshot (jobs.pipeline.run_step retries it). No commit when there is nothing to add.
@@ -238,11 +220,11 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
     if cfg.lake.engine == "delta-spark":
         delta_spark.append(cfg, spec, data, table_uri(cfg, spec))
         return current_version(cfg, spec)
-    unique = (*spec.key, *_ALSO_UNIQUE.get(spec.name, ()))
+    unique = (*spec.key, *spec.unique)
 
     def write() -> int:
         table = open_table(cfg, spec)
-        payload, options = _payload(spec, data)
+        payload, options = write_payload(spec, data)
         if table is None:
             write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
                             storage_options=cfg.lake.storage_options or None, **options)
@@ -281,7 +263,7 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
 
     def write() -> tuple[int, dict]:
         table = open_table(cfg, spec)
-        payload, options = _payload(spec, data)
+        payload, options = write_payload(spec, data)
         if table is None:
             write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
                             storage_options=cfg.lake.storage_options or None, **options)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _session(master: str, driver_memory: str, shuffle_partitions: int, extra: tuple) -> SparkSession:
-    # Executors must run the same interpreter as the driver (the project's virtualenv).
+    # Executors must run the same interpreter as the driver (the project's virtualenv): a default set
+    # (not read) here, where the process starts Spark.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (

@@ -21,6 +21,7 @@ class TableSpec:
     partition_by: tuple[str, ...]
     owner: str  # the step that writes it
     doc: str
+    unique: tuple[str, ...] = ()  # columns that must stay unique besides the key (appends check them too)
 
     def uri(self, lake_uri: str) -> str:
         """Where the table lives under a lake root (a path or an object-store URI)."""
@@ -66,6 +67,7 @@ ITEM_VOCAB = TableSpec(
     pa.schema([("item_id", pa.string()), ("item_idx", pa.int32()), ("first_seen_ds", pa.string())]),
     key=("item_id",), partition_by=(), owner="features",
     doc="Dense integer id per item (1..N, 0 is padding), append-only: an id is never reassigned.",
+    unique=("item_idx",),
 )
 
 USER_SEQUENCES = TableSpec(
@@ -156,6 +158,7 @@ def tables_markdown() -> str:
     for spec in ALL_TABLES:
         lines += [f"## {spec.name}", "", spec.doc, "",
                   f"- key: {', '.join(spec.key)}",
+                  *([f"- also unique: {', '.join(spec.unique)}"] if spec.unique else []),
                   f"- partitioned by: {', '.join(spec.partition_by) or 'not partitioned'}",
                   f"- written by step: `{spec.owner}`", "",
                   "| column | type |", "|---|---|"]

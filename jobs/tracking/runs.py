@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import mlflow
 import pandas as pd
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 
-from jobs.config import FactoryConfig
+from jobs.config import FactoryConfig, run_key_from_env
 from jobs.lakehouse.delta import table_uri
 from jobs.lakehouse.tables import TableSpec
 from jobs.tracking.memory import RssSampler
@@ -117,7 +116,7 @@ def parent_run_id(cfg: FactoryConfig, ds: str, run_key: str) -> str:
 @contextlib.contextmanager
 def track_step(cfg: FactoryConfig, ds: str, step: str, run_key: str | None = None) -> Iterator[StepRun]:
     """Run a step inside a nested MLflow run; log everything the StepRun collected at the end."""
-    run_key = run_key or os.environ.get("FACTORY_RUN_KEY") or new_run_key()
+    run_key = run_key or run_key_from_env() or new_run_key()
     experiment_id = configure_mlflow(cfg)
     parent = parent_run_id(cfg, ds, run_key)
     step_run = StepRun(cfg, StepResult(step=step, ds=ds))

@@ -1,0 +1,84 @@
+"""Fault injection: pause a Delta write before its commit, so a scenario can kill -9 the process there.
+
+Set only by the fault harness, never by production code: `pause_before_commit` replaces the one hook
+the lakehouse exposes, jobs.lakehouse.delta.write_payload, in the current process. For a CLI run in a
+child process a scenario starts
+
+    python -m jobs.faults.inject --pause items,events [--marker FILE] [--seconds 600] -- run --ds D ...
+
+which installs the pause and then runs `factory run --ds D ...` in that same process.
+
+The pause sits inside delta-rs's write of the named tables, before the last batch reaches it and so
+before the commit (after its first data files when the data is large enough for delta-rs to flush
+some early).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import TableSpec
+
+
+@dataclass(frozen=True)
+class Pause:
+    tables: tuple[str, ...]  # table names whose writes pause
+    marker: Path | None = None  # file written when a pause starts (a scenario waits for it)
+    seconds: float = 600.0
+
+    def command(self, *cli_args: str) -> list[str]:
+        """The child process: `factory CLI_ARGS` with this pause installed."""
+        marker = ["--marker", str(self.marker)] if self.marker else []
+        return [sys.executable, "-m", "jobs.faults.inject", "--pause", ",".join(self.tables), *marker,
+                "--seconds", f"{self.seconds:g}", "--", *cli_args]
+
+
+def pause_before_commit(pause: Pause) -> None:
+    """Make every later write of pause.tables in this process pause before its commit."""
+
+    def pausing_payload(spec: TableSpec, data: pa.Table) -> tuple[pa.Table | pa.RecordBatchReader, dict]:
+        if spec.name not in pause.tables:
+            return delta.plain_payload(spec, data)
+        # target_file_size=1: delta-rs flushes each batch to its own file, so files exist before the pause.
+        return pa.RecordBatchReader.from_batches(data.schema, _pausing_batches(spec, data, pause)), {"target_file_size": 1}
+
+    delta.write_payload = pausing_payload
+
+
+def _pausing_batches(spec: TableSpec, data: pa.Table, pause: Pause) -> Iterator[pa.RecordBatch]:
+    batches = data.to_batches(max_chunksize=max(1, data.num_rows // 4 or 1))
+    yield from batches[:-1]
+    if pause.marker:
+        Path(pause.marker).write_text(f"{spec.name} {os.getpid()}\n")
+    print(f"FACTORY_FAULT paused inside the write of {spec.name} before its commit (pid {os.getpid()})",
+          file=sys.stderr, flush=True)
+    time.sleep(pause.seconds)
+    yield from batches[-1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m jobs.faults.inject --pause T1,T2 [--marker F] [--seconds S] -- FACTORY ARGS`."""
+    argv = sys.argv[1:] if argv is None else argv
+    ours, cli_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="python -m jobs.faults.inject", description=main.__doc__)
+    parser.add_argument("--pause", required=True, help="comma-separated tables whose writes pause before the commit")
+    parser.add_argument("--marker", type=Path, help="file written when a pause starts")
+    parser.add_argument("--seconds", type=float, default=600.0, help="how long a pause lasts")
+    args = parser.parse_args(ours)
+    pause_before_commit(Pause(tuple(args.pause.split(",")), args.marker, args.seconds))
+    from jobs.cli import main as factory
+
+    factory(cli_args)
+
+
+if __name__ == "__main__":
+    main()
