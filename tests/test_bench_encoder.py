@@ -1,5 +1,5 @@
 """The encoder benchmark (jobs/bench/encoder.py) and the training loop it shares with the nightly
-job (jobs/steps/train.py): tiny generated SASRec-format files, tiny models, in-process training."""
+job (jobs/steps/encoder_training.py): tiny generated SASRec-format files, tiny models, in-process training."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from jobs.bench import encoder as bench_encoder
 from jobs.config import load_config
 from jobs.errors import FactoryError
-from jobs.steps import train
+from jobs.steps import encoder_fit, encoder_training
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 NUM_ITEMS = 30
@@ -34,8 +34,8 @@ def write_sasrec(path, users: int = 200, seed: int = 0) -> list[list[int]]:
     return seqs
 
 
-def tiny_loop(**kw) -> train.LoopConfig:
-    return train.LoopConfig(**{"lr": 1e-2, "batch_size": 16, "max_epochs": 3, "patience": 5,
+def tiny_loop(**kw) -> encoder_training.LoopConfig:
+    return encoder_training.LoopConfig(**{"lr": 1e-2, "batch_size": 16, "max_epochs": 3, "patience": 5,
                                "select_on": "val_ndcg10_seen_filtered", **kw})
 
 
@@ -94,15 +94,15 @@ def test_popularity_baseline_ranks_by_count_and_filters_seen_items():
     assert filtered.tolist() == [1, 2]
 
 
-# ---- the shared training loop (jobs/steps/train.py) -------------------------------------------------
+# ---- the shared training loop (jobs/steps/encoder_training.py) -------------------------------------------------
 
 
 def test_training_run_improves_validation_and_keeps_the_selected_weights(tmp_path):
     _, training, _ = tiny_split(tmp_path)
     torch.manual_seed(0)
     encoder = UserEncoder(tiny_encoder())
-    before = train.validation_metrics(encoder, training)["val_ndcg10_seen_filtered"]
-    run = train.TrainingRun(encoder, training, tiny_loop(max_epochs=6))
+    before = encoder_training.validation_metrics(encoder, training)["val_ndcg10_seen_filtered"]
+    run = encoder_training.TrainingRun(encoder, training, tiny_loop(max_epochs=6))
     state = run.run()
     epochs = [r for r in state.history if r["kind"] == "epoch"]
     assert len(epochs) == 6 and state.stop_reason == "max_epochs"
@@ -110,14 +110,14 @@ def test_training_run_improves_validation_and_keeps_the_selected_weights(tmp_pat
     assert state.best == max(r["val_ndcg10_seen_filtered"] for r in state.history) > before
     selected = UserEncoder(tiny_encoder())
     selected.load_state_dict(run.best_weights)
-    assert train.validation_metrics(selected, training)["val_ndcg10_seen_filtered"] == pytest.approx(state.best)
+    assert encoder_training.validation_metrics(selected, training)["val_ndcg10_seen_filtered"] == pytest.approx(state.best)
 
 
 def test_training_run_stops_on_its_time_budget_and_snapshots_marks(tmp_path):
     _, training, _ = tiny_split(tmp_path)
     torch.manual_seed(0)
     loop = tiny_loop(max_epochs=10_000, patience=10_000, minutes=0.01, mark_minutes=(0.0, 0.01), schedule="cosine", warmup_steps=3)
-    run = train.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    run = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
     state = run.run()
     assert state.stop_reason == "time_budget" and state.elapsed >= 0.6
     assert set(run.marks) == {0.0, 0.01}
@@ -133,20 +133,20 @@ def test_training_run_resumes_from_its_checkpoint_exactly(tmp_path):
     _, training, _ = tiny_split(tmp_path)
     loop = tiny_loop(max_epochs=2, schedule="cosine")
     torch.manual_seed(0)
-    straight = train.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    straight = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
     straight.run()
 
     def save_then_crash(run):
-        run.save(tmp_path)
+        encoder_training.save_checkpoint(run, tmp_path)
         raise Crash
 
     torch.manual_seed(0)
     with pytest.raises(Crash):
-        train.TrainingRun(UserEncoder(tiny_encoder()), training, loop).run(on_epoch=save_then_crash)
-    model, marks, state = train.load_training_checkpoint(tmp_path, tiny_encoder())
+        encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop).run(on_epoch=save_then_crash)
+    model, marks, state = encoder_training.load_training_checkpoint(tmp_path, tiny_encoder())
     assert state.epoch == 1 and marks == {} and isinstance(model, UserEncoder)
-    resumed = train.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
-    resumed.load(tmp_path)
+    resumed = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    encoder_training.resume_from_checkpoint(resumed, tmp_path)
     resumed.run()
     assert resumed.state.step == straight.state.step and resumed.state.epoch == 2
     assert [r["val_ndcg10"] for r in resumed.state.history] == [r["val_ndcg10"] for r in straight.state.history]
@@ -154,29 +154,23 @@ def test_training_run_resumes_from_its_checkpoint_exactly(tmp_path):
         torch.testing.assert_close(resumed.encoder.state_dict()[key], value)
 
 
-def test_cosine_schedule_warms_up_then_decays_to_the_floor(tmp_path):
-    _, training, _ = tiny_split(tmp_path)
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     loop = tiny_loop(schedule="cosine", warmup_steps=4, min_lr_ratio=0.1)
-    run = train.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
-    lrs = []
-    for step, progress in [(0, 0.0), (3, 0.0), (10, 0.5), (20, 1.0)]:
-        run.state.step = step
-        run._set_lr(progress)
-        lrs.append(run.optimizer.param_groups[0]["lr"])
+    lrs = [encoder_training.learning_rate(loop, step, progress) for step, progress in [(0, 0.0), (3, 0.0), (10, 0.5), (20, 1.0)]]
     assert lrs == pytest.approx([loop.lr / 4, loop.lr, loop.lr * 0.55, loop.lr * 0.1])
 
 
 def test_loop_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="schedule"):
-        train.LoopConfig(schedule="linear")
+        encoder_training.LoopConfig(schedule="linear")
     with pytest.raises(ValueError, match="select_on"):
-        train.LoopConfig(select_on="test_ndcg10")
+        encoder_training.LoopConfig(select_on="test_ndcg10")
 
 
 def test_selecting_on_seen_filtered_validation_needs_seen_items(tmp_path):
     _, training, _ = tiny_split(tmp_path)
     with pytest.raises(ValueError, match="val_seen"):
-        train.TrainingRun(UserEncoder(tiny_encoder()), replace(training, val_seen=()), tiny_loop())
+        encoder_training.TrainingRun(UserEncoder(tiny_encoder()), replace(training, val_seen=()), tiny_loop())
 
 
 # ---- the benchmark end to end ---------------------------------------------------------------
@@ -189,7 +183,7 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     result = bench_encoder.run_benchmark(
         tmp_path / "tiny.txt", minutes=0.02, seed=3, out=out, marks=(0.01, 60), d_model=16, n_layers=1,
         max_len=12, batch_size=16, lr=1e-2, warmup_steps=2, patience=10_000, cfg=load_config(), log_to_mlflow=False,
-        trainer=train.fit_in_process, command="test",
+        trainer=encoder_fit.fit_in_process, command="test",
     )
     assert json.loads(out.read_text())["seed"] == 3
     for who in ("encoder", "popularity"):
@@ -210,10 +204,10 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
 
 def test_a_model_with_nan_weights_is_not_finite_and_ranks_every_target_last():
     model = UserEncoder(UserEncoderConfig(num_items=5, max_len=4, d_model=8, n_layers=1, n_heads=1))
-    assert train.weights_are_finite(model)
+    assert encoder_training.weights_are_finite(model)
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
-    assert not train.weights_are_finite(model)
+    assert not encoder_training.weights_are_finite(model)
     history = np.array([[0, 0, 1, 2]])
-    plain, _ = train.rank_targets(model, history, np.ones_like(history), np.array([3]))
+    plain, _ = encoder_training.rank_targets(model, history, np.ones_like(history), np.array([3]))
     assert plain.tolist() == [5]  # 6 columns (pad + 5 items): the target is behind all the others

@@ -1,27 +1,160 @@
-"""What every `factory bench ...` command shares: the command line it records, and how it reports.
+"""What every benchmark shares: the machine it ran on, load and memory sampling, MLflow logging, the
+one JSON writer (with its `summary` of judged figures), the command line it records and how a
+`factory bench ...` command reports.
 
-A benchmark's typer command measures inside `report`: a mistake the user can fix (FactoryError,
-ConfigError) prints one line and exits 1; otherwise the markdown table is printed with the path of the JSON.
+Every result JSON carries a top-level `summary`: one row per judged figure,
+`{"figure": text, "value": number, "unit": text, "bar": text, "met": true/false/null, "detail": text}`
+(`met` is null for a figure without a bar). Each benchmark module builds its rows in `summary_rows`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import platform
 import shlex
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
+import psutil
 import typer
 
-from jobs.config import ConfigError
+from jobs.config import ConfigError, FactoryConfig, configure_logging, with_overrides
 from jobs.errors import FactoryError
 
+RESULTS = Path("benchmarks/results")
+SUMMARY_KEYS = ("figure", "value", "unit", "bar", "met", "detail")
 
-def invocation(command: str, module: str) -> str:
-    """The command line as typed: `factory bench COMMAND ARGS` or `python -m MODULE ARGS`."""
+
+
+# --- the machine and its load -------------------------------------------------------------------
+
+def machine() -> dict:
+    """Cores, memory (GiB), CPU model, Python/torch/Ray versions, date and the 1/5/15-min load now."""
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), "") if cpuinfo.exists() else ""
+    return {"nproc": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "cpu": cpu or platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": _version("torch"), "ray": _version("ray"), "gpu": False, "date": time.strftime("%Y-%m-%d"),
+            "load_at_start": os.getloadavg()}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+class LoadSampler:
+    """os.getloadavg() every `every` seconds on a daemon thread, so results say how busy the machine was."""
+
+    def __init__(self, every: float = 15.0):
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        one, five, fifteen = os.getloadavg()
+        self.samples.append({"t_s": round(time.perf_counter() - self._started, 1),
+                             "load1": one, "load5": five, "load15": fifteen})
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.every):
+                return
+
+    def summary(self) -> dict:
+        one = np.array([s["load1"] for s in self.samples])
+        return {"cores": os.cpu_count(), "load1_mean": float(one.mean()), "load1_min": float(one.min()),
+                "load1_max": float(one.max()), "sample_every_s": self.every, "samples": self.samples,
+                "note": "1-minute load average; our own work contributes about its thread count "
+                        "(2 on 2 cores), anything above that was other processes competing for the cores"}
+
+
+# --- results: the summary rows and the one writer ------------------------------------------------
+
+def summary_row(figure: str, value: float | int | None, unit: str = "", bar: str = "", met: bool | None = None,
+                detail: str = "") -> dict:
+    """One judged figure; `value` is the number it is judged by (None only if it was not measured)."""
+    if isinstance(value, bool) or not (value is None or isinstance(value, int | float | np.integer | np.floating)):
+        raise TypeError(f"summary value of {figure!r} must be a number, got {value!r}")
+    return {"figure": figure, "value": None if value is None else float(value), "unit": unit, "bar": bar,
+            "met": None if met is None else bool(met), "detail": detail}
+
+
+def write_result(out: Path, result: dict, summary: list[dict]) -> dict:
+    """Put `summary` first in `result` and write it to `out` as JSON (numpy numbers as floats)."""
+    for row in summary:
+        if tuple(row) != SUMMARY_KEYS:
+            raise ValueError(f"summary row {row!r} must have exactly the keys {SUMMARY_KEYS}")
+    result = {"summary": summary, **{k: v for k, v in result.items() if k != "summary"}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float, ensure_ascii=False) + "\n")
+    return result
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def benchmark_run(cfg: FactoryConfig, run_name: str, artifact: str, result: dict,
+                  **mlflow_settings: str) -> Iterator[FactoryConfig]:
+    """An MLflow run `run_name` in the experiment <experiment>_benchmarks (plus any [mlflow] settings,
+    e.g. registered_model); yields that config. The caller logs params and metrics inside; on exit the
+    result is logged as the artifact `artifact` (JSON) and result["mlflow"] names the run."""
+    import mlflow
+
+    from jobs.tracking.runs import configure_mlflow
+
+    bench_cfg = with_overrides(cfg, mlflow={"experiment": f"{cfg.mlflow.experiment}_benchmarks", **mlflow_settings})
+    with mlflow.start_run(experiment_id=configure_mlflow(bench_cfg), run_name=run_name) as run:
+        yield bench_cfg
+        mlflow.log_dict(result, artifact)
+        result["mlflow"] = {"run_id": run.info.run_id, "experiment": bench_cfg.mlflow.experiment,
+                            **result.get("mlflow", {})}
+
+
+def flat_metrics(prefix: str, value, out: dict | None = None) -> dict:
+    """Numbers of a nested result as {'a.b.c': x} (lists of runs are left to the JSON artifact)."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for k, v in value.items():
+            flat_metrics(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, bool | int | float | np.floating):
+        out[prefix] = float(value)
+    return out
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def setup_logging(with_time: bool = False) -> None:
+    """Logging of a benchmark command: $FACTORY_LOG_LEVEL (default WARNING), optionally timestamped."""
+    configure_logging(("%(asctime)s " if with_time else "") + "%(levelname)s %(name)s: %(message)s")
+
+
+def invocation(command: str) -> str:
+    """The command line as typed: `factory bench COMMAND ARGS` or `python -m jobs.bench COMMAND ARGS`."""
     if Path(sys.argv[0]).name == "factory":
         return f"factory bench {command} {shlex.join(sys.argv[3:])}".strip()
-    return f"python -m {module} {shlex.join(sys.argv[1:])}".strip()
+    return f"python -m jobs.bench {command} {shlex.join(sys.argv[2:])}".strip()
 
 
 def report(measure: Callable[[], dict], render: Callable[[dict], str], out: Path) -> dict:
@@ -31,7 +164,7 @@ def report(measure: Callable[[], dict], render: Callable[[dict], str], out: Path
         result = measure()
     except (FactoryError, ConfigError) as err:
         typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(render(result))
     typer.echo(f"\nJSON: {out}")
     return result

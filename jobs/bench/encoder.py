@@ -7,7 +7,7 @@ reported twice: with the user's already-seen items removed from the ranking ("se
 protocol of the SASRec+ numbers) and without ("unfiltered"). Model selection and early stopping use
 validation NDCG@10 only; the test split is read once per reported model, never during training.
 
-Training is jobs/steps/train.py's Ray Train loop (the nightly job's code) with a training-clock budget;
+Training is jobs/steps/encoder_training.py's Ray Train loop (the nightly job's code) with a training-clock budget;
 the quality-vs-time curve reports, at each clock minute, the test metrics of the model validation
 had selected by then. The run's wall time, machine load (os.getloadavg samples), throughput and a
 popularity baseline are part of every result, printed as markdown and written as JSON.
@@ -36,7 +36,7 @@ import typer
 from jobs.bench.common import invocation, report
 from jobs.config import FactoryConfig, load_config, with_overrides
 from jobs.errors import FactoryError
-from jobs.steps import train
+from jobs.steps import encoder_fit, encoder_training
 from jobs.tracking import registry
 from models.ranking_metrics import ranking_summary, target_ranks
 from models.sequences import next_item_examples, pad_left
@@ -97,7 +97,7 @@ class TestSplit:
     seen: tuple[np.ndarray, ...]  # everything but the last item (hidden when seen-filtered)
 
 
-def leave_one_out(data: SasrecData, max_len: int, all_windows: bool = False) -> tuple[train.TrainingData, TestSplit]:
+def leave_one_out(data: SasrecData, max_len: int, all_windows: bool = False) -> tuple[encoder_training.TrainingData, TestSplit]:
     """SASRec's split. Users with fewer than 3 items only train (nothing left to validate/test on).
 
     all_windows: also train on the transitions before a user's last max_len (extra rows).
@@ -108,7 +108,7 @@ def leave_one_out(data: SasrecData, max_len: int, all_windows: bool = False) -> 
     inputs, input_events, targets = next_item_examples(train_seqs, ones, max_len, all_windows=all_windows)
     val_hist = [s[:-2] for s in evaluated]
     test_hist = [s[:-1] for s in evaluated]
-    training = train.TrainingData(
+    training = encoder_training.TrainingData(
         inputs, input_events, targets,
         val_inputs=pad_left(val_hist, max_len), val_events=pad_left([np.ones_like(s) for s in val_hist], max_len),
         val_targets=np.array([s[-2] for s in evaluated], dtype=np.int64), val_seen=tuple(val_hist),
@@ -187,14 +187,14 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
                   mask_history_in_loss: bool = False, all_windows: bool = False, bf16: bool = False,
                   max_epochs: int = 10_000,
                   cfg: FactoryConfig | None = None, log_to_mlflow: bool = True, run_name: str | None = None,
-                  command: str | None = None, trainer=train.fit) -> dict:
+                  command: str | None = None, trainer=encoder_fit.fit) -> dict:
     """Train for `minutes` of training clock on `data`, evaluate, and return (and write) the result.
 
     The result dict holds the metrics of the encoder and of a popularity baseline under both
     protocols, the quality-vs-time curve, every evaluation, throughput, wall time, machine load
     and the exact settings; `out` (if given) receives it as JSON. run_name: reuse one to resume a
-    run that was interrupted (Ray Train restores its latest checkpoint). trainer: train.fit (Ray
-    Train) or train.fit_in_process (same loop without Ray, for tests).
+    run that was interrupted (Ray Train restores its latest checkpoint). trainer: encoder_fit.fit (Ray
+    Train) or encoder_fit.fit_in_process (same loop without Ray, for tests).
     """
     if minutes <= 0:
         raise FactoryError(f"--minutes must be > 0, got {minutes}.")
@@ -212,7 +212,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=d_model,
                                         n_layers=n_layers, n_heads=n_heads, dropout=dropout, temperature=temperature)
         curve_marks = tuple(sorted({float(m) for m in marks if m < minutes} | {float(minutes)}))
-        loop = train.LoopConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
+        loop = encoder_training.LoopConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
                                 schedule="cosine", warmup_steps=warmup_steps, weight_decay=weight_decay,
                                 minutes=minutes, mark_minutes=curve_marks, select_on="val_ndcg10_seen_filtered",
                                 mask_history_in_loss=mask_history_in_loss, bf16=bf16)
@@ -225,15 +225,15 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
 
         torch.set_num_threads(os.cpu_count() or 1)
         infer_started = time.perf_counter()
-        test_ranks = train.rank_targets(fitted.model, test.inputs, test.events, test.targets, test.seen)
+        test_ranks = encoder_training.rank_targets(fitted.model, test.inputs, test.events, test.targets, test.seen)
         infer_seconds = time.perf_counter() - infer_started
-        val_ranks = train.rank_targets(fitted.model, training.val_inputs, training.val_events,
+        val_ranks = encoder_training.rank_targets(fitted.model, training.val_inputs, training.val_events,
                                        training.val_targets, training.val_seen)
         trained_minutes = fitted.state.elapsed / 60
         curve = []
         for mark in curve_marks:
             model = fitted.marks.get(mark, fitted.model)  # a mark after training ended: the final model
-            ranks = train.rank_targets(model, test.inputs, test.events, test.targets, test.seen)
+            ranks = encoder_training.rank_targets(model, test.inputs, test.events, test.targets, test.seen)
             selected = max((r for r in fitted.history if r["elapsed_minutes"] <= max(mark, 0)),
                            key=lambda r: r[loop.select_on], default=None)
             curve.append({"minute": mark, "reached": mark in fitted.marks,
@@ -286,7 +286,7 @@ def _log_mlflow(cfg: FactoryConfig, result: dict, model: UserEncoder, name: str)
                            "seed": result["seed"], "workers": result["workers"], "command": result["command"],
                            **{f"encoder_{k}": v for k, v in result["encoder_config"].items()},
                            **{f"loop_{k}": v for k, v in result["loop_config"].items()}})
-        train.log_history(result["history"])
+        encoder_fit.log_history(result["history"])
         for point in result["curve"]:
             for protocol, metrics in point["test"].items():
                 mlflow.log_metrics({f"curve_test_{k}_{protocol}": v for k, v in metrics.items()}, step=int(point["minute"]))

@@ -2,7 +2,7 @@
 
 Protocol (leave-one-out, as `factory bench encoder`): each user's last item is the test target;
 nothing of it reaches the encoder, the soft token, the prompt or any training example.
-1. The user encoder trains on everything but each user's last two items (jobs/steps/train.py's loop,
+1. The user encoder trains on everything but each user's last two items (jobs/steps/encoder_training.py's loop,
    in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
 2. Every item gets a SID from its title: MiniLM vectors -> residual k-means (levels x codes) ->
    de-duplication token (jobs/bench_sid.codes_for), so every SID names one item. Vectors and codes
@@ -41,7 +41,7 @@ from jobs.bench.common import invocation, report
 from jobs.bench.encoder import LoadSampler, leave_one_out, machine, read_sasrec
 from jobs.config import load_config, with_overrides
 from jobs.errors import FactoryError
-from jobs.steps import train
+from jobs.steps import encoder_fit, encoder_training
 from jobs.steps.generative import Examples, FitConfig, fit, generate, hit_metrics
 from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
@@ -174,9 +174,9 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
         t = time.perf_counter()
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
                                         dropout=0.2, temperature=0.05)
-        loop = train.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
+        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
                                 warmup_steps=100, minutes=encoder_minutes, select_on="val_ndcg10_seen_filtered", threads=2)
-        encoder = train.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
+        encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
         phases["encoder_training"] = time.perf_counter() - t
         t = time.perf_counter()
         sids = movielens_sids(folder, dataset.num_items, levels, codes, cache_dir)
@@ -200,7 +200,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
         phases["examples_and_embeddings"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        _, filtered_ranks = train.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
+        _, filtered_ranks = encoder_training.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
         reference = {"hr10": hit_rate_at_k(filtered_ranks, 10), "hr30": hit_rate_at_k(filtered_ranks, 30),
                      "ndcg10": ndcg_at_k(filtered_ranks, 10), "hr1": hit_rate_at_k(filtered_ranks, 1),
                      "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10)}

@@ -7,458 +7,29 @@ current vocabulary), holds out each validation user's last item, keeps the evalu
 validation NDCG@10, and promotes the result to `champion` only if it does not lose more than
 `train.max_regression` NDCG@10 against the champion on the same held-out items.
 
-The training loop itself (`TrainingRun`, run under Ray Train by `fit`) is shared with the
-benchmark (jobs/bench/encoder.py): a training-clock budget, evaluations at given clock minutes,
-lr warmup + cosine decay, seen-filtered validation and resume from the latest Ray checkpoint.
+The training loop itself (jobs/steps/encoder_training.py, run under Ray Train by
+jobs/steps/encoder_fit.py) is shared with the encoder benchmark (jobs/bench/encoder.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from pathlib import Path
 
-import mlflow
 import numpy as np
 import pyarrow as pa
-import ray
-import ray.train
-import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from jobs.config import FactoryConfig, TrainConfig
+from jobs.config import FactoryConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
-from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps.encoder_fit import fit, log_history
+from jobs.steps.encoder_training import TrainingData, build_training_data, loop_config, validation_metrics, weights_are_finite
 from jobs.tracking import registry
-from jobs.tracking.runs import StepResult, track_step
-from models.ranking_metrics import hit_rate_at_k, ndcg_at_k, target_ranks
-from models.sequences import length_buckets, next_item_examples, pad_left
-from models.user_encoder import (
-    UserEncoder,
-    UserEncoderConfig,
-    expand_item_table,
-    full_softmax_loss,
-    sampled_softmax_loss,
-)
-
-VALIDATION_USERS = 2000
-PATIENCE = 2  # evaluations without a better validation NDCG@10 before stopping early
-K = 10
-SELECTION_METRICS = ("val_ndcg10", "val_ndcg10_seen_filtered")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    inputs: np.ndarray  # (N, L) left-padded item ids
-    input_events: np.ndarray  # (N, L)
-    targets: np.ndarray  # (N, L) next item per position, 0 = ignore
-    val_inputs: np.ndarray  # (V, L) validation users' histories without their held-out item
-    val_events: np.ndarray  # (V, L)
-    val_targets: np.ndarray  # (V,) the held-out item
-    # Per validation user, every item of the history they are scored on (all of it, not only the
-    # last L): hidden from the ranking for seen-filtered metrics. Empty: no seen-filtered metrics.
-    val_seen: tuple[np.ndarray, ...] = ()
-
-
-def build_training_data(sequences: pa.Table, max_len: int, seed: int) -> TrainingData:
-    """Next-item examples from every user's sequence; a sample of users holds out its last item."""
-    items = [np.asarray(s, dtype=np.int64) for s in sequences.column("item_idx").to_pylist()]
-    events = [np.asarray(s, dtype=np.int64) for s in sequences.column("event_type").to_pylist()]
-    eligible = np.flatnonzero([len(s) >= 3 for s in items])
-    rng = np.random.default_rng(seed)
-    val = np.sort(rng.choice(eligible, size=min(VALIDATION_USERS, len(eligible)), replace=False))
-    is_val = np.zeros(len(items), dtype=bool)
-    is_val[val] = True
-    train_items = [s[:-1] if v else s for s, v in zip(items, is_val)]
-    train_events = [e[:-1] if v else e for e, v in zip(events, is_val)]
-    inputs, input_events, targets = next_item_examples(train_items, train_events, max_len)
-    return TrainingData(
-        inputs, input_events, targets,
-        val_inputs=pad_left([items[i][:-1] for i in val], max_len),
-        val_events=pad_left([events[i][:-1] for i in val], max_len),
-        val_targets=np.array([items[i][-1] for i in val], dtype=np.int64),
-        val_seen=tuple(items[i][:-1] for i in val),
-    )
-
-
-@torch.inference_mode()
-def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, targets: np.ndarray,
-                 seen: Sequence[np.ndarray] = (), batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """0-based rank of each row's target among all items, as (unfiltered, seen-filtered or None).
-
-    inputs, events: (N, L) left-padded histories; targets: (N,) item ids; seen: N arrays of item
-    ids to hide from each row's ranking (its own target never is), or () for no filtered ranks.
-    Rows are batched by length and trimmed to their longest history (bucketed inference).
-    """
-    was_training = model.training
-    model.eval()
-    lengths = (inputs != 0).sum(1)
-    order = np.argsort(lengths, kind="stable")
-    plain = np.zeros(len(targets), dtype=np.int64)
-    filtered = np.zeros(len(targets), dtype=np.int64) if len(seen) else None
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        longest = max(int(lengths[rows].max()), 1)
-        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]),
-                                      torch.from_numpy(events[rows, -longest:]))  # (B, D)
-        scores, wanted = model.scores(users), torch.from_numpy(targets[rows])  # (B, V + 1), (B,)
-        plain[rows] = target_ranks(scores, wanted)
-        if filtered is not None:
-            filtered[rows] = target_ranks(scores, wanted, exclude=[seen[i] for i in rows])
-    model.train(was_training)
-    return plain, filtered
-
-
-def validation_metrics(model: UserEncoder, data: TrainingData, rank: int = 0, world: int = 1) -> dict[str, float]:
-    """HR@10 / NDCG@10 of the held-out items ranked against the whole catalog (and seen-filtered).
-
-    With world > 1 (inside Ray Train) each worker ranks every world-th user and the sums are
-    all-reduced, so all workers get the same numbers for a 1/world share of the work.
-    """
-    if len(data.val_targets) == 0:
-        return {"val_hr10": 0.0, "val_ndcg10": 0.0}
-    rows = np.arange(rank, len(data.val_targets), world)
-    seen = [data.val_seen[i] for i in rows] if data.val_seen else ()
-    plain, filtered = rank_targets(model, data.val_inputs[rows], data.val_events[rows], data.val_targets[rows], seen)
-    names, sums = ["val_hr10", "val_ndcg10"], [hit_rate_at_k(plain, K), ndcg_at_k(plain, K)]
-    if filtered is not None:
-        names += ["val_hr10_seen_filtered", "val_ndcg10_seen_filtered"]
-        sums += [hit_rate_at_k(filtered, K), ndcg_at_k(filtered, K)]
-    if world == 1:
-        return dict(zip(names, sums))
-    totals = torch.tensor([len(rows)] + [v * len(rows) for v in sums], dtype=torch.float64)
-    torch.distributed.all_reduce(totals)
-    return {name: float(total / totals[0]) for name, total in zip(names, totals[1:])}
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """How TrainingRun trains. Budgets: max_epochs, and a training-clock budget if minutes > 0."""
-
-    lr: float = 3e-3
-    batch_size: int = 128  # sequences per optimiser step over all workers (each takes batch_size // world)
-    max_epochs: int = 8
-    patience: int = PATIENCE  # evaluations without a better select_on before stopping early
-    seed: int = 0
-    schedule: str = "constant"  # or "cosine": decays to lr * min_lr_ratio at the end of the budget
-    warmup_steps: int = 0  # linear warmup from lr / warmup_steps
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0  # AdamW, decoupled
-    minutes: float = 0.0  # training-clock budget (validation included); 0 = epochs only
-    mark_minutes: tuple[float, ...] = ()  # also evaluate at these clock minutes and keep the selected model
-    select_on: str = "val_ndcg10"  # model selection and early stopping metric (validation only)
-    mask_history_in_loss: bool = False  # see models.user_encoder.full_softmax_loss(history=...)
-    loss: str = "full"  # or "sampled" softmax with logQ correction (popularity sampler)
-    sampled_negatives: int = 512
-    bf16: bool = False  # autocast forward + loss to bfloat16 (Adam state and weights stay float32)
-    threads: int = 1  # torch intra-op threads per worker
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mark_minutes", tuple(sorted(float(m) for m in self.mark_minutes)))
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"LoopConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}.")
-        if self.select_on not in SELECTION_METRICS:
-            raise ValueError(f"LoopConfig.select_on must be one of {SELECTION_METRICS}, got {self.select_on!r}.")
-        if self.loss not in ("full", "sampled"):
-            raise ValueError(f"LoopConfig.loss must be 'full' or 'sampled', got {self.loss!r}.")
-
-
-def loop_config(t: TrainConfig, threads: int = 1, **overrides) -> LoopConfig:
-    """The nightly loop settings from [train]; the benchmark passes its own overrides."""
-    return LoopConfig(lr=t.lr, batch_size=t.batch_size, max_epochs=t.epochs, seed=t.seed, loss=t.loss,
-                      sampled_negatives=t.sampled_negatives, threads=threads, **{"minutes": t.minutes, **overrides})
-
-
-@dataclasses.dataclass
-class LoopState:
-    """Everything the loop needs to continue after a restart (saved in every checkpoint)."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps
-    elapsed: float = 0.0  # training clock, seconds
-    best: float = -1.0  # best select_on so far
-    stale: int = 0  # evaluations since the best
-    stop_reason: str = ""  # "", "early_stop", "time_budget" or "max_epochs"
-    history: list[dict] = dataclasses.field(default_factory=list)  # one record per evaluation
-
-
-class TrainingRun:
-    """One training run of the encoder: the loop, the selected weights and the resume state.
-
-    No Ray in here: `train_loop_per_worker` wraps it; tests and notebooks can call run() directly.
-    With world > 1 the workers hold equal shards, step in lockstep and agree on the clock.
-    """
-
-    def __init__(self, encoder: UserEncoder, data: TrainingData, loop: LoopConfig,
-                 model: torch.nn.Module | None = None, rank: int = 0, world: int = 1):
-        if loop.select_on.endswith("seen_filtered") and not data.val_seen:
-            raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
-        self.encoder, self.model, self.data, self.loop = encoder, model or encoder, data, loop
-        self.rank, self.world = rank, world
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-        self.rng = np.random.default_rng(loop.seed)  # the same on every worker: see run()
-        self.state = LoopState()
-        self.best_weights = _copy(encoder.state_dict())
-        self.marks: dict[float, dict] = {}  # clock minute -> selected weights at that minute
-        counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
-        counts[0] = 0
-        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1)))  # sampler q (popularity)
-
-    # -- the loop -------------------------------------------------------------------------------
-
-    def run(self, on_epoch: Callable[["TrainingRun"], None] = lambda run: None) -> LoopState:
-        """Train until early stop, time budget or max_epochs; call on_epoch after each epoch."""
-        loop, st = self.loop, self.state
-        torch.set_num_threads(loop.threads)
-        if len(self.data.inputs) < self.world:
-            raise ValueError("TrainingData has fewer training sequences than workers; nothing to train on.")
-        all_lengths = (self.data.inputs != 0).sum(1)
-        steps_per_epoch = math.ceil(len(all_lengths) / loop.batch_size)
-        started = time.perf_counter() - st.elapsed
-        while not st.stop_reason and st.epoch < loop.max_epochs:
-            # Every worker draws the same global batches (same rng) and takes its slice of each, so
-            # workers step in lockstep on sequences of similar length (bucketing across workers).
-            batches = [b for b in length_buckets(all_lengths, loop.batch_size, self.rng) if len(b) >= self.world]
-            epoch_started, losses, sequences, tokens, out_of_time = time.perf_counter(), [], 0, 0, False
-            self.model.train()
-            for batch in batches:
-                rows = batch[self.rank::self.world]
-                progress = max(st.step / (loop.max_epochs * steps_per_epoch),
-                               st.elapsed / (60 * loop.minutes) if loop.minutes else 0.0)
-                self._set_lr(progress)
-                longest = max(int(all_lengths[rows].max()), 1)
-                losses.append(self._step(rows, longest))
-                sequences, tokens = sequences + len(rows), tokens + int(all_lengths[rows].sum())
-                st.step += 1
-                st.elapsed = self._agreed(time.perf_counter() - started)
-                if loop.minutes and st.elapsed >= 60 * loop.minutes:
-                    out_of_time = True
-                    break
-                if self._next_mark() is not None and st.elapsed >= 60 * self._next_mark():
-                    self._evaluate(kind="mark")
-            train_seconds = time.perf_counter() - epoch_started
-            st.epoch += 1
-            record = self._evaluate(kind="epoch")
-            record.update(train_loss=float(np.mean(losses)), epoch_train_seconds=train_seconds,
-                          train_sequences_per_s=sequences / train_seconds * self.world,
-                          train_tokens_per_s=tokens / train_seconds * self.world)
-            if out_of_time:
-                st.stop_reason = "time_budget"
-            elif st.stale >= loop.patience:
-                st.stop_reason = "early_stop"
-            elif st.epoch >= loop.max_epochs:
-                st.stop_reason = "max_epochs"
-            st.elapsed = self._agreed(time.perf_counter() - started)
-            on_epoch(self)
-        return st
-
-    def _set_lr(self, progress: float) -> None:
-        loop = self.loop
-        lr = loop.lr * min(1.0, (self.state.step + 1) / loop.warmup_steps) if loop.warmup_steps else loop.lr
-        if loop.schedule == "cosine":
-            lr *= loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def _step(self, rows: np.ndarray, longest: int) -> float:
-        d = self.data
-        inputs = torch.from_numpy(d.inputs[rows, -longest:])  # (B, T) trimmed to the longest
-        targets = torch.from_numpy(d.targets[rows, -longest:])
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
-        with autocast:
-            hidden = self.model(inputs, torch.from_numpy(d.input_events[rows, -longest:]))  # (B, T, D)
-            if self.loop.loss == "sampled":
-                negatives = torch.multinomial(self.log_q.exp(), self.loop.sampled_negatives, replacement=True)
-                loss = sampled_softmax_loss(self.encoder, hidden.float(), targets, negatives, self.log_q)
-            else:
-                history = inputs if self.loop.mask_history_in_loss else None
-                loss = full_softmax_loss(self.encoder, hidden, targets, history=history)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
-
-    def _agreed(self, seconds: float) -> float:
-        """The slowest worker's clock, so every worker takes the same budget decisions."""
-        if self.world == 1:
-            return seconds
-        value = torch.tensor([seconds], dtype=torch.float64)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return float(value.item())
-
-    def _next_mark(self) -> float | None:
-        pending = [m for m in self.loop.mark_minutes if m not in self.marks]
-        return pending[0] if pending else None
-
-    def _evaluate(self, kind: str) -> dict:
-        """Validate, update the selected weights and patience, snapshot reached marks; log a record."""
-        st = self.state
-        metrics = validation_metrics(self.encoder, self.data, self.rank, self.world)
-        value = metrics[self.loop.select_on]
-        if value > st.best:
-            st.best, st.stale = value, 0
-            self.best_weights = _copy(self.encoder.state_dict())
-        elif kind == "epoch":
-            st.stale += 1
-        minutes = st.elapsed / 60
-        for mark in self.loop.mark_minutes:
-            if mark not in self.marks and minutes >= mark:
-                self.marks[mark] = self.best_weights
-        record = {"kind": kind, "epoch": st.epoch, "step": st.step, "elapsed_minutes": minutes,
-                  "lr": self.optimizer.param_groups[0]["lr"], **metrics, "best": st.best}
-        st.history.append(record)
-        return record
-
-    # -- checkpoints ----------------------------------------------------------------------------
-
-    def save(self, folder: str | Path) -> None:
-        """Write the resume state, the selected weights (model.pt) and the mark snapshots."""
-        folder = Path(folder)
-        torch.save({"model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "state": dataclasses.asdict(self.state), "rng": self.rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state()}, folder / "state.pt")
-        torch.save(self.best_weights, folder / "model.pt")
-        for mark, weights in self.marks.items():
-            torch.save(weights, folder / f"mark_{mark:g}.pt")
-
-    def load(self, folder: str | Path) -> None:
-        """Continue from a checkpoint written by save()."""
-        folder = Path(folder)
-        saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        self.encoder.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.state = LoopState(**saved["state"])
-        self.rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        self.best_weights = torch.load(folder / "model.pt", map_location="cpu")
-        self.marks = {m: torch.load(folder / f"mark_{m:g}.pt", map_location="cpu")
-                      for m in self.loop.mark_minutes if (folder / f"mark_{m:g}.pt").exists()}
-
-
-def _copy(state_dict: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state_dict.items()}
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker: a TrainingRun, resumed from the latest checkpoint if any."""
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    loop = LoopConfig(**config["loop"])
-    torch.manual_seed(loop.seed + rank)  # dropout differs per worker; DDP broadcasts rank 0's weights
-    torch.set_num_threads(loop.threads)
-    data: TrainingData = ray.get(config["data"])
-    encoder = UserEncoder(UserEncoderConfig(**config["encoder"]))
-    if config["init_state"] is not None:
-        encoder.load_state_dict(ray.get(config["init_state"]))
-    run = TrainingRun(encoder, data, loop, model=ray.train.torch.prepare_model(encoder), rank=rank, world=world)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.load(folder)
-    run.run(on_epoch=_report)
-
-
-def _report(run: TrainingRun) -> None:
-    record = {k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}
-    if run.rank == 0:  # progress line: reaches the terminal when [ray].log_to_driver is on (the benchmark)
-        shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
-        print(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if run.rank == 0:
-            run.save(folder)
-            checkpoint = Checkpoint.from_directory(folder)
-        ray.train.report(record, checkpoint=checkpoint)
-
-
-@dataclasses.dataclass
-class FitResult:
-    model: UserEncoder  # the selected (best validation) weights, in eval mode
-    history: list[dict]  # every evaluation: epoch ends and marks
-    marks: dict[float, UserEncoder]  # clock minute -> the model selected by then
-    state: LoopState
-    checkpoint_path: str
-
-
-def load_training_checkpoint(folder: str | Path, encoder_cfg: UserEncoderConfig) -> tuple[UserEncoder, dict, LoopState]:
-    """(selected model, {minute: model}, loop state) from a checkpoint folder written by TrainingRun.save."""
-    folder = Path(folder)
-
-    def model_from(path: Path) -> UserEncoder:
-        model = UserEncoder(encoder_cfg)
-        model.load_state_dict(torch.load(path, map_location="cpu"))
-        return model.eval()
-
-    state = LoopState(**torch.load(folder / "state.pt", map_location="cpu", weights_only=False)["state"])
-    marks = {float(p.stem.removeprefix("mark_")): model_from(p) for p in folder.glob("mark_*.pt")}
-    return model_from(folder / "model.pt"), dict(sorted(marks.items())), state
-
-
-def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, init_state: dict | None,
-        run_name: str, loop: LoopConfig | None = None, workers: int | None = None) -> FitResult:
-    """Train under Ray Train (TorchTrainer); return the selected model, the history and the marks.
-
-    A run that dies is retried from its latest checkpoint (FailureConfig); calling fit again with
-    the same run_name and storage resumes it (Ray Train restores the run's checkpoints).
-    """
-    ensure_ray(cfg)
-    workers = workers or cfg.ray.train_workers
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-    loop = dataclasses.replace(loop or loop_config(cfg.train), threads=cpus)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "data": ray.put(data), "init_state": None if init_state is None else ray.put(init_state),
-            "encoder": dataclasses.asdict(encoder_cfg), "loop": dataclasses.asdict(loop),
-        },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(
-            name=run_name, storage_path=cfg.ray_storage_uri,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),  # every checkpoint carries the full history
-            failure_config=FailureConfig(max_failures=2),
-        ),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise FactoryError(f"Ray Train run {run_name} finished without a checkpoint; see its logs under {cfg.ray_storage_uri}.")
-    with result.checkpoint.as_directory() as folder:
-        model, marks, state = load_training_checkpoint(folder, encoder_cfg)
-    return FitResult(model, state.history, marks, state, result.checkpoint.path)
-
-
-def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig,
-                   init_state: dict | None, run_name: str, loop: LoopConfig | None = None,
-                   workers: int | None = None) -> FitResult:
-    """fit() without Ray: the same TrainingRun and checkpoint format, one process (tests, notebooks)."""
-    if workers not in (None, 1):
-        raise ValueError("fit_in_process trains in one process; use fit() for several workers.")
-    loop = loop or loop_config(cfg.train)
-    torch.manual_seed(loop.seed)
-    encoder = UserEncoder(encoder_cfg)
-    if init_state is not None:
-        encoder.load_state_dict(init_state)
-    run = TrainingRun(encoder, data, loop)
-    run.run()
-    with tempfile.TemporaryDirectory(prefix=f"{run_name}_") as folder:
-        run.save(folder)
-        model, marks, state = load_training_checkpoint(folder, encoder_cfg)
-    return FitResult(model, state.history, marks, state, checkpoint_path="")
-
-
-def weights_are_finite(model: torch.nn.Module) -> bool:
-    """False when training diverged: such a model must never become champion (NaN scores rank nothing)."""
-    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+from jobs.tracking.runs import StepResult, StepRun, track_step
+from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
 
 
 def is_due(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEncoder | None) -> bool:
@@ -467,36 +38,13 @@ def is_due(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEncoder | N
     return (parse_ds(ds) - parse_ds(champion.trained_ds)).days >= cfg.train.retrain_every_days
 
 
-def log_history(history: list[dict]) -> None:
-    """Every evaluation of a fit as MLflow metrics `epoch_<name>`, stepped by optimiser step."""
-    for record in history:
-        mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in record.items()
-                            if isinstance(v, (int, float)) and k != "step"}, step=int(record["step"]))
-
-
 def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = False) -> StepResult:
     parse_ds(ds)
     with track_step(cfg, ds, "train", run_key) as step:
         champion = registry.load_alias(cfg, registry.CHAMPION)
-        already = registry.find_version_trained_on(cfg, ds)
-        if already is not None and not force:
-            step.note(f"version {already.version} was already trained for {ds}; reusing it")
-            step.metrics(trained=0, reused_version=float(already.version))
+        if not force and _keeps_serving(cfg, ds, champion, step):
             return step.result
-        if not force and not is_due(cfg, ds, champion):
-            step.note(f"champion version {champion.version} (trained {champion.trained_ds}) keeps serving; "
-                      f"retraining every {cfg.train.retrain_every_days} days")
-            step.metrics(trained=0, reused_version=float(champion.version))
-            return step.result
-
-        sequences_version = delta.current_version(cfg, USER_SEQUENCES)
-        sequences = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=["item_idx", "event_type"])
-        vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"])
-        step.read(USER_SEQUENCES, sequences_version)
-        step.read(ITEM_VOCAB, delta.current_version(cfg, ITEM_VOCAB))
-        if sequences.num_rows == 0:
-            raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
-        num_items = int(pa.compute.max(vocab.column("item_idx")).as_py())
+        sequences, num_items = _read_day(cfg, ds, step)
         t = cfg.train
         encoder_cfg = UserEncoderConfig(
             num_items=num_items, max_len=cfg.features.max_seq_len, d_model=t.d_model, n_layers=t.n_layers,
@@ -517,26 +65,59 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
                     validation_users=len(data.val_targets), workers=cfg.ray.train_workers)
         fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop)
         log_history(fitted.history)
-        model = fitted.model
-        new = {k: v for k, v in validation_metrics(model, data).items() if k in ("val_hr10", "val_ndcg10")}
-        promote, reason = True, "no champion yet"
-        if not weights_are_finite(model):
-            promote, reason = False, "the trained weights are not finite (training diverged)"
-        elif champion is not None:
-            old_model = champion.model
-            if old_model.cfg.num_items < num_items:  # unknown new items cannot be ranked by the old table
-                grown = UserEncoder(dataclasses.replace(old_model.cfg, num_items=num_items))
-                grown.load_state_dict(expand_item_table(old_model.state_dict(), num_items))
-                old_model = grown.eval()
-            old = validation_metrics(old_model, data)
-            step.metrics(champion_val_ndcg10=old["val_ndcg10"], champion_val_hr10=old["val_hr10"])
-            promote = new["val_ndcg10"] >= old["val_ndcg10"] - t.max_regression
-            reason = (f"validation NDCG@10 {new['val_ndcg10']:.4f} vs champion {old['val_ndcg10']:.4f} "
-                      f"(allowed regression {t.max_regression})")
+        new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
+        promote, reason = _gate(cfg, fitted.model, champion, data, new, step)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
-        version = registry.register(cfg, model, {"trained_ds": ds, **{k: f"{v:.6f}" for k, v in new.items()}}, alias)
+        version = registry.register(cfg, fitted.model, {"trained_ds": ds, **{k: f"{v:.6f}" for k, v in new.items()}}, alias)
         step.note(f"version {version} -> {alias}: {reason} (training stopped: {fitted.state.stop_reason})")
         step.params(gate_decision=alias, gate_reason=reason)
         step.metrics(trained=1, model_version=float(version), promoted=float(promote),
                      epochs_run=fitted.state.epoch, **new)
         return step.result
+
+
+def _keeps_serving(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEncoder | None, step: StepRun) -> bool:
+    """True (and noted) when no training is due: ds already has a version, or the champion is fresh."""
+    already = registry.find_version_trained_on(cfg, ds)
+    if already is not None:
+        step.note(f"version {already.version} was already trained for {ds}; reusing it")
+        step.metrics(trained=0, reused_version=float(already.version))
+        return True
+    if not is_due(cfg, ds, champion):
+        step.note(f"champion version {champion.version} (trained {champion.trained_ds}) keeps serving; "
+                  f"retraining every {cfg.train.retrain_every_days} days")
+        step.metrics(trained=0, reused_version=float(champion.version))
+        return True
+    return False
+
+
+def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[pa.Table, int]:
+    """(the day's user_sequences: item_idx and event_type, the vocabulary's largest item id)."""
+    sequences_version = delta.current_version(cfg, USER_SEQUENCES)
+    sequences = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=["item_idx", "event_type"])
+    vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"])
+    step.read(USER_SEQUENCES, sequences_version)
+    step.read(ITEM_VOCAB, delta.current_version(cfg, ITEM_VOCAB))
+    if sequences.num_rows == 0:
+        raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
+    return sequences, int(pa.compute.max(vocab.column("item_idx")).as_py())
+
+
+def _gate(cfg: FactoryConfig, model: UserEncoder, champion: registry.RegisteredEncoder | None, data: TrainingData,
+          new: dict[str, float], step: StepRun) -> tuple[bool, str]:
+    """(promote?, why): finite weights, and validation NDCG@10 within train.max_regression of the champion's."""
+    if not weights_are_finite(model):
+        return False, "the trained weights are not finite (training diverged)"
+    if champion is None:
+        return True, "no champion yet"
+    old_model = champion.model
+    num_items = model.cfg.num_items
+    if old_model.cfg.num_items < num_items:  # unknown new items cannot be ranked by the old table
+        grown = UserEncoder(dataclasses.replace(old_model.cfg, num_items=num_items))
+        grown.load_state_dict(expand_item_table(old_model.state_dict(), num_items))
+        old_model = grown.eval()
+    old = validation_metrics(old_model, data)
+    step.metrics(champion_val_ndcg10=old["val_ndcg10"], champion_val_hr10=old["val_hr10"])
+    allowed = cfg.train.max_regression
+    return (new["val_ndcg10"] >= old["val_ndcg10"] - allowed,
+            f"validation NDCG@10 {new['val_ndcg10']:.4f} vs champion {old['val_ndcg10']:.4f} (allowed regression {allowed})")

@@ -19,13 +19,15 @@ MB = 1024 * 1024
 class PeakRss:
     driver_mb: float = 0.0
     tree_mb: float = 0.0
+    named_mb: float = 0.0  # descendants whose name contains RssSampler's `named` (e.g. "java": a Spark JVM)
 
 
 class RssSampler:
-    """`with RssSampler() as peak: ...` then read peak.driver_mb and peak.tree_mb."""
+    """`with RssSampler() as peak: ...` then read peak.driver_mb, peak.tree_mb (and peak.named_mb)."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, named: str = ""):
         self.interval = interval
+        self.named = named
         self.peak = PeakRss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, name="rss-sampler", daemon=True)
@@ -47,11 +49,14 @@ class RssSampler:
 
     def sample(self) -> None:
         driver = self._process.memory_info().rss
-        tree = driver
+        tree = named = 0
         for child in self._process.children(recursive=True):
             try:
-                tree += child.memory_info().rss
+                rss = child.memory_info().rss
+                named += rss if self.named and self.named in child.name() else 0
+                tree += rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue  # a worker that ended between listing and reading
         self.peak.driver_mb = max(self.peak.driver_mb, driver / MB)
-        self.peak.tree_mb = max(self.peak.tree_mb, tree / MB)
+        self.peak.tree_mb = max(self.peak.tree_mb, (driver + tree) / MB)
+        self.peak.named_mb = max(self.peak.named_mb, named / MB)

@@ -1,0 +1,122 @@
+"""Training the user encoder under Ray Train (`fit`), or in one process (`fit_in_process`).
+
+Both run jobs.steps.encoder_training.TrainingRun and write the same checkpoint format; `fit`
+resumes a run from its latest Ray checkpoint (a retried worker, or a rerun with the same name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+
+import mlflow
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from jobs.config import FactoryConfig
+from jobs.errors import FactoryError
+from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps.encoder_training import (
+    SELECTION_METRICS, LoopConfig, LoopState, TrainingData, TrainingRun, load_training_checkpoint, loop_config,
+    resume_from_checkpoint, save_checkpoint,
+)
+from models.user_encoder import UserEncoder, UserEncoderConfig
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: a TrainingRun, resumed from the latest checkpoint if any."""
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    loop = LoopConfig(**config["loop"])
+    torch.manual_seed(loop.seed + rank)  # dropout differs per worker; DDP broadcasts rank 0's weights
+    torch.set_num_threads(loop.threads)
+    data: TrainingData = ray.get(config["data"])
+    encoder = UserEncoder(UserEncoderConfig(**config["encoder"]))
+    if config["init_state"] is not None:
+        encoder.load_state_dict(ray.get(config["init_state"]))
+    run = TrainingRun(encoder, data, loop, model=ray.train.torch.prepare_model(encoder), rank=rank, world=world)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_from_checkpoint(run, folder)
+    run.run(on_epoch=_report)
+
+def _report(run: TrainingRun) -> None:
+    record = {k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}
+    if run.rank == 0:  # progress line: reaches the terminal when [ray].log_to_driver is on (the benchmark)
+        shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
+        print(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if run.rank == 0:
+            save_checkpoint(run, folder)
+            checkpoint = Checkpoint.from_directory(folder)
+        ray.train.report(record, checkpoint=checkpoint)
+
+@dataclasses.dataclass
+class FitResult:
+    model: UserEncoder  # the selected (best validation) weights, in eval mode
+    history: list[dict]  # every evaluation: epoch ends and marks
+    marks: dict[float, UserEncoder]  # clock minute -> the model selected by then
+    state: LoopState
+    checkpoint_path: str
+
+
+def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, init_state: dict | None,
+        run_name: str, loop: LoopConfig | None = None, workers: int | None = None) -> FitResult:
+    """Train under Ray Train (TorchTrainer); return the selected model, the history and the marks.
+
+    A run that dies is retried from its latest checkpoint (FailureConfig); calling fit again with
+    the same run_name and storage resumes it (Ray Train restores the run's checkpoints).
+    """
+    ensure_ray(cfg)
+    workers = workers or cfg.ray.train_workers
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    loop = dataclasses.replace(loop or loop_config(cfg.train), threads=cpus)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "data": ray.put(data), "init_state": None if init_state is None else ray.put(init_state),
+            "encoder": dataclasses.asdict(encoder_cfg), "loop": dataclasses.asdict(loop),
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(
+            name=run_name, storage_path=cfg.ray_storage_uri,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),  # every checkpoint carries the full history
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise FactoryError(f"Ray Train run {run_name} finished without a checkpoint; see its logs under {cfg.ray_storage_uri}.")
+    with result.checkpoint.as_directory() as folder:
+        model, marks, state = load_training_checkpoint(folder, encoder_cfg)
+    return FitResult(model, state.history, marks, state, result.checkpoint.path)
+
+def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig,
+                   init_state: dict | None, run_name: str, loop: LoopConfig | None = None,
+                   workers: int | None = None) -> FitResult:
+    """fit() without Ray: the same TrainingRun and checkpoint format, one process (tests, notebooks)."""
+    if workers not in (None, 1):
+        raise ValueError("fit_in_process trains in one process; use fit() for several workers.")
+    loop = loop or loop_config(cfg.train)
+    torch.manual_seed(loop.seed)
+    encoder = UserEncoder(encoder_cfg)
+    if init_state is not None:
+        encoder.load_state_dict(init_state)
+    run = TrainingRun(encoder, data, loop)
+    run.run()
+    with tempfile.TemporaryDirectory(prefix=f"{run_name}_") as folder:
+        save_checkpoint(run, folder)
+        model, marks, state = load_training_checkpoint(folder, encoder_cfg)
+    return FitResult(model, state.history, marks, state, checkpoint_path="")
+
+def log_history(history: list[dict]) -> None:
+    """Every evaluation of a fit as MLflow metrics `epoch_<name>`, stepped by optimiser step."""
+    for record in history:
+        mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in record.items()
+                            if isinstance(v, (int, float)) and k != "step"}, step=int(record["step"]))
