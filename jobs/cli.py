@@ -7,8 +7,6 @@ exit 1; a traceback means a bug.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,28 +16,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs.bench import features as bench_features
-from jobs.bench import inference as bench_inference
-from jobs.bench import perf as bench_perf
-from jobs.bench import sid as bench_sid
-from jobs.bench.encoder import bench_app
-from jobs.bench.generative import generative as bench_generative
+# bench and faults are leaves nothing else imports: the CLI mounts their typer apps, which are
+# import-light (each command imports its benchmark or scenarios when it runs).
+from jobs.bench.cli import bench_app
 from jobs.config import ConfigError, FactoryConfig, configure_logging, load_config
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.faults.cli import faults as faults_command
 from jobs.steps import FORCE_CODEBOOK_REBUILD, FORCE_RETRAIN, STEP_NAMES
-from jobs.steps.sid_lookup import sid_app
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+sid_app = typer.Typer(help="Semantic-ID lookups: item <-> SID, and valid next tokens under a prefix.",
+                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
-bench_app.command("sid")(bench_sid.sid)
-bench_app.command("generative")(bench_generative)
-bench_app.command("features")(bench_features.features)
-bench_app.command("inference")(bench_inference.inference)
-bench_app.command("all")(bench_perf.all_benchmarks)
 app.command("faults")(faults_command)
 console = Console(stderr=True)
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
@@ -215,6 +206,52 @@ def recommend(
     for d in answer["decisions"]:
         out.add_row(d["sid"], d["item_id"], d["type"], d["title"], f"{d['score']:.2f}", "yes" if d["kept"] else "no", d["reason"])
     Console().print(out)
+
+
+# --- factory sid: lookups in one codebook version (jobs/steps/sid_lookup.py) ---------------------
+
+VersionOption = Annotated[Optional[int], typer.Option("--version", help="Codebook version (default: the latest).")]
+PolicyOption = Annotated[Optional[str], typer.Option("--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
+DsOption = Annotated[Optional[str], typer.Option("--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
+
+
+@sid_app.command("lookup")
+def sid_lookup(
+    key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123), a SID (12-201-7-0) or a bare code (12-201-7).")],
+    version: VersionOption = None, policy: PolicyOption = None, ds: DsOption = None, config: ConfigOption = None,
+) -> None:
+    """Item -> SID, or SID (or bare code) -> item, for a codebook version; prints one JSON object."""
+    from jobs.steps.sid_lookup import load_lookup, parse_sid
+
+    lookup = load_lookup(load_config(config), version, policy, ds)
+    is_sid = key.replace("-", "").isdigit()
+    item = lookup.item(key) if is_sid else key
+    sid = lookup.sid(item)
+    out = {"codebook_version": lookup.codebook_version, "item_id": item, "sid": sid, "policy": lookup.policy}
+    if is_sid and len(parse_sid(key)) == lookup.levels:
+        out.update(code=key, items_sharing_code=lookup.items_under(key), resolved_by_plays_of=lookup.ds)
+    print(json.dumps(out))
+
+
+@sid_app.command("prefix")
+def sid_prefix(
+    prefix: Annotated[str, typer.Argument(help="Tokens joined by dashes, e.g. 12-201 ('' for the root).")],
+    limit: Annotated[int, typer.Option(help="Show at most this many items.")] = 20,
+    version: VersionOption = None, policy: PolicyOption = None, ds: DsOption = None, config: ConfigOption = None,
+) -> None:
+    """Valid next tokens after PREFIX (what a constrained decoder may generate) and the items under it."""
+    from jobs.steps.sid_lookup import load_lookup, parse_sid
+
+    lookup = load_lookup(load_config(config), version, policy, ds)
+    tokens = parse_sid(prefix)
+    items = lookup.trie.items(tokens)
+    if not items and tokens:
+        raise FactoryError(f"No SID starts with {prefix} in codebook version {lookup.codebook_version}.")
+    print(json.dumps({
+        "codebook_version": lookup.codebook_version, "policy": lookup.policy, "prefix": prefix,
+        "depth": lookup.trie.depth, "next_tokens": lookup.trie.next_tokens(tokens),
+        "complete_item": lookup.trie.item(tokens), "items": len(items), "first_items": items[:limit],
+    }))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from jobs.bench import sid as bench_sid
+from jobs.bench.cli import bench_app
 from jobs.config import GeneratorConfig, load_config
 from jobs.errors import FactoryError
 from jobs.steps import semantic_ids
@@ -120,9 +120,7 @@ def test_stability_runs_the_steps_daily_and_replays_the_refit(tmp_path, mlflow_s
 
 
 def test_command_needs_exactly_one_catalog_and_exits_1_with_one_line(tmp_path):
-    app = typer.Typer()
-    app.command()(bench_sid.sid)
-    done = CliRunner().invoke(app, ["--out", str(tmp_path / "x.json")])
+    done = CliRunner().invoke(bench_app, ["sid", "--out", str(tmp_path / "x.json")])
     assert done.exit_code == 1 and "exactly one of --items PATH, --movielens DIR or --lake-ds DS" in done.output
-    done = CliRunner().invoke(app, ["--items", str(write(tmp_path / "e.csv", "id,text\n"))])
+    done = CliRunner().invoke(bench_app, ["sid", "--items", str(write(tmp_path / "e.csv", "id,text\n"))])
     assert done.exit_code == 1 and "holds no items" in done.output

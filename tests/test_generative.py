@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.steps.generative import Examples, FitConfig, fit, generate, hit_metrics
+from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
 from models.generative import (
     SOFT,
     GenerativeRecommender,

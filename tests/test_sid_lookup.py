@@ -13,7 +13,8 @@ from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEM_TOKENS
-from jobs.steps.sid_lookup import SidTrie, build_lookup, load_lookup, parse_sid, resolve_bare_codes, sid_app
+from jobs.cli import sid_app
+from jobs.steps.sid_lookup import SidTrie, build_lookup, load_lookup, parse_sid, resolve_bare_codes
 
 # Three levels + de-duplication token; items a, b, c share the code 1-2-3.
 TOKENS = {"a": [1, 2, 3, 0], "b": [1, 2, 3, 1], "c": [1, 2, 3, 2], "d": [1, 2, 5, 0], "e": [1, 7, 0, 0], "f": [4, 0, 0, 0]}

@@ -108,7 +108,7 @@ def write_result(out: Path, result: dict, summary: list[dict]) -> dict:
     result = {"summary": summary, **{k: v for k, v in result.items() if k != "summary"}}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float, ensure_ascii=False) + "\n")
+    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     return result
 
 
@@ -148,6 +148,14 @@ def flat_metrics(prefix: str, value, out: dict | None = None) -> dict:
 def setup_logging(with_time: bool = False) -> None:
     """Logging of a benchmark command: $FACTORY_LOG_LEVEL (default WARNING), optionally timestamped."""
     configure_logging(("%(asctime)s " if with_time else "") + "%(levelname)s %(name)s: %(message)s")
+
+
+def parse_ints(text: str, name: str) -> list[int]:
+    """A comma-separated option of integers (`1_000_000` allowed); one sentence naming --name if not."""
+    try:
+        return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FactoryError(f"--{name} must be comma-separated integers, got {text!r}.") from None
 
 
 def invocation(command: str) -> str:

@@ -17,24 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import platform
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
 import pandas as pd
-import ray
 import torch
-import typer
 
-from jobs.bench.common import invocation, report
-from jobs.config import FactoryConfig, load_config, with_overrides
+from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
+from jobs.config import FactoryConfig, load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
 from jobs.tracking import registry
@@ -136,50 +130,6 @@ def both_protocols(plain: np.ndarray, filtered: np.ndarray) -> dict:
     return {"seen_filtered": ranking_summary(filtered), "unfiltered": ranking_summary(plain)}
 
 
-class LoadSampler:
-    """os.getloadavg() every `every` seconds on a daemon thread, so results say how busy the machine was."""
-
-    def __init__(self, every: float = 15.0):
-        self.every, self.samples, self._stop = every, [], threading.Event()
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> "LoadSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def _sample(self) -> None:
-        one, five, fifteen = os.getloadavg()
-        self.samples.append({"t_s": round(time.perf_counter() - self._started, 1),
-                             "load1": one, "load5": five, "load15": fifteen})
-
-    def _loop(self) -> None:
-        while True:
-            self._sample()
-            if self._stop.wait(self.every):
-                return
-
-    def summary(self) -> dict:
-        one = np.array([s["load1"] for s in self.samples])
-        return {"cores": os.cpu_count(), "load1_mean": float(one.mean()), "load1_min": float(one.min()),
-                "load1_max": float(one.max()), "sample_every_s": self.every, "samples": self.samples,
-                "note": "1-minute load average; our own training contributes about its thread count "
-                        "(2 on 2 cores), anything above that was other processes competing for the cores"}
-
-
-def machine() -> dict:
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"nproc": os.cpu_count(), "ram_gb": round(ram, 1), "cpu": cpu, "python": platform.python_version(),
-            "torch": torch.__version__, "ray": ray.__version__, "gpu": False}
-
-
 def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, marks=DEFAULT_MARKS,
                   workers: int = 1, d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.2,
                   max_len: int = 200, temperature: float = 0.05, lr: float = 3e-3, batch_size: int = 128,
@@ -205,40 +155,21 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         training, test = leave_one_out(dataset, max_len, all_windows)
         if len(test.targets) == 0:
             raise FactoryError(f"{data}: no user has 3 or more items, so nothing can be validated and tested.")
-        counts = np.bincount(training.targets.ravel(), minlength=dataset.num_items + 1).astype(np.float64)
-        counts[0] = 0
-        popularity = {"test": both_protocols(*popularity_ranks(counts, test.targets, test.seen)),
-                      "validation": both_protocols(*popularity_ranks(counts, training.val_targets, training.val_seen))}
+        popularity = _popularity(dataset, training, test)
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=d_model,
                                         n_layers=n_layers, n_heads=n_heads, dropout=dropout, temperature=temperature)
         curve_marks = tuple(sorted({float(m) for m in marks if m < minutes} | {float(minutes)}))
-        loop = encoder_training.LoopConfig(lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
-                                schedule="cosine", warmup_steps=warmup_steps, weight_decay=weight_decay,
-                                minutes=minutes, mark_minutes=curve_marks, select_on="val_ndcg10_seen_filtered",
-                                mask_history_in_loss=mask_history_in_loss, bf16=bf16)
+        loop = encoder_training.LoopConfig(
+            lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed, schedule="cosine",
+            warmup_steps=warmup_steps, weight_decay=weight_decay, minutes=minutes, mark_minutes=curve_marks,
+            select_on="val_ndcg10_seen_filtered", mask_history_in_loss=mask_history_in_loss, bf16=bf16)
         torch.manual_seed(seed)
         run_name = run_name or f"bench_encoder_{Path(data).stem}_{uuid.uuid4().hex[:6]}"
         log.info("training %s for %s minutes of training clock (Ray run %s)", data, minutes, run_name)
         fit_started = time.perf_counter()
         fitted = trainer(cfg, training, encoder_cfg, None, run_name, loop, workers=workers)
         fit_seconds = time.perf_counter() - fit_started
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        infer_started = time.perf_counter()
-        test_ranks = encoder_training.rank_targets(fitted.model, test.inputs, test.events, test.targets, test.seen)
-        infer_seconds = time.perf_counter() - infer_started
-        val_ranks = encoder_training.rank_targets(fitted.model, training.val_inputs, training.val_events,
-                                       training.val_targets, training.val_seen)
-        trained_minutes = fitted.state.elapsed / 60
-        curve = []
-        for mark in curve_marks:
-            model = fitted.marks.get(mark, fitted.model)  # a mark after training ended: the final model
-            ranks = encoder_training.rank_targets(model, test.inputs, test.events, test.targets, test.seen)
-            selected = max((r for r in fitted.history if r["elapsed_minutes"] <= max(mark, 0)),
-                           key=lambda r: r[loop.select_on], default=None)
-            curve.append({"minute": mark, "reached": mark in fitted.marks,
-                          "val_ndcg10_seen_filtered": selected[loop.select_on] if selected else None,
-                          "test": both_protocols(*ranks)})
+        evaluated = _evaluate(fitted, training, test, curve_marks, loop.select_on)
     epochs = [r for r in fitted.history if r["kind"] == "epoch"]
     result = {
         "benchmark": "encoder", "date": time.strftime("%Y-%m-%d"), "command": command,
@@ -253,35 +184,82 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         "wall_seconds": {"total": time.perf_counter() - started, "fit_including_ray_startup": fit_seconds,
                          "training_clock": fitted.state.elapsed},
         "training": {"epochs": fitted.state.epoch, "steps": fitted.state.step, "stop_reason": fitted.state.stop_reason,
-                     "trained_minutes": trained_minutes, "best_val_ndcg10_seen_filtered": fitted.state.best,
+                     "trained_minutes": fitted.state.elapsed / 60, "best_val_ndcg10_seen_filtered": fitted.state.best,
                      "train_sequences_per_s": float(np.median([r["train_sequences_per_s"] for r in epochs])),
                      "train_tokens_per_s": float(np.median([r["train_tokens_per_s"] for r in epochs]))},
-        "inference": {"users": int(len(test.targets)), "seconds": infer_seconds,
-                      "sequences_per_s": len(test.targets) / infer_seconds,
+        "inference": {"users": int(len(test.targets)), "seconds": evaluated["infer_seconds"],
+                      "sequences_per_s": len(test.targets) / evaluated["infer_seconds"],
                       "note": "embed every test user (bucketed, max_len history) and rank all items, both protocols"},
-        "results": {"encoder": {"test": both_protocols(*test_ranks), "validation": both_protocols(*val_ranks)},
+        "results": {"encoder": {"test": evaluated["test"], "validation": evaluated["validation"]},
                     "popularity": popularity},
-        "curve": curve, "history": fitted.history,
+        "curve": evaluated["curve"], "history": fitted.history,
         "published_ml1m": PUBLISHED_ML1M if dataset.sha256 == ML1M_SHA256 else None,
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        result = write_result(out, result, summary_rows(result))
     if log_to_mlflow:
         _log_mlflow(cfg, result, fitted.model, Path(data).stem)
     return result
 
 
+def _popularity(dataset: SasrecData, training: encoder_training.TrainingData, test: TestSplit) -> dict:
+    """The popularity baseline (training-split counts) on the test and validation targets, both protocols."""
+    counts = np.bincount(training.targets.ravel(), minlength=dataset.num_items + 1).astype(np.float64)
+    counts[0] = 0
+    return {"test": both_protocols(*popularity_ranks(counts, test.targets, test.seen)),
+            "validation": both_protocols(*popularity_ranks(counts, training.val_targets, training.val_seen))}
+
+
+def _evaluate(fitted, training: encoder_training.TrainingData, test: TestSplit, curve_marks: tuple[float, ...],
+              select_on: str) -> dict:
+    """Test and validation metrics of the selected model (with the time to embed and rank the test
+    users), and the test metrics of the model validation had selected at each clock mark."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    infer_started = time.perf_counter()
+    test_ranks = encoder_training.rank_targets(fitted.model, test.inputs, test.events, test.targets, test.seen)
+    infer_seconds = time.perf_counter() - infer_started
+    val_ranks = encoder_training.rank_targets(fitted.model, training.val_inputs, training.val_events,
+                                              training.val_targets, training.val_seen)
+    curve = []
+    for mark in curve_marks:
+        model = fitted.marks.get(mark, fitted.model)  # a mark after training ended: the final model
+        ranks = encoder_training.rank_targets(model, test.inputs, test.events, test.targets, test.seen)
+        selected = max((r for r in fitted.history if r["elapsed_minutes"] <= max(mark, 0)),
+                       key=lambda r: r[select_on], default=None)
+        curve.append({"minute": mark, "reached": mark in fitted.marks,
+                      "val_ndcg10_seen_filtered": selected[select_on] if selected else None,
+                      "test": both_protocols(*ranks)})
+    return {"test": both_protocols(*test_ranks), "validation": both_protocols(*val_ranks), "curve": curve,
+            "infer_seconds": infer_seconds}
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """Judged figures: test HR@10 / NDCG@10 of the encoder under both protocols (against the published
+    numbers on ML-1M, and the popularity baseline), training and inference throughput."""
+    enc, pop = result["results"]["encoder"]["test"], result["results"]["popularity"]["test"]
+    published = result.get("published_ml1m") or {}
+    rows = []
+    for protocol in ("seen_filtered", "unfiltered"):
+        for key, label, column in (("hr10", "HR@10", 0), ("ndcg10", "NDCG@10", 1)):
+            bar = ""
+            if protocol == "seen_filtered" and published:
+                bar = "published: " + ", ".join(f"{name} {numbers[column]:.4f}" for name, numbers in published.items())
+            rows.append(summary_row(f"encoder test {label} ({protocol.replace('_', '-')})", enc[protocol][key], "", bar,
+                                    None, f"popularity {pop[protocol][key]:.4f}"))
+    t = result["training"]
+    rows.append(summary_row("encoder training throughput (median epoch)", t["train_sequences_per_s"], "sequences/s",
+                            detail=f"{t['epochs']} epochs, {t['trained_minutes']:.1f} min of training clock, "
+                                   f"stopped by {t['stop_reason']}"))
+    rows.append(summary_row("encoder inference: embed and rank all items", result["inference"]["sequences_per_s"],
+                            "users/s", detail=f"{result['inference']['users']:,} users"))
+    return rows
+
+
 def _log_mlflow(cfg: FactoryConfig, result: dict, model: UserEncoder, name: str) -> None:
     import mlflow
 
-    from jobs.tracking.runs import configure_mlflow
-
-    bench_cfg = with_overrides(cfg, mlflow={"experiment": f"{cfg.mlflow.experiment}_benchmarks",
-                                            "registered_model": f"user_encoder_bench_{name}"})
-    experiment_id = configure_mlflow(bench_cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench encoder {name}") as run:
+    with benchmark_run(cfg, f"bench encoder {name}", "bench_encoder.json", result,
+                       registered_model=f"user_encoder_bench_{name}") as bench_cfg:
         mlflow.log_params({"data": result["dataset"]["path"], "data_sha256": result["dataset"]["sha256"],
                            "seed": result["seed"], "workers": result["workers"], "command": result["command"],
                            **{f"encoder_{k}": v for k, v in result["encoder_config"].items()},
@@ -297,10 +275,8 @@ def _log_mlflow(cfg: FactoryConfig, result: dict, model: UserEncoder, name: str)
         mlflow.log_metrics({"wall_seconds": result["wall_seconds"]["total"], "load1_mean": result["load"]["load1_mean"],
                             "train_sequences_per_s": result["training"]["train_sequences_per_s"],
                             "inference_sequences_per_s": result["inference"]["sequences_per_s"]})
-        mlflow.log_dict(result, "bench_encoder.json")
         version = registry.register(bench_cfg, model, {"benchmark": name, "data_sha256": result["dataset"]["sha256"]}, "bench")
-        result["mlflow"] = {"run_id": run.info.run_id, "experiment": bench_cfg.mlflow.experiment,
-                            "registered_model": bench_cfg.mlflow.registered_model, "version": version}
+        result["mlflow"] = {"registered_model": bench_cfg.mlflow.registered_model, "version": version}
 
 
 def render_markdown(result: dict) -> str:
@@ -334,61 +310,7 @@ def render_markdown(result: dict) -> str:
               f"({t['train_tokens_per_s']:.0f} positions/s, median epoch). Inference: "
               f"{result['inference']['sequences_per_s']:.0f} users/s (embed + rank all items). "
               f"Wall time {w['total'] / 60:.1f} min in all. Machine: {m['nproc']} cores ({m['cpu']}), "
-              f"{m['ram_gb']} GB RAM, torch {m['torch']}, ray {m['ray']}, {result['workers']} Ray Train worker(s). "
+              f"{m['ram_gib']} GiB RAM, torch {m['torch']}, ray {m['ray']}, {result['workers']} Ray Train worker(s). "
               f"Load (1-min average) during the run: mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, "
               f"max {load['load1_max']:.2f} on {load['cores']} cores. Seed {result['seed']}."]
     return "\n".join(lines)
-
-
-bench_app = typer.Typer(help="Benchmarks (results: benchmarks/results/, docs/benchmarks.md, MLflow).", no_args_is_help=True,
-                        add_completion=False, pretty_exceptions_enable=False)
-
-
-@bench_app.callback()
-def bench() -> None:
-    """Quality on public data (encoder, sid, generative); performance on generated data (all, inference, features).
-
-    Results: benchmarks/results/, docs/benchmarks.md and the MLflow experiment <experiment>_benchmarks.
-    """
-
-
-@bench_app.command()
-def encoder(
-    data: Annotated[Path, typer.Option(help="SASRec-format file: `user item` per line, each user's lines in time order.")],
-    minutes: Annotated[float, typer.Option(help="Training-clock budget in minutes (validation included).")] = 60.0,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/encoder_<data stem>.json).")] = None,
-    workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
-    d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
-    n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
-    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, residuals and MLP.")] = 0.2,
-    max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay over the budget).")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,
-    warmup_steps: Annotated[int, typer.Option(help="Linear lr warmup steps.")] = 100,
-    weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Scores are cosine / temperature.")] = 0.05,
-    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a better validation NDCG@10.")] = 20,
-    mask_history_in_loss: Annotated[bool, typer.Option(help="Train each position against unseen items only.")] = False,
-    all_windows: Annotated[bool, typer.Option(help="Also train on transitions older than a user's last max_len.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
-    run_name: Annotated[Optional[str], typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow and register the model.")] = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Ray, MLflow settings).")] = None,
-) -> None:
-    """Train the user encoder on DATA for MINUTES and report leave-one-out full-ranking metrics."""
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    out = out or Path("benchmarks/results") / f"encoder_{data.stem}.json"
-    command = invocation("encoder", "jobs.bench.encoder")
-    report(lambda: run_benchmark(
-        data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
-        max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
-        temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
-        all_windows=all_windows, bf16=bf16,
-        cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
-        log_to_mlflow=mlflow, run_name=run_name, command=command,
-    ), render_markdown, out)
-
-
-if __name__ == "__main__":
-    bench_app()

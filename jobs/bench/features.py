@@ -24,11 +24,9 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
 import psutil
@@ -36,10 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from jobs.bench.common import invocation, report
-from jobs.config import FactoryConfig, load_config, with_overrides
+from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
+from jobs.config import FactoryConfig, load_config
 from jobs.errors import FactoryError
-from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB, USER_SEQUENCES
+from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB
+from jobs.tracking.memory import RssSampler
 
 log = logging.getLogger(__name__)
 DEFAULT_SIZES = (1_000_000, 5_000_000, 20_000_000)
@@ -228,56 +227,23 @@ def in_child(op: str, **request) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])  # the answer is the last line
 
 
-class PeakRss:
-    """Peak resident memory (MB) of this Python process and of its JVM child, sampled every `every` s."""
-
-    def __init__(self, every: float = 0.1):
-        self.every, self.python_mb, self.jvm_mb = every, 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._me = psutil.Process()
-        self.jvm_cpu_seconds = 0.0  # CPU the JVM used inside the block: robust to other load, unlike wall time
-
-    def _jvm(self) -> psutil.Process | None:
-        return next((c for c in self._me.children(recursive=True) if "java" in c.name()), None)
-
-    def _jvm_cpu(self) -> float:
-        jvm = self._jvm()
-        return sum(jvm.cpu_times()[:2]) if jvm else 0.0
-
-    def __enter__(self) -> "PeakRss":
-        self._cpu_before = self._jvm_cpu()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.jvm_cpu_seconds = self._jvm_cpu() - self._cpu_before
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.python_mb = max(self.python_mb, self._me.memory_info().rss / 2**20)
-                jvm = self._jvm()
-                if jvm:
-                    self.jvm_mb = max(self.jvm_mb, jvm.memory_info().rss / 2**20)
-            except psutil.Error:
-                pass
-            if self._stop.wait(self.every):
-                return
+def _jvm_cpu_seconds() -> float:
+    """CPU seconds (user + system) the Spark JVM child of this process has used so far: robust to other
+    load, unlike wall time."""
+    jvm = next((c for c in psutil.Process().children(recursive=True) if "java" in c.name()), None)
+    return sum(jvm.cpu_times()[:2]) if jvm else 0.0
 
 
 def spark_user_sequences(spark, files: list[str], events_dir: str, vocab: str, out: str, ds: str, max_seq_len: int) -> dict:
     """The step's own transformation on the same files, written to parquet by Spark's executors."""
     from jobs.steps.features import user_sequences
 
-    started = time.perf_counter()
-    with PeakRss() as rss:
+    started, cpu_before = time.perf_counter(), _jvm_cpu_seconds()
+    with RssSampler(interval=0.1, named="java") as peak:
         events = spark.read.option("basePath", events_dir).parquet(*files).select(*EVENTS.schema.names)
         user_sequences(events, spark.read.parquet(vocab), ds, max_seq_len).write.mode("overwrite").parquet(out)
-    return {"seconds": time.perf_counter() - started, "jvm_cpu_seconds": rss.jvm_cpu_seconds,
-            "driver_python_peak_rss_mb": rss.python_mb, "jvm_peak_rss_mb": rss.jvm_mb}
+    return {"seconds": time.perf_counter() - started, "jvm_cpu_seconds": _jvm_cpu_seconds() - cpu_before,
+            "driver_python_peak_rss_mb": peak.driver_mb, "jvm_peak_rss_mb": peak.named_mb}
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -295,7 +261,6 @@ def run(sizes: list[int] = DEFAULT_SIZES, *, seed: int = 0, repeats: int = 2, ca
         raise FactoryError(f"--sizes must be positive event counts, got {sizes}.")
     if repeats < 1:
         raise FactoryError(f"--repeats must be >= 1, got {repeats}.")
-    from jobs.bench.encoder import LoadSampler, machine
     from jobs.lakehouse.spark import spark_session
 
     cfg = cfg or load_config()
@@ -304,13 +269,8 @@ def run(sizes: list[int] = DEFAULT_SIZES, *, seed: int = 0, repeats: int = 2, ca
     started = time.perf_counter()
     uptime_before = os.getloadavg()
     with LoadSampler() as load:
-        datasets = {}
-        for size in sorted(sizes):
-            with PeakRss() as rss:
-                datasets[size] = generate_events(cache / f"events_{size}_seed{seed}", size, seed, **(generator_options or {}))
-            datasets[size]["python_peak_rss_mb"] = rss.python_mb
-            log_progress(f"data {size:,} events: {datasets[size]['users']:,} users, "
-                         f"{'reused' if datasets[size]['reused'] else 'generated in %.0f s' % datasets[size]['generate_seconds']}")
+        datasets = {size: _dataset(cache / f"events_{size}_seed{seed}", size, seed, generator_options or {})
+                    for size in sorted(sizes)}
         t = time.perf_counter()
         spark = spark_session(cfg)
         session_seconds = time.perf_counter() - t
@@ -318,49 +278,14 @@ def run(sizes: list[int] = DEFAULT_SIZES, *, seed: int = 0, repeats: int = 2, ca
         scratch = cache / "out"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        smallest = datasets[min(sizes)]
+        folder = cache / f"events_{min(sizes)}_seed{seed}"
         t = time.perf_counter()
-        spark_user_sequences(spark, smallest["files"], str(cache / f"events_{min(sizes)}_seed{seed}" / "events"),
-                             str(cache / f"events_{min(sizes)}_seed{seed}" / "item_vocab.parquet"),
-                             str(scratch / "warmup"), ds, max_seq_len)
+        spark_user_sequences(spark, datasets[min(sizes)]["files"], str(folder / "events"),
+                             str(folder / "item_vocab.parquet"), str(scratch / "warmup"), ds, max_seq_len)
         warmup_seconds = time.perf_counter() - t
         log_progress(f"Spark warm-up on {min(sizes):,} events: {warmup_seconds:.1f} s (not counted)")
-        rows = []
-        for size in sorted(sizes):
-            data, folder = datasets[size], cache / f"events_{size}_seed{seed}"
-            rounds = []
-            for r in range(repeats):
-                spark_out, duck_out = str(scratch / f"spark_{size}"), str(scratch / f"duckdb_{size}.parquet")
-                s = spark_user_sequences(spark, data["files"], str(folder / "events"), str(folder / "item_vocab.parquet"),
-                                         spark_out, ds, max_seq_len)
-                d = in_child("run", files=data["files"], vocab=str(folder / "item_vocab.parquet"), out=duck_out,
-                             ds=ds, max_seq_len=max_seq_len, threads=2)
-                rounds.append({"spark": s, "duckdb": d, "ratio": s["seconds"] / d["seconds"], "load1": os.getloadavg()[0]})
-                log_progress(f"{size:,} events round {r + 1}: Spark {s['seconds']:.1f} s ({s['jvm_cpu_seconds']:.1f} s CPU), "
-                             f"DuckDB {d['seconds']:.1f} s ({d['cpu_seconds']:.1f} s CPU), ratio {s['seconds'] / d['seconds']:.2f}, "
-                             f"load {os.getloadavg()[0]:.1f}")
-            same = in_child("compare", spark_out=spark_out, duckdb_out=duck_out)
-            log_progress(f"{size:,} events: outputs identical = {same['identical']} ({same['duckdb_users']:,} users)")
-            spark_s = min(x["spark"]["seconds"] for x in rounds)
-            duck_s = min(x["duckdb"]["seconds"] for x in rounds)
-            rows.append({
-                "events": size, "users": data["users"], "input_bytes": data["bytes"], "spark_seconds": spark_s,
-                "duckdb_seconds": duck_s, "ratio": spark_s / duck_s,
-                "spark_events_per_s": size / spark_s, "duckdb_events_per_s": size / duck_s,
-                "spark_jvm_cpu_seconds": min(x["spark"]["jvm_cpu_seconds"] for x in rounds),
-                "duckdb_cpu_seconds": min(x["duckdb"]["cpu_seconds"] for x in rounds),
-                "driver_python_peak_rss_mb": max(x["spark"]["driver_python_peak_rss_mb"] for x in rounds),
-                "jvm_peak_rss_mb": max(x["spark"]["jvm_peak_rss_mb"] for x in rounds),
-                "duckdb_peak_rss_mb": max(x["duckdb"]["peak_rss_mb"] for x in rounds),
-                "cpu_ratio": min(x["spark"]["jvm_cpu_seconds"] for x in rounds) / min(x["duckdb"]["cpu_seconds"] for x in rounds),
-                "generate_python_peak_rss_mb": data["python_peak_rss_mb"], "outputs": same, "rounds": rounds,
-            })
-    growth = [{"from": a["events"], "to": b["events"],
-               "spark_seconds_per_million": (b["spark_seconds"] - a["spark_seconds"]) / ((b["events"] - a["events"]) / 1e6),
-               "duckdb_seconds_per_million": (b["duckdb_seconds"] - a["duckdb_seconds"]) / ((b["events"] - a["events"]) / 1e6),
-               "spark_time_growth_per_size_growth": (b["spark_seconds"] / a["spark_seconds"]) / (b["events"] / a["events"]),
-               "duckdb_time_growth_per_size_growth": (b["duckdb_seconds"] / a["duckdb_seconds"]) / (b["events"] / a["events"])}
-              for a, b in zip(rows, rows[1:])]
+        rows = [_measure_size(spark, size, datasets[size], cache / f"events_{size}_seed{seed}", scratch, ds,
+                              max_seq_len, repeats) for size in sorted(sizes)]
     ratios = [r["ratio"] for r in rows]
     checks = {"outputs_identical": all(r["outputs"]["identical"] for r in rows),
               "ratio_at_largest_le_4": ratios[-1] <= BARS["max_ratio_at_largest"],
@@ -376,16 +301,85 @@ def run(sizes: list[int] = DEFAULT_SIZES, *, seed: int = 0, repeats: int = 2, ca
                                       "by the executors; DuckDB: COPY ... TO parquet), timed from reading the files",
                    "spark_transformation": "jobs.steps.features.user_sequences"},
         "bars": BARS, "checks": checks, "spark_session_start_seconds": session_seconds,
-        "spark_warmup_seconds": warmup_seconds, "sizes": rows, "growth": growth,
+        "spark_warmup_seconds": warmup_seconds, "sizes": rows, "growth": growth(rows),
         "machine": machine(), "load": {**load.summary(), "before": uptime_before, "after": os.getloadavg()},
         "wall_seconds": time.perf_counter() - started,
     }
     if log_to_mlflow:
         _log_mlflow(cfg, result)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+        result = write_result(out, result, summary_rows(result))
     return result
+
+
+def _dataset(folder: Path, size: int, seed: int, options: dict) -> dict:
+    """generate_events (or its cached manifest) with the generator's peak RSS."""
+    with RssSampler(interval=0.1) as peak:
+        data = generate_events(folder, size, seed, **options)
+    data["python_peak_rss_mb"] = peak.driver_mb
+    log_progress(f"data {size:,} events: {data['users']:,} users, "
+                 f"{'reused' if data['reused'] else 'generated in %.0f s' % data['generate_seconds']}")
+    return data
+
+
+def _measure_size(spark, size: int, data: dict, folder: Path, scratch: Path, ds: str, max_seq_len: int,
+                  repeats: int) -> dict:
+    """`repeats` rounds of (Spark, DuckDB) on one size, the outputs compared; the best round of each engine."""
+    rounds = []
+    for r in range(repeats):
+        spark_out, duck_out = str(scratch / f"spark_{size}"), str(scratch / f"duckdb_{size}.parquet")
+        s = spark_user_sequences(spark, data["files"], str(folder / "events"), str(folder / "item_vocab.parquet"),
+                                 spark_out, ds, max_seq_len)
+        d = in_child("run", files=data["files"], vocab=str(folder / "item_vocab.parquet"), out=duck_out,
+                     ds=ds, max_seq_len=max_seq_len, threads=2)
+        rounds.append({"spark": s, "duckdb": d, "ratio": s["seconds"] / d["seconds"], "load1": os.getloadavg()[0]})
+        log_progress(f"{size:,} events round {r + 1}: Spark {s['seconds']:.1f} s ({s['jvm_cpu_seconds']:.1f} s CPU), "
+                     f"DuckDB {d['seconds']:.1f} s ({d['cpu_seconds']:.1f} s CPU), ratio {s['seconds'] / d['seconds']:.2f}, "
+                     f"load {os.getloadavg()[0]:.1f}")
+    same = in_child("compare", spark_out=spark_out, duckdb_out=duck_out)
+    log_progress(f"{size:,} events: outputs identical = {same['identical']} ({same['duckdb_users']:,} users)")
+    spark_s = min(x["spark"]["seconds"] for x in rounds)
+    duck_s = min(x["duckdb"]["seconds"] for x in rounds)
+    return {
+        "events": size, "users": data["users"], "input_bytes": data["bytes"], "spark_seconds": spark_s,
+        "duckdb_seconds": duck_s, "ratio": spark_s / duck_s,
+        "spark_events_per_s": size / spark_s, "duckdb_events_per_s": size / duck_s,
+        "spark_jvm_cpu_seconds": min(x["spark"]["jvm_cpu_seconds"] for x in rounds),
+        "duckdb_cpu_seconds": min(x["duckdb"]["cpu_seconds"] for x in rounds),
+        "driver_python_peak_rss_mb": max(x["spark"]["driver_python_peak_rss_mb"] for x in rounds),
+        "jvm_peak_rss_mb": max(x["spark"]["jvm_peak_rss_mb"] for x in rounds),
+        "duckdb_peak_rss_mb": max(x["duckdb"]["peak_rss_mb"] for x in rounds),
+        "cpu_ratio": min(x["spark"]["jvm_cpu_seconds"] for x in rounds) / min(x["duckdb"]["cpu_seconds"] for x in rounds),
+        "generate_python_peak_rss_mb": data["python_peak_rss_mb"], "outputs": same, "rounds": rounds,
+    }
+
+
+def growth(rows: list[dict]) -> list[dict]:
+    """Between consecutive sizes: seconds per million events, and time growth / size growth (1 = linear)."""
+    return [{"from": a["events"], "to": b["events"],
+             "spark_seconds_per_million": (b["spark_seconds"] - a["spark_seconds"]) / ((b["events"] - a["events"]) / 1e6),
+             "duckdb_seconds_per_million": (b["duckdb_seconds"] - a["duckdb_seconds"]) / ((b["events"] - a["events"]) / 1e6),
+             "spark_time_growth_per_size_growth": (b["spark_seconds"] / a["spark_seconds"]) / (b["events"] / a["events"]),
+             "duckdb_time_growth_per_size_growth": (b["duckdb_seconds"] / a["duckdb_seconds"]) / (b["events"] / a["events"])}
+            for a, b in zip(rows, rows[1:])]
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """Judged figures: Spark/DuckDB time per size (bar: <= 4 at the largest, falling), growth, checks."""
+    rows, largest = [], result["sizes"][-1]["events"]
+    for size in result["sizes"]:
+        rows.append(summary_row(f"features {size['events']:,} events: Spark vs DuckDB time", size["ratio"], "x",
+                                "≤ 4 at the largest, falling", size["ratio"] <= 4 if size["events"] == largest else None,
+                                f"{size['spark_seconds']:.1f} s vs {size['duckdb_seconds']:.1f} s"))
+    for g in result["growth"]:
+        rows.append(summary_row(f"features growth {g['from']:,} → {g['to']:,} events: Spark time growth / event growth",
+                                g["spark_time_growth_per_size_growth"], "x", "≤ ~1 (linear)"))
+    checks = result["checks"]
+    rows.append(summary_row("features: outputs of both engines identical", int(checks["outputs_identical"]), "yes=1",
+                            "identical", checks["outputs_identical"]))
+    rows.append(summary_row("features: ratio falls as events grow", int(checks["ratio_falls_as_events_grow"]), "yes=1",
+                            "falls", checks["ratio_falls_as_events_grow"]))
+    return rows
 
 
 def log_progress(message: str) -> None:
@@ -396,11 +390,7 @@ def log_progress(message: str) -> None:
 def _log_mlflow(cfg: FactoryConfig, result: dict) -> None:
     import mlflow
 
-    from jobs.tracking.runs import configure_mlflow
-
-    experiment = f"{cfg.mlflow.experiment}_benchmarks"
-    experiment_id = configure_mlflow(with_overrides(cfg, mlflow={"experiment": experiment}))
-    with mlflow.start_run(experiment_id=experiment_id, run_name="bench features") as run:
+    with benchmark_run(cfg, "bench features", "bench_features.json", result):
         mlflow.log_params({"command": result["command"], **{k: str(v) for k, v in result["params"].items()
                                                             if k != "spark_conf"}})
         metrics = {"spark_session_start_seconds": result["spark_session_start_seconds"],
@@ -415,9 +405,7 @@ def _log_mlflow(cfg: FactoryConfig, result: dict) -> None:
             metrics[f"spark_seconds_per_million.{g['from']}_{g['to']}"] = g["spark_seconds_per_million"]
             metrics[f"duckdb_seconds_per_million.{g['from']}_{g['to']}"] = g["duckdb_seconds_per_million"]
         mlflow.log_metrics(metrics)
-        mlflow.log_dict(result, "bench_features.json")
         mlflow.log_text(render_markdown(result), "bench_features.md")
-        result["mlflow"] = {"run_id": run.info.run_id, "experiment": experiment}
 
 
 def render_markdown(result: dict) -> str:
@@ -442,34 +430,9 @@ def render_markdown(result: dict) -> str:
               f"{result['spark_warmup_seconds']:.1f} s (neither counted). Best of {result['params']['repeats']} "
               f"rounds per engine; every round is in the JSON.",
               f"Checks: {', '.join(f'{k}={v}' for k, v in result['checks'].items())}.",
-              f"Wall {result['wall_seconds'] / 60:.1f} min on {m['nproc']} cores, {m['ram_gb']} GB; load (1 min) "
+              f"Wall {result['wall_seconds'] / 60:.1f} min on {m['nproc']} cores, {m['ram_gib']} GiB; load (1 min) "
               f"before {load['before'][0]:.2f}, mean {load['load1_mean']:.2f}, max {load['load1_max']:.2f}, "
               f"after {load['after'][0]:.2f}."]
     return "\n".join(lines)
 
 
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FactoryError(f"--{name} must be comma-separated integers, got {text!r}.") from None
-
-
-def features(
-    sizes: Annotated[str, typer.Option(help="Event counts to measure, comma-separated.")] = "1000000,5000000,20000000",
-    repeats: Annotated[int, typer.Option(help="Rounds of (Spark, DuckDB) per size; the best of each engine is reported.")] = 2,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic events.")] = 0,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
-    out: Annotated[Path, typer.Option(help="JSON result.")] = Path("benchmarks/results/features.json"),
-    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")] = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
-) -> None:
-    """Spark's user-sequence job against the same SQL in DuckDB at growing sizes (see jobs/bench/features.py)."""
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    command = invocation("features", "jobs.bench.features")
-    report(lambda: run(_ints(sizes, "sizes"), seed=seed, repeats=repeats, cache=cache, cfg=load_config(config),
-                       out=out, log_to_mlflow=mlflow, command=command), render_markdown, out)
-
-
-if __name__ == "__main__":
-    typer.run(features)

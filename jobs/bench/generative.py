@@ -5,7 +5,7 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
 1. The user encoder trains on everything but each user's last two items (jobs/steps/encoder_training.py's loop,
    in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
 2. Every item gets a SID from its title: MiniLM vectors -> residual k-means (levels x codes) ->
-   de-duplication token (jobs/bench_sid.codes_for), so every SID names one item. Vectors and codes
+   de-duplication token (jobs.bench.sid.codes_for), so every SID names one item. Vectors and codes
    are cached under .state/bench_generative/.
 3. Examples: for a random `--train-user-share` of users, the last `--targets-per-user` items
    before the test item are targets; history = the `--history` items before each target (as SIDs),
@@ -25,24 +25,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
 import pandas as pd
 import torch
-import typer
 
-from jobs.bench.common import invocation, report
-from jobs.bench.encoder import LoadSampler, leave_one_out, machine, read_sasrec
-from jobs.config import load_config, with_overrides
+from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
+from jobs.bench.encoder import leave_one_out, read_sasrec
+from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
-from jobs.steps.generative import Examples, FitConfig, fit, generate, hit_metrics
+from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
 from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
 from models.reranking import Candidate, RerankRules, rerank
@@ -155,126 +151,169 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+@dataclasses.dataclass
+class Ablation:
+    """What every configuration and seed shares: the SIDs, the training examples, the test users."""
+
+    encoder_cfg: UserEncoderConfig
+    vocab: SidVocabulary
+    level_sizes: tuple[int, ...]
+    sids: np.ndarray  # (items + 1, levels + 1), row = item id
+    trie: TrieTables
+    examples: Examples
+    test_examples: Examples
+    targets: np.ndarray  # (E,) the evaluated users' test items
+    seen: list[np.ndarray]
+    unseen_user: np.ndarray  # (E,) evaluated users whose examples never trained the model
+    reference: dict  # the encoder's own ranking of all items for the same users
+
+
 def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0, encoder_minutes: float = 6.0, levels: int = 3,
                   codes: int = 256, history: int = 20, targets_per_user: int = 16, train_user_share: float = 0.85,
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None, log_to_mlflow: bool = True) -> dict:
     data = Path(data)
-    folder = data.parent
     cfg = load_config()
     started, phases = time.perf_counter(), {}
     with LoadSampler(every=30) as load:
         dataset = read_sasrec(data)
         user_ids = np.unique(pd.read_csv(data, sep=r"\s+", header=None, usecols=[0], dtype=np.int64)[0].to_numpy())
-        max_len = 200
-        training, test = leave_one_out(dataset, max_len)
-        if len(test.targets) != len(dataset.sequences):
-            raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
-        t = time.perf_counter()
-        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                        dropout=0.2, temperature=0.05)
-        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
-                                warmup_steps=100, minutes=encoder_minutes, select_on="val_ndcg10_seen_filtered", threads=2)
-        encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
-        phases["encoder_training"] = time.perf_counter() - t
-        t = time.perf_counter()
-        sids = movielens_sids(folder, dataset.num_items, levels, codes, cache_dir)
-        phases["semantic_ids"] = time.perf_counter() - t
-        level_sizes = tuple([codes] * levels + [int(sids[1:, -1].max()) + 1])
-        trie = TrieTables(sids[1:], level_sizes)
-        prompts = movielens_prompts(folder, user_ids)
-        vocab = SidVocabulary(tuple(sorted({p for row in prompts for p in row})), level_sizes)
-
-        t = time.perf_counter()
-        rng = np.random.default_rng(1234)
-        train_users = np.sort(rng.choice(len(user_ids), int(round(train_user_share * len(user_ids))), replace=False))
-        embed = lambda histories: embed_histories(encoder, histories, max_len)  # noqa: E731
-        examples = build_examples(dataset.sequences, sids, prompts, embed, train_users, history, targets_per_user)
-        evaluated = np.arange(len(user_ids)) if not eval_users else np.sort(rng.choice(len(user_ids), eval_users, replace=False))
-        test_examples = Examples([sids[dataset.sequences[u][:-1][-history:], :-1] for u in evaluated], [prompts[u] for u in evaluated],
-                                 embed([dataset.sequences[u][:-1] for u in evaluated]), None)
-        targets = test.targets[evaluated]
-        seen = [test.seen[u] for u in evaluated]
-        unseen_user = ~np.isin(evaluated, train_users)
-        phases["examples_and_embeddings"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        _, filtered_ranks = encoder_training.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
-        reference = {"hr10": hit_rate_at_k(filtered_ranks, 10), "hr30": hit_rate_at_k(filtered_ranks, 30),
-                     "ndcg10": ndcg_at_k(filtered_ranks, 10), "hr1": hit_rate_at_k(filtered_ranks, 1),
-                     "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10)}
-        phases["encoder_reference"] = time.perf_counter() - t
-
+        ab, train_users, evaluated = _prepare(cfg, data, dataset, user_ids, encoder_minutes, levels, codes, history,
+                                              targets_per_user, train_user_share, eval_users, cache_dir, phases)
         results = {}
         for name in configs:
+            runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams) for seed in seeds]
             soft, prompt = CONFIGS[name]
-            runs = []
-            for seed in seeds:
-                t = time.perf_counter()
-                if model_dir:
-                    base_lm, run_vocab = pretrained_lm(model_dir, vocab)
-                else:
-                    base_lm, run_vocab = tiny_llama(vocab, lm, seed), vocab
-                torch.manual_seed(seed)
-                model = GenerativeRecommender(base_lm, run_vocab, user_dim=encoder_cfg.d_model if soft else 0)
-                fitted = fit(model, examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr, batch_size=batch_size,
-                                                                                  warmup_steps=20, seed=seed, threads=1))
-                fit_seconds = time.perf_counter() - t
-                t = time.perf_counter()
-                ev = evaluate(model, test_examples.without(soft, prompt), trie, sids, seen, targets, beams, unseen_user)
-                runs.append({"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": time.perf_counter() - t,
-                             "eval": ev, "parameters": sum(p.numel() for p in model.parameters())})
-                log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
-                            name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
-                            ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60,
-                            runs[-1]["eval_seconds"] / 60)
             results[name] = {"soft_token": soft, "prompt": prompt, "runs": runs, "summary": summarise(runs)}
             phases[f"config {name}"] = sum(r["fit_seconds"] + r["eval_seconds"] for r in runs)
     result = {
         "benchmark": "generative", "date": time.strftime("%Y-%m-%d"), "command": command,
         "dataset": {"path": str(data), "sha256": dataset.sha256, "users": len(user_ids), "items": dataset.num_items,
-                    "train_users": int(len(train_users)), "train_examples": len(examples), "evaluated_users": int(len(evaluated)),
-                    "evaluated_unseen_users": int(unseen_user.sum())},
+                    "train_users": int(len(train_users)), "train_examples": len(ab.examples), "evaluated_users": int(len(evaluated)),
+                    "evaluated_unseen_users": int(ab.unseen_user.sum())},
         "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps, "encoder_minutes": encoder_minutes, "levels": levels,
-                     "codes": codes, "level_sizes": list(level_sizes), "history_items": history, "targets_per_user": targets_per_user,
+                     "codes": codes, "level_sizes": list(ab.level_sizes), "history_items": history, "targets_per_user": targets_per_user,
                      "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
-                     "batch_size": batch_size, "model_dir": model_dir, "vocab_size": vocab.size,
+                     "batch_size": batch_size, "model_dir": model_dir, "vocab_size": ab.vocab.size,
                      "prompt_fields": "users.dat gender, age band, occupation, first zip digit",
                      "loss": "cross-entropy on the target SID's tokens only", "history_tokens": "levels codes per item (no dedup token)",
                      "fit": "AdamW, lr warmup 20 steps then cosine over the time budget, batch %d, 1 torch thread per run" % batch_size},
-        "reference_encoder": reference, "results": {k: v for k, v in results.items()},
+        "reference_encoder": ab.reference, "results": results,
         "talk_hr30": TALK_HR30, "machine": machine(), "load": load.summary(),
         "wall_seconds": {"total": time.perf_counter() - started, **phases},
     }
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+        result = write_result(out, result, summary_rows(result))
     if log_to_mlflow:
         _log_mlflow(cfg, result)
     return result
 
 
+def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: float, levels: int, codes: int,
+             history: int, targets_per_user: int, train_user_share: float, eval_users: int, cache_dir: Path,
+             phases: dict) -> tuple[Ablation, np.ndarray, np.ndarray]:
+    """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
+    max_len, folder = 200, data.parent
+    training, test = leave_one_out(dataset, max_len)
+    if len(test.targets) != len(dataset.sequences):
+        raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
+    t = time.perf_counter()
+    encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
+                                    dropout=0.2, temperature=0.05)
+    loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
+                                       warmup_steps=100, minutes=encoder_minutes, select_on="val_ndcg10_seen_filtered",
+                                       threads=2)
+    encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
+    phases["encoder_training"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sids = movielens_sids(folder, dataset.num_items, levels, codes, cache_dir)
+    phases["semantic_ids"] = time.perf_counter() - t
+    level_sizes = tuple([codes] * levels + [int(sids[1:, -1].max()) + 1])
+    prompts = movielens_prompts(folder, user_ids)
+    vocab = SidVocabulary(tuple(sorted({p for row in prompts for p in row})), level_sizes)
+
+    t = time.perf_counter()
+    rng = np.random.default_rng(1234)
+    train_users = np.sort(rng.choice(len(user_ids), int(round(train_user_share * len(user_ids))), replace=False))
+    embed = lambda histories: embed_histories(encoder, histories, max_len)  # noqa: E731
+    examples = build_examples(dataset.sequences, sids, prompts, embed, train_users, history, targets_per_user)
+    evaluated = np.arange(len(user_ids)) if not eval_users else np.sort(rng.choice(len(user_ids), eval_users, replace=False))
+    test_examples = Examples([sids[dataset.sequences[u][:-1][-history:], :-1] for u in evaluated], [prompts[u] for u in evaluated],
+                             embed([dataset.sequences[u][:-1] for u in evaluated]), None)
+    targets = test.targets[evaluated]
+    seen = [test.seen[u] for u in evaluated]
+    unseen_user = ~np.isin(evaluated, train_users)
+    phases["examples_and_embeddings"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _, filtered_ranks = encoder_training.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
+    reference = {"hr10": hit_rate_at_k(filtered_ranks, 10), "hr30": hit_rate_at_k(filtered_ranks, 30),
+                 "ndcg10": ndcg_at_k(filtered_ranks, 10), "hr1": hit_rate_at_k(filtered_ranks, 1),
+                 "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10)}
+    phases["encoder_reference"] = time.perf_counter() - t
+    ablation = Ablation(encoder_cfg, vocab, level_sizes, sids, TrieTables(sids[1:], level_sizes), examples, test_examples,
+                        targets, seen, unseen_user, reference)
+    return ablation, train_users, evaluated
+
+
+def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, steps: int, lr: float, batch_size: int,
+                        lm: TinyLlamaConfig, model_dir: str, beams: int) -> dict:
+    """One configuration and seed: a fresh model trained within the budget, then evaluated on the test users."""
+    soft, prompt = CONFIGS[name]
+    t = time.perf_counter()
+    if model_dir:
+        base_lm, run_vocab = pretrained_lm(model_dir, ab.vocab)
+    else:
+        base_lm, run_vocab = tiny_llama(ab.vocab, lm, seed), ab.vocab
+    torch.manual_seed(seed)
+    model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0)
+    fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr, batch_size=batch_size,
+                                                                     warmup_steps=20, seed=seed, threads=1))
+    fit_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    ev = evaluate(model, ab.test_examples.without(soft, prompt), ab.trie, ab.sids, ab.seen, ab.targets, beams, ab.unseen_user)
+    eval_seconds = time.perf_counter() - t
+    log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
+                name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
+                ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60, eval_seconds / 60)
+    return {"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
+            "eval": ev, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """Judged figures: beam HR@30 and HR@10 of every configuration (mean over seeds; HR@30 against the talk's
+    number for the same configuration), and the encoder's own ranking as the reference."""
+    beams, rows = result["settings"]["beams"], []
+    for name, r in result["results"].items():
+        beam = r["summary"][f"beam{beams}"]
+        for key, label in (("hr30", "HR@30"), ("hr10", "HR@10")):
+            m = beam[key]
+            talk = result["talk_hr30"].get(name) if key == "hr30" else None
+            rows.append(summary_row(f"generative {name}: beam-{beams} {label} (mean over seeds)", m["mean"], "",
+                                    f"talk: {talk:.4f}" if talk is not None else "", None,
+                                    f"± {m['std']:.4f} over {len(m['per_seed'])} seeds"))
+    ref = result["reference_encoder"]
+    rows.append(summary_row("generative reference: the encoder's dot-product ranking, HR@10", ref["hr10"], "",
+                            detail=f"HR@30 {ref['hr30']:.4f}, NDCG@10 {ref['ndcg10']:.4f}"))
+    return rows
+
+
 def _log_mlflow(cfg, result: dict) -> None:
     import mlflow
 
-    from jobs.tracking.runs import configure_mlflow
-
-    experiment_id = configure_mlflow(with_overrides(cfg, mlflow={"experiment": f"{cfg.mlflow.experiment}_benchmarks"}))
-    with mlflow.start_run(experiment_id=experiment_id, run_name="bench generative ml-1m") as run:
+    with benchmark_run(cfg, "bench generative ml-1m", "bench_generative.json", result):
         mlflow.log_params({k: str(v) for k, v in result["settings"].items()} | {"command": result["command"]})
         beams = result["settings"]["beams"]
         for name, r in result["results"].items():
             key = name.replace("+ ", "plus_").replace(" ", "_")
             mlflow.log_metrics({f"{key}_{m}": v["mean"] for m, v in r["summary"][f"beam{beams}"].items()})
         mlflow.log_metrics({f"encoder_{k}": v for k, v in result["reference_encoder"].items()})
-        mlflow.log_dict(result, "bench_generative.json")
-        result["mlflow"] = {"run_id": run.info.run_id}
 
 
 def render_markdown(result: dict) -> str:
     beams = result["settings"]["beams"]
-    lines = [f"| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | greedy HR@1 | unseen users HR@10 | talk HR@30 |",
+    lines = ["| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | greedy HR@1 | unseen users HR@10 | talk HR@30 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in result["results"].items():
         s = r["summary"]
@@ -294,37 +333,3 @@ def render_markdown(result: dict) -> str:
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()) + ".",
               f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} on {load['cores']} cores."]
     return "\n".join(lines)
-
-
-def generative(
-    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, item_map.csv, user_map.csv.")],
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
-    minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
-    steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
-                                             "compute for every run however busy the machine is.")] = 0,
-    encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, reference row).")] = 5.0,
-    history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
-    targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
-    train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its projector).")] = 0.85,
-    eval_users: Annotated[int, typer.Option(help="Evaluate on this many random users, a fixed sample (0 = all).")] = 2000,
-    beams: Annotated[int, typer.Option(help="Beam width of constrained decoding.")] = 30,
-    hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
-    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
-    model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")] = True,
-) -> None:
-    """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = out or Path("benchmarks/results") / f"generative_{data.parent.name}.json"
-    command = invocation("generative", "jobs.bench.generative")
-    report(lambda: run_benchmark(data, seeds=[int(s) for s in seeds.split(",")], minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
-                               history=history, targets_per_user=targets_per_user, train_user_share=train_user_share,
-                               eval_users=eval_users, beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers,
-                                                                                      intermediate=4 * hidden),
-                               model_dir=model_dir, out=out, command=command, log_to_mlflow=mlflow),
-           render_markdown, out)
-
-
-if __name__ == "__main__":
-    typer.run(generative)

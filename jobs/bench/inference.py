@@ -21,25 +21,20 @@ from __future__ import annotations
 
 import cProfile
 import dataclasses
-import json
-import logging
 import os
 import pstats
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
-import typer
 
-from jobs.bench.common import invocation, report
+from jobs.bench.common import machine, summary_row
 from jobs.config import FactoryConfig, load_config
 from jobs.days import shift
 from jobs.errors import FactoryError
@@ -49,6 +44,7 @@ from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps import embed
 from jobs.steps.user_predictor import flat_lists
 from jobs.tracking import registry
+from jobs.tracking.memory import RssSampler
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 DS = "2026-01-02"
@@ -156,35 +152,6 @@ def plain_loop(cfg: FactoryConfig, files: list[str], champion: registry.Register
     return pa.concat_tables(out).sort_by("user_id")
 
 
-class PeakRss:
-    """Peak summed RSS (MiB) of this process and all its descendants (Ray's raylet, GCS, workers),
-    sampled every 0.1 s; shared pages (Ray's object store) count once per process that maps them."""
-
-    def __init__(self):
-        self.peak_mib, self.driver_peak_mib, self._stop = 0.0, 0.0, threading.Event()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.1):
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_mib = max(self.peak_mib, total / 2**20)
-            self.driver_peak_mib = max(self.driver_peak_mib, me.memory_info().rss / 2**20)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def profile_loop(cfg: FactoryConfig, files: list[str], champion: registry.RegisteredEncoder, rows: int,
                  threads: int) -> dict:
     """Where one actor's time goes: cProfile of the predictor over `rows` users, grouped by kind.
@@ -244,7 +211,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
         _, tiny = write_day(cfg, TINY_DS, day0.slice(0, 8))  # 8 users: the job's fixed cost (actor start-up)
         times: dict[str, list[float]] = {"ray": [], "ray_fixed": [], "loop": [], "loop_1_thread": []}
         outputs: dict[str, pa.Table] = {}
-        with PeakRss() as rss:
+        with RssSampler(interval=0.1) as rss:
             for rep in range(reps):
                 for name, job in (("ray_fixed", lambda: embed.embed_users(cfg, tiny, champion)),
                                   ("ray", lambda: embed.embed_users(cfg, files, champion)),
@@ -288,7 +255,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
             "ray_equals_loop": bool(same),
             "gflop_per_user": float(flops.mean() / 1e9), "full_forward_gflop_per_user": float(full_flops.mean() / 1e9),
             "achieved_gflops_ray": float(flops.sum() / med["ray"] / 1e9), "gemm": gemm,
-            "peak_rss_mib_process_tree": round(rss.peak_mib), "peak_rss_mib_driver": round(rss.driver_peak_mib),
+            "peak_rss_mib_process_tree": round(rss.tree_mb), "peak_rss_mib_driver": round(rss.driver_mb),
             "profile": profile, "incremental": incremental,
         }
 
@@ -320,20 +287,17 @@ def default_encoder(cfg: FactoryConfig) -> UserEncoderConfig:
 def run(users: int | list[int] = 100_000, cfg: FactoryConfig | None = None,
         encoders: list[UserEncoderConfig] | None = None, reps: int = 3, active_share: float = 0.1,
         profile_users: int = 20_000, progress: Callable[[str], None] | None = None) -> dict:
-    """One result per (users, encoder) pair (an int `users` means the pipeline's encoder only);
-    plain data for JSON, with `summary_rows` ({figure, value, ratio, bar, met}) for `bench all`."""
+    """One result per (users, encoder) pair (an int `users` means the pipeline's encoder only), as plain
+    data for JSON (summary_rows(result) gives its judged figures)."""
     cfg = cfg or load_config()
     sizes = [users] if isinstance(users, int) else list(users)
     encoders = encoders or [default_encoder(cfg)] * len(sizes)
     if len(sizes) != len(encoders):
         raise FactoryError(f"{len(sizes)} user counts but {len(encoders)} encoder configs; give one size per config.")
-    result = {"date": time.strftime("%Y-%m-%d"), "nproc": os.cpu_count(),
-              "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "load_before": os.getloadavg(),
-              "torch": torch.__version__, "runs": []}
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "load_before": os.getloadavg(), "runs": []}
     for n, encoder in zip(sizes, encoders):
         result["runs"].append(bench_encoder(cfg, encoder, n, reps, active_share, profile_users, progress or say))
     result["load_after"] = os.getloadavg()
-    result["summary_rows"] = summary_rows(result)
     return result
 
 
@@ -345,29 +309,28 @@ def summary_rows(result: dict) -> list[dict]:
         name = f"inference d{e['d_model']} L{e['n_layers']} T{e['max_len']}, {r['users']:,} users"
         ray, roof = r["ray_users_per_s"], r["roofline_users_per_s"]
         per_core = r["median_seconds"]["ray"] / r["median_seconds"]["loop_1_thread"]
+        one_thread = r["loop_1_thread_share_of_1_thread_roofline"]
         rows += [
-            {"figure": f"{name}: Ray / plain loop time ({r['cores']} threads, same cores)",
-             "value": f"{ray:,.0f} vs {r['loop_users_per_s']:,.0f} users/s", "ratio": r["ray_over_loop_time"],
-             "bar": "≤ 1.2", "met": r["ray_over_loop_time"] <= 1.2},
-            {"figure": f"{name}: Ray / 1-thread loop time", "value": f"{ray:,.0f} vs {r['loop_1_thread_users_per_s']:,.0f} users/s",
-             "ratio": per_core, "bar": "≤ 1.2", "met": per_core <= 1.2},
-            {"figure": f"{name}: Ray / GEMM roofline", "value": f"{ray:,.0f} of {roof:,.0f} users/s",
-             "ratio": r["ray_share_of_roofline"], "bar": "≥ 0.5", "met": r["ray_share_of_roofline"] >= 0.5},
-            {"figure": f"{name}: 1-thread loop / 1-thread roofline", "value": "",
-             "ratio": r["loop_1_thread_share_of_1_thread_roofline"], "bar": "≥ 0.5",
-             "met": r["loop_1_thread_share_of_1_thread_roofline"] >= 0.5},
-            {"figure": f"{name}: full recompute / {inc['active_share']:.0%}-active incremental day, time",
-             "value": f"{inc['full']['seconds']:.1f} s vs {inc['incremental']['seconds']:.1f} s "
-                      f"({inc['incremental']['users_inferred']:,} inferred)",
-             "ratio": inc["full_over_incremental_time"], "bar": "", "met": None},
-            {"figure": f"{name}: peak RSS driver / process tree", "value": f"{r['peak_rss_mib_driver']:,} / "
-             f"{r['peak_rss_mib_process_tree']:,} MiB", "ratio": None, "bar": "", "met": None},
+            summary_row(f"{name}: Ray / plain loop time ({r['cores']} threads, same cores)", r["ray_over_loop_time"], "x",
+                        "≤ 1.2", r["ray_over_loop_time"] <= 1.2, f"{ray:,.0f} vs {r['loop_users_per_s']:,.0f} users/s"),
+            summary_row(f"{name}: Ray / 1-thread loop time", per_core, "x", "≤ 1.2", per_core <= 1.2,
+                        f"{ray:,.0f} vs {r['loop_1_thread_users_per_s']:,.0f} users/s"),
+            summary_row(f"{name}: Ray / GEMM roofline", r["ray_share_of_roofline"], "share", "≥ 0.5",
+                        r["ray_share_of_roofline"] >= 0.5, f"{ray:,.0f} of {roof:,.0f} users/s"),
+            summary_row(f"{name}: 1-thread loop / 1-thread roofline", one_thread, "share", "≥ 0.5", one_thread >= 0.5),
+            summary_row(f"{name}: full recompute / {inc['active_share']:.0%}-active incremental day, time",
+                        inc["full_over_incremental_time"], "x",
+                        detail=f"{inc['full']['seconds']:.1f} s vs {inc['incremental']['seconds']:.1f} s "
+                               f"({inc['incremental']['users_inferred']:,} inferred)"),
+            summary_row(f"{name}: peak RSS of the process tree (driver + Ray)", r["peak_rss_mib_process_tree"], "MiB",
+                        detail=f"driver {r['peak_rss_mib_driver']:,} MiB"),
         ]
     return rows
 
 
 def render_markdown(result: dict) -> str:
-    lines = [f"{result['date']}, nproc {result['nproc']}, {result['ram_gib']} GiB, load before/after "
+    m = result["machine"]
+    lines = [f"{result['date']}, nproc {m['nproc']}, {m['ram_gib']} GiB, load before/after "
              f"{result['load_before'][0]:.1f}/{result['load_after'][0]:.1f}", "",
              "| encoder | users | ray users/s | loop users/s (same threads) | loop 1 thread | roofline users/s | ray/loop time | ray/roofline |",
              "|---|---|---|---|---|---|---|---|"]
@@ -379,42 +342,10 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_encoders(text: str) -> list[UserEncoderConfig]:
+def parse_encoders(text: str) -> list[UserEncoderConfig]:
     try:
         specs = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
         return [UserEncoderConfig(num_items=NUM_ITEMS, d_model=d, n_layers=layers, max_len=max_len, n_heads=2)
                 for d, layers, max_len in specs]
     except ValueError:
         raise FactoryError(f"--encoders must look like 64:2:50,256:2:200 (d_model:layers:max_len), got {text!r}.") from None
-
-
-def inference(
-    users: Annotated[str, typer.Option(help="Users per encoder config, comma-separated (aligned with --encoders).")] = "100000,10000",
-    encoders: Annotated[str, typer.Option(help="Encoder configs d_model:layers:max_len, comma-separated.")] = "64:2:50,256:2:200",
-    reps: Annotated[int, typer.Option(help="Interleaved ray/loop repetitions (medians are reported).")] = 3,
-    active_share: Annotated[float, typer.Option(help="Share of users active on the incremental day.")] = 0.1,
-    out: Annotated[Path, typer.Option(help="JSON result.")] = Path("benchmarks/results/inference.json"),
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config ([ray] settings).")] = None,
-) -> None:
-    """Users/s of the embed step vs a plain torch loop and the GEMM roofline (see jobs/bench/inference.py)."""
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-
-    def measure() -> dict:
-        try:
-            sizes = [int(v) for v in users.split(",") if v.strip()]
-        except ValueError:
-            raise FactoryError(f"--users must be comma-separated integers, got {users!r}.") from None
-        configs = _parse_encoders(encoders)
-        if len(sizes) != len(configs):
-            raise FactoryError(f"--users has {len(sizes)} values but --encoders {len(configs)}; give one size per config.")
-        result = run(sizes, load_config(config), configs, reps=reps, active_share=active_share)
-        result["command"] = invocation("inference", "jobs.bench.inference")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        return result
-
-    report(measure, render_markdown, out)
-
-
-if __name__ == "__main__":
-    typer.run(inference)

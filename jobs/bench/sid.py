@@ -30,19 +30,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
-import typer
 
-from jobs.bench.common import invocation, report
-from jobs.bench.encoder import LoadSampler, machine
-from jobs.config import FactoryConfig, GeneratorConfig, load_config, with_overrides
-from jobs.days import parse_ds
+from jobs.bench.common import LoadSampler, benchmark_run, flat_metrics, machine, summary_row, write_result
+from jobs.config import FactoryConfig, GeneratorConfig, load_config
 from jobs.errors import FactoryError
 from jobs.steps import semantic_ids
 from models import sid_metrics
@@ -350,16 +345,7 @@ def run_benchmark(catalog: ItemCatalog, *, levels: list[int], codes: int = 256, 
             with tempfile.TemporaryDirectory(prefix="bench-sid-") as folder:
                 stable = stability(gen, stability_days, levels[0], codes, stickiness, Path(folder))
         speed = build_speed(list(speed_sizes), levels[0], codes) if speed_sizes else []
-    main = result_quality[f"{levels[0]}x{codes}"]
-    checks = {"collision_rate_le_3pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["max_collision_rate_3x256"],
-              "collision_rate_le_1_5pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["aim_collision_rate_3x256"],
-              "perplexity_ge_0_9K_every_level": main["min_perplexity_share"] >= BARS["min_perplexity_share"],
-              "zero_full_sid_duplicates": all(r["full_sid_duplicates"] == 0 for q in result_quality.values() for r in q["seeds"])}
-    if stable:
-        checks["unchanged_items_keep_sid_between_refits"] = stable["unchanged_sid_changes_between_refits"] == 0
-        checks["warm_refit_change_share_le_5pct"] = stable["refit"]["warm"]["unchanged_sid_change_share"] <= BARS["aim_refit_change_share"]
-    if speed:
-        checks["build_1m_under_5min"] = all(s["build_seconds"] < BARS["max_build_seconds_1m"] for s in speed)
+    checks = _checks(result_quality[f"{levels[0]}x{codes}"], result_quality, stable, speed)
     result = {
         "benchmark": "sid", "date": time.strftime("%Y-%m-%d"), "command": command,
         "catalog": {"source": catalog.source, "sha256": catalog.sha256, "items": len(catalog.ids),  # no item text: data
@@ -374,42 +360,74 @@ def run_benchmark(catalog: ItemCatalog, *, levels: list[int], codes: int = 256, 
     if log_to_mlflow:
         _log_mlflow(cfg, result, Path(catalog.source).name)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+        result = write_result(out, result, summary_rows(result))
     return result
 
 
-def _flat(prefix: str, value, out: dict) -> dict:
-    """Numbers of a nested result as {'a.b.c': x} (lists of runs are left to the JSON artifact)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, (bool, int, float, np.floating)) and not isinstance(value, str):
-        out[prefix] = float(value)
-    return out
+def _checks(main: dict, result_quality: dict, stable: dict | None, speed: list[dict]) -> dict:
+    """The bars (BARS) checked on the first codebook shape, the stability run and the build speed."""
+    checks = {"collision_rate_le_3pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["max_collision_rate_3x256"],
+              "collision_rate_le_1_5pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["aim_collision_rate_3x256"],
+              "perplexity_ge_0_9K_every_level": main["min_perplexity_share"] >= BARS["min_perplexity_share"],
+              "zero_full_sid_duplicates": all(r["full_sid_duplicates"] == 0 for q in result_quality.values() for r in q["seeds"])}
+    if stable:
+        checks["unchanged_items_keep_sid_between_refits"] = stable["unchanged_sid_changes_between_refits"] == 0
+        checks["warm_refit_change_share_le_5pct"] = stable["refit"]["warm"]["unchanged_sid_change_share"] <= BARS["aim_refit_change_share"]
+    if speed:
+        checks["build_1m_under_5min"] = all(s["build_seconds"] < BARS["max_build_seconds_1m"] for s in speed)
+    return checks
+
+
+def summary_rows(result: dict) -> list[dict]:
+    """Judged figures of the first codebook shape (collisions, perplexity, duplicates), stability and build speed."""
+    bars, checks = result["bars"], result["checks"]
+    name = next(iter(result["quality"]))
+    main = result["quality"][name]
+    collision = main["summary"]["collision_rate_before_dedup"]
+    rows = [
+        summary_row(f"sid {name}: collision rate before de-duplication (mean over seeds)", collision["mean"], "share",
+                    f"≤ {bars['max_collision_rate_3x256']} (aim {bars['aim_collision_rate_3x256']})",
+                    checks["collision_rate_le_3pct"], f"min {collision['min']:.4f}, max {collision['max']:.4f}"),
+        summary_row(f"sid {name}: lowest perplexity / codes of any level", main["min_perplexity_share"], "share",
+                    f"≥ {bars['min_perplexity_share']}", checks["perplexity_ge_0_9K_every_level"]),
+        summary_row(f"sid {name}: items sharing a full SID (every shape and seed)",
+                    sum(r["full_sid_duplicates"] for q in result["quality"].values() for r in q["seeds"]), "items", "0",
+                    checks["zero_full_sid_duplicates"]),
+    ]
+    stable = result["stability"]
+    if stable:
+        warm = stable["refit"]["warm"]["unchanged_sid_change_share"]
+        rows += [summary_row("sid stability: SID changes of unchanged items between refits",
+                             stable["unchanged_sid_changes_between_refits"], "items", "0",
+                             checks["unchanged_items_keep_sid_between_refits"]),
+                 summary_row("sid stability: unchanged items whose SID a warm refit changed", warm, "share",
+                             f"≤ {bars['aim_refit_change_share']}", checks["warm_refit_change_share_le_5pct"])]
+    for s in result["build_speed"]:
+        rows.append(summary_row(f"sid build {s['levels']}x{s['codes_per_level']} on {s['items']:,} items", s["build_seconds"],
+                                "s", f"< {bars['max_build_seconds_1m']:.0f} s", s["build_seconds"] < bars["max_build_seconds_1m"],
+                                f"fit {s['fit_seconds']:.0f} s + assign {s['assign_seconds']:.0f} s"))
+    enc = result["encoding"]
+    rows.append(summary_row("sid: text encoding, cold", enc["cold"]["items_per_s"], "texts/s",
+                            detail=f"{enc['cached']['items_per_s']:.0f} texts/s from the cache"))
+    return rows
 
 
 def _log_mlflow(cfg: FactoryConfig, result: dict, name: str) -> None:
     import mlflow
 
-    from jobs.tracking.runs import configure_mlflow
-
-    experiment_id = configure_mlflow(with_overrides(cfg, mlflow={"experiment": f"{cfg.mlflow.experiment}_benchmarks"}))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bench sid {name}") as run:
+    with benchmark_run(cfg, f"bench sid {name}", "bench_sid.json", result):
         mlflow.log_params({"catalog": result["catalog"]["source"], "catalog_sha256": result["catalog"]["sha256"],
                            "command": result["command"], **{k: str(v) for k, v in result["params"].items()}})
         metrics = {}
         for section in ("checks", "encoding", "quality", "quality_label_in_text", "fusion"):
-            _flat(section, result[section] or {}, metrics)
+            flat_metrics(section, result[section] or {}, metrics)
         if result["stability"]:
-            _flat("stability.refit", result["stability"]["refit"], metrics)
+            flat_metrics("stability.refit", result["stability"]["refit"], metrics)
         for s in result["build_speed"]:
             metrics[f"build_speed.{s['items']}.build_seconds"] = s["build_seconds"]
         metrics = {k.replace(" ", "_").replace("(", "").replace(")", ""): v for k, v in metrics.items()
                    if ".seeds." not in k and not k.endswith((".min", ".max"))}
         mlflow.log_metrics({**metrics, "wall_seconds": result["wall_seconds"], "load1_mean": result["load"]["load1_mean"]})
-        mlflow.log_dict(result, "bench_sid.json")
-        result["mlflow"] = {"run_id": run.info.run_id, "experiment": f"{cfg.mlflow.experiment}_benchmarks"}
 
 
 def render_markdown(result: dict) -> str:
@@ -462,52 +480,6 @@ def render_markdown(result: dict) -> str:
                      f"{s['build_seconds']:.0f} s (fit {s['fit_seconds']:.0f} s + assign {s['assign_seconds']:.0f} s).")
     load, m = result["load"], result["machine"]
     lines += ["", f"Checks: {', '.join(f'{k}={v}' for k, v in result['checks'].items())}.",
-              f"Wall {result['wall_seconds'] / 60:.1f} min on {m['nproc']} cores, {m['ram_gb']} GB; load (1 min) mean "
+              f"Wall {result['wall_seconds'] / 60:.1f} min on {m['nproc']} cores, {m['ram_gib']} GiB; load (1 min) mean "
               f"{load['load1_mean']:.1f}, max {load['load1_max']:.1f}."]
     return "\n".join(lines)
-
-
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FactoryError(f"--{name} must be comma-separated integers, got {text!r}.") from None
-
-
-def sid(
-    items: Annotated[Optional[Path], typer.Option(help="Catalog file: JSONL or CSV with id,text[,label].")] = None,
-    movielens: Annotated[Optional[Path], typer.Option(help="MovieLens folder with movies.dat and item_map.csv (ML-1M).")] = None,
-    lake_ds: Annotated[Optional[str], typer.Option(help="Use the factory lake's catalog and item_embeddings of this day.")] = None,
-    levels: Annotated[str, typer.Option(help="Codebook depths to measure, comma-separated; the first is used for stability and speed.")] = "3,4",
-    codes: Annotated[int, typer.Option(help="Codes per level.")] = 256,
-    seeds: Annotated[str, typer.Option(help="Quantiser seeds, comma-separated.")] = "0,1,2",
-    stability_days: Annotated[int, typer.Option(help="Simulated days before the warm refit (0 skips stability).")] = 7,
-    speed_sizes: Annotated[str, typer.Option(help="Synthetic catalog sizes for build time ('' skips).")] = "100000,1000000",
-    stickiness: Annotated[float, typer.Option(help="sid.refit_stickiness for the stability run.")] = 1.0,
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/sid_<name>.json).")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")] = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (MLflow settings).")] = None,
-) -> None:
-    """Semantic-ID quality, stability and speed on an item catalog (see jobs/bench/sid.py)."""
-    logging.basicConfig(level=os.environ.get("FACTORY_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    command = invocation("sid", "jobs.bench.sid")
-    name = (f"lake_{lake_ds}" if lake_ds else "ml-1m" if movielens and movielens.name == "ml-1m"
-            else (items or movielens).stem if (items or movielens) else "")
-    out = out or Path("benchmarks/results") / f"sid_{name}.json"
-
-    def measure() -> dict:
-        if sum(x is not None for x in (items, movielens, lake_ds)) != 1:
-            raise FactoryError("Pass exactly one of --items PATH, --movielens DIR or --lake-ds DS.")
-        cfg = load_config(config)
-        if lake_ds:
-            parse_ds(lake_ds)
-        catalog = read_catalog(items) if items else read_movielens(movielens) if movielens else read_lake(cfg, lake_ds)
-        return run_benchmark(catalog, levels=_ints(levels, "levels"), codes=codes, seeds=_ints(seeds, "seeds"),
-                             stability_days=stability_days, speed_sizes=_ints(speed_sizes, "speed-sizes"),
-                             stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)
-
-    report(measure, render_markdown, out)
-
-
-if __name__ == "__main__":
-    typer.run(sid)

@@ -13,7 +13,7 @@ from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEMS
-from jobs.steps.generative import Examples, generate
+from jobs.steps.generative_training import Examples, generate
 from jobs.steps.generative_data import latest_model_folder, load_day, load_model
 from models.generative import TrieTables
 from models.reranking import Candidate, RerankRules, rerank

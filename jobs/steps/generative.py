@@ -1,138 +1,27 @@
-"""Generative retrieval over semantic IDs: training examples, the training loop and recommending.
+"""Step `generative` (optional, generative.enabled): train the SID generator on the day's plays.
 
-Shared by the benchmark (jobs/bench/generative.py), the optional daily step (jobs/generative_step.py)
-and `factory recommend` (jobs/serving/recommend.py). The model itself is models/generative.py.
-
-An example is one next-item prediction: the SIDs of the items before the target (the last
-`history` of them), optional prompt tokens, optional user embedding (the soft token: the encoder's
-embedding of the same history, never of the target) and the target's SID.
+The examples come from jobs/steps/generative_data.py (the day's sequences, SIDs, embeddings and
+prompts, without leakage), the training loop and decoding from jobs/steps/generative_training.py,
+the model from models/generative.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
-import time
-
+import mlflow
 import numpy as np
 import torch
 
-from models.generative import GenerativeRecommender, SidVocabulary, TrieTables, build_sequences, constrained_beam_search
-
-log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Examples:
-    """N next-item examples. histories[i]: (n_i, depth) SID codes, oldest first."""
-
-    histories: list[np.ndarray]
-    prompts: list[list[str]] | None  # None: no prompt tokens
-    users: np.ndarray | None  # (N, U) float32 user embeddings for the soft token; None: no soft token
-    targets: np.ndarray | None  # (N, depth) SID codes; None at inference
-
-    def __len__(self) -> int:
-        return len(self.histories)
-
-    def rows(self, index: np.ndarray) -> "Examples":
-        return Examples([self.histories[i] for i in index], None if self.prompts is None else [self.prompts[i] for i in index],
-                        None if self.users is None else self.users[index], None if self.targets is None else self.targets[index])
-
-    def without(self, soft: bool, prompt: bool) -> "Examples":
-        """The same examples with the soft token and/or the prompt switched off (ablation)."""
-        return Examples(self.histories, self.prompts if prompt else None, self.users if soft else None, self.targets)
-
-    def tensors(self, vocab: SidVocabulary, with_targets: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        ids, mask = build_sequences(vocab, self.histories, self.prompts, self.users is not None,
-                                    self.targets if with_targets else None)
-        users = None if self.users is None else torch.from_numpy(np.asarray(self.users, dtype=np.float32))
-        return torch.from_numpy(ids), torch.from_numpy(mask), users
+from jobs.config import FactoryConfig
+from jobs.days import parse_ds, shift
+from jobs.errors import FactoryError
+from jobs.lakehouse import delta
+from jobs.lakehouse.tables import ITEM_TOKENS, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.steps import generative_data as day_data
+from jobs.steps.generative_training import FitConfig, fit, generate, hit_metrics
+from jobs.tracking.runs import StepResult, track_step
 
 
-@dataclasses.dataclass(frozen=True)
-class FitConfig:
-    minutes: float = 3.0  # training-clock budget; the lr schedule spans it
-    max_steps: int = 0  # > 0: a step budget instead (same compute for every run on a shared machine); minutes caps it
-    max_epochs: int = 100
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    warmup_steps: int = 50
-    seed: int = 0
-    threads: int = 2
-
-
-def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dict:
-    """AdamW on the target-SID cross-entropy until the step budget, time budget or max_epochs; returns the history.
-
-    lr: linear warmup, then cosine decay to 0 over whichever budget ends first.
-    """
-    if examples.targets is None or len(examples) == 0:
-        raise ValueError("fit needs examples with targets.")
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    started, step, history, epoch = time.perf_counter(), 0, [], 0
-    model.train()
-    out_of_time = stopped_by_steps = False
-    while epoch < cfg.max_epochs and not (out_of_time or stopped_by_steps):
-        losses, epoch_started = [], time.perf_counter()
-        for batch in np.array_split(rng.permutation(len(examples)), steps_per_epoch):
-            elapsed = time.perf_counter() - started
-            progress = max(elapsed / (60 * cfg.minutes), step / (cfg.max_epochs * steps_per_epoch),
-                           step / cfg.max_steps if cfg.max_steps else 0.0)
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ids, mask, users = examples.rows(batch).tensors(model.vocab, with_targets=True)
-            loss = model.target_loss(ids, mask, users)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if elapsed >= 60 * cfg.minutes or (cfg.max_steps and step >= cfg.max_steps):
-                out_of_time = elapsed >= 60 * cfg.minutes
-                stopped_by_steps = not out_of_time
-                break
-        epoch += 1
-        seconds = time.perf_counter() - epoch_started
-        history.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses)), "seconds": seconds,
-                        "examples_per_s": len(losses) * cfg.batch_size / max(seconds, 1e-9),
-                        "elapsed_minutes": (time.perf_counter() - started) / 60})
-        log.info("generative epoch %d: loss %.4f, %.0f examples/s", epoch, history[-1]["loss"], history[-1]["examples_per_s"])
-    model.eval()
-    return {"history": history, "steps": step, "epochs": epoch, "minutes": (time.perf_counter() - started) / 60,
-            "stop_reason": "time_budget" if out_of_time else "max_steps" if stopped_by_steps else "max_epochs"}
-
-
-def generate(model: GenerativeRecommender, examples: Examples, trie: TrieTables, beams: int,
-             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Constrained beam search for every example: item rows (N, beams) into the trie (-1 = none) and scores."""
-    model.eval()
-    rows, scores = [], []
-    for start in range(0, len(examples), batch_size):
-        ids, mask, users = examples.rows(np.arange(start, min(start + batch_size, len(examples)))).tensors(model.vocab, False)
-        items, score = constrained_beam_search(model, ids, mask, users, trie, beams)
-        rows.append(items.numpy())
-        scores.append(score.numpy())
-    return np.concatenate(rows), np.concatenate(scores)
-
-
-def hit_metrics(lists: list[list[int]], targets: np.ndarray, ks=(10, 30), ndcg_ks=(10,)) -> dict[str, float]:
-    """HR@K and NDCG@K of one target per row against a ranked list of item ids per row."""
-    ranks = np.array([lst.index(t) if t in lst else 10**9 for lst, t in zip(lists, targets.tolist())])
-    out = {f"hr{k}": float(np.mean(ranks < k)) for k in ks}
-    out.update({f"ndcg{k}": float(np.mean(np.where(ranks < k, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)))
-                for k in ndcg_ks})
-    return out
-
-
-def run(ds: str, cfg, run_key: str | None = None):
+def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
     """Step `generative` (optional, generative.enabled): train the SID generator on the day, log it to MLflow.
 
     Disabled (the default), the step records that it was disabled and trains nothing. Enabled, it
@@ -140,15 +29,6 @@ def run(ds: str, cfg, run_key: str | None = None):
     <state_dir>/generative/ds=DS/ (what `factory recommend` reads) and logs that folder to the
     step's MLflow run as the artifact `generative_model`.
     """
-    import mlflow
-
-    from jobs.days import parse_ds, shift
-    from jobs.errors import FactoryError
-    from jobs.lakehouse import delta
-    from jobs.lakehouse.tables import ITEM_TOKENS, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
-    from jobs.steps import generative_data as day_data
-    from jobs.tracking.runs import track_step
-
     parse_ds(ds)
     g = cfg.generative
     with track_step(cfg, ds, "generative", run_key) as step:

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from jobs.config import FactoryConfig
@@ -22,6 +21,7 @@ from jobs.days import day_bounds_ms, shift
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.steps.generative_training import Examples
 from jobs.steps.sid_lookup import SidLookup, load_lookup
 from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
 
@@ -77,8 +77,6 @@ def load_day(cfg: FactoryConfig, ds: str, embedding_days=(0, -1)) -> DayData:
 
 def training_examples(day: DayData, ds: str, history: int, per_user: int, users: list[str], soft: bool):
     """(histories, prompts, user vectors or None, targets) for the plays of ds by `users`."""
-    from jobs.steps.generative import Examples
-
     start, _ = day_bounds_ms(ds)
     yesterday = day.embeddings.get(shift(ds, -1), {})
     histories, prompts, vectors, targets = [], [], [], []

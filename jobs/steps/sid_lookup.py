@@ -23,18 +23,14 @@ binary search one column at a time, so memory is the matrix itself and a query i
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import typer
 
-from jobs.config import FactoryConfig, load_config
+from jobs.config import FactoryConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
@@ -223,48 +219,3 @@ def load_lookup(cfg: FactoryConfig, version: int | None = None, policy: str | No
             parse_ds(ds)
             plays = plays_on(cfg, ds)
     return build_lookup(version, rows.column("item_id").to_pylist(), tokens, policy, plays, ds)
-
-
-# --- CLI: mounted by jobs.cli as `factory sid ...` -------------------------------------------------
-
-sid_app = typer.Typer(help="Semantic-ID lookups: item <-> SID, and valid next tokens under a prefix.",
-                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
-VersionOption = Annotated[Optional[int], typer.Option("--version", help="Codebook version (default: the latest).")]
-PolicyOption = Annotated[Optional[str], typer.Option("--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
-DsOption = Annotated[Optional[str], typer.Option("--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
-
-
-@sid_app.command("lookup")
-def lookup_command(
-    key: Annotated[str, typer.Argument(help="An item id (e.g. trk_000123), a SID (12-201-7-0) or a bare code (12-201-7).")],
-    version: VersionOption = None, policy: PolicyOption = None, ds: DsOption = None, config: ConfigOption = None,
-) -> None:
-    """Item -> SID, or SID (or bare code) -> item, for a codebook version; prints one JSON object."""
-    lookup = load_lookup(load_config(config), version, policy, ds)
-    is_sid = key.replace("-", "").isdigit()
-    item = lookup.item(key) if is_sid else key
-    sid = lookup.sid(item)
-    out = {"codebook_version": lookup.codebook_version, "item_id": item, "sid": sid, "policy": lookup.policy}
-    if is_sid and len(parse_sid(key)) == lookup.levels:
-        out.update(code=key, items_sharing_code=lookup.items_under(key), resolved_by_plays_of=lookup.ds)
-    print(json.dumps(out))
-
-
-@sid_app.command("prefix")
-def prefix_command(
-    prefix: Annotated[str, typer.Argument(help="Tokens joined by dashes, e.g. 12-201 ('' for the root).")],
-    limit: Annotated[int, typer.Option(help="Show at most this many items.")] = 20,
-    version: VersionOption = None, policy: PolicyOption = None, ds: DsOption = None, config: ConfigOption = None,
-) -> None:
-    """Valid next tokens after PREFIX (what a constrained decoder may generate) and the items under it."""
-    lookup = load_lookup(load_config(config), version, policy, ds)
-    tokens = parse_sid(prefix)
-    items = lookup.trie.items(tokens)
-    if not items and tokens:
-        raise FactoryError(f"No SID starts with {prefix} in codebook version {lookup.codebook_version}.")
-    print(json.dumps({
-        "codebook_version": lookup.codebook_version, "policy": lookup.policy, "prefix": prefix,
-        "depth": lookup.trie.depth, "next_tokens": lookup.trie.next_tokens(tokens),
-        "complete_item": lookup.trie.item(tokens), "items": len(items), "first_items": items[:limit],
-    }))

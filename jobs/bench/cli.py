@@ -1,0 +1,223 @@
+"""`factory bench ...` (or `python -m jobs.bench ...`): the benchmark commands and their options.
+
+Import-light on purpose (typer and the shared helpers only): jobs.cli mounts this app, and each
+command imports its benchmark module (torch, Ray, Spark, faiss) only when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from jobs.bench.common import RESULTS, invocation, parse_ints, report, setup_logging, write_result
+from jobs.bench.perf import SECTIONS
+from jobs.config import load_config, with_overrides
+from jobs.days import parse_ds
+from jobs.errors import FactoryError
+
+bench_app = typer.Typer(help="Benchmarks (results: benchmarks/results/, docs/benchmarks.md, MLflow).", no_args_is_help=True,
+                        add_completion=False, pretty_exceptions_enable=False)
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark, Ray, MLflow settings).")]
+MlflowOption = Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")]
+
+
+@bench_app.callback()
+def bench() -> None:
+    """Quality on public data (encoder, sid, generative); performance on generated data (all, inference, features).
+
+    Results: benchmarks/results/, docs/benchmarks.md and the MLflow experiment <experiment>_benchmarks.
+    """
+
+
+@bench_app.command()
+def encoder(
+    data: Annotated[Path, typer.Option(help="SASRec-format file: `user item` per line, each user's lines in time order.")],
+    minutes: Annotated[float, typer.Option(help="Training-clock budget in minutes (validation included).")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/encoder_<data stem>.json).")] = None,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
+    d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
+    n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, residuals and MLP.")] = 0.2,
+    max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay over the budget).")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,
+    warmup_steps: Annotated[int, typer.Option(help="Linear lr warmup steps.")] = 100,
+    weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 0.0,
+    temperature: Annotated[float, typer.Option(help="Scores are cosine / temperature.")] = 0.05,
+    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a better validation NDCG@10.")] = 20,
+    mask_history_in_loss: Annotated[bool, typer.Option(help="Train each position against unseen items only.")] = False,
+    all_windows: Annotated[bool, typer.Option(help="Also train on transitions older than a user's last max_len.")] = False,
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
+    run_name: Annotated[Optional[str], typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow and register the model.")] = True,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Ray, MLflow settings).")] = None,
+) -> None:
+    """Train the user encoder on DATA for MINUTES and report leave-one-out full-ranking metrics."""
+    from jobs.bench import encoder as bench
+
+    setup_logging()
+    out = out or RESULTS / f"encoder_{data.stem}.json"
+    command = invocation("encoder")
+    report(lambda: bench.run_benchmark(
+        data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
+        max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
+        all_windows=all_windows, bf16=bf16,
+        cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
+        log_to_mlflow=mlflow, run_name=run_name, command=command,
+    ), bench.render_markdown, out)
+
+
+@bench_app.command()
+def sid(
+    items: Annotated[Optional[Path], typer.Option(help="Catalog file: JSONL or CSV with id,text[,label].")] = None,
+    movielens: Annotated[Optional[Path], typer.Option(help="MovieLens folder with movies.dat and item_map.csv (ML-1M).")] = None,
+    lake_ds: Annotated[Optional[str], typer.Option(help="Use the factory lake's catalog and item_embeddings of this day.")] = None,
+    levels: Annotated[str, typer.Option(help="Codebook depths to measure, comma-separated; the first is used for stability and speed.")] = "3,4",
+    codes: Annotated[int, typer.Option(help="Codes per level.")] = 256,
+    seeds: Annotated[str, typer.Option(help="Quantiser seeds, comma-separated.")] = "0,1,2",
+    stability_days: Annotated[int, typer.Option(help="Simulated days before the warm refit (0 skips stability).")] = 7,
+    speed_sizes: Annotated[str, typer.Option(help="Synthetic catalog sizes for build time ('' skips).")] = "100000,1000000",
+    stickiness: Annotated[float, typer.Option(help="sid.refit_stickiness for the stability run.")] = 1.0,
+    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/sid_<name>.json).")] = None,
+    mlflow: MlflowOption = True,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (MLflow settings).")] = None,
+) -> None:
+    """Semantic-ID quality, stability and speed on an item catalog (see jobs/bench/sid.py)."""
+    from jobs.bench import sid as bench
+
+    setup_logging()
+    command = invocation("sid")
+    name = (f"lake_{lake_ds}" if lake_ds else "ml-1m" if movielens and movielens.name == "ml-1m"
+            else (items or movielens).stem if (items or movielens) else "")
+    out = out or RESULTS / f"sid_{name}.json"
+
+    def measure() -> dict:
+        if sum(x is not None for x in (items, movielens, lake_ds)) != 1:
+            raise FactoryError("Pass exactly one of --items PATH, --movielens DIR or --lake-ds DS.")
+        cfg = load_config(config)
+        if lake_ds:
+            parse_ds(lake_ds)
+        catalog = bench.read_catalog(items) if items else bench.read_movielens(movielens) if movielens else bench.read_lake(cfg, lake_ds)
+        return bench.run_benchmark(catalog, levels=parse_ints(levels, "levels"), codes=codes, seeds=parse_ints(seeds, "seeds"),
+                                   stability_days=stability_days, speed_sizes=parse_ints(speed_sizes, "speed-sizes"),
+                                   stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command()
+def generative(
+    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, item_map.csv, user_map.csv.")],
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
+    minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
+                                             "compute for every run however busy the machine is.")] = 0,
+    encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, reference row).")] = 5.0,
+    history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
+    targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
+    train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its projector).")] = 0.85,
+    eval_users: Annotated[int, typer.Option(help="Evaluate on this many random users, a fixed sample (0 = all).")] = 2000,
+    beams: Annotated[int, typer.Option(help="Beam width of constrained decoding.")] = 30,
+    hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
+    model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
+    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
+    mlflow: MlflowOption = True,
+) -> None:
+    """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
+    from jobs.bench import generative as bench
+    from models.generative import TinyLlamaConfig
+
+    setup_logging(with_time=True)
+    out = out or RESULTS / f"generative_{data.parent.name}.json"
+    command = invocation("generative")
+    report(lambda: bench.run_benchmark(
+        data, seeds=parse_ints(seeds, "seeds"), minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
+        history=history, targets_per_user=targets_per_user, train_user_share=train_user_share, eval_users=eval_users,
+        beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers, intermediate=4 * hidden), model_dir=model_dir,
+        out=out, command=command, log_to_mlflow=mlflow,
+    ), bench.render_markdown, out)
+
+
+@bench_app.command()
+def features(
+    sizes: Annotated[str, typer.Option(help="Event counts to measure, comma-separated.")] = "1000000,5000000,20000000",
+    repeats: Annotated[int, typer.Option(help="Rounds of (Spark, DuckDB) per size; the best of each engine is reported.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic events.")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "features.json",
+    mlflow: MlflowOption = True,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
+) -> None:
+    """Spark's user-sequence job against the same SQL in DuckDB at growing sizes (see jobs/bench/features.py)."""
+    from jobs.bench import features as bench
+
+    setup_logging()
+    command = invocation("features")
+    report(lambda: bench.run(parse_ints(sizes, "sizes"), seed=seed, repeats=repeats, cache=cache, cfg=load_config(config),
+                             out=out, log_to_mlflow=mlflow, command=command), bench.render_markdown, out)
+
+
+@bench_app.command()
+def inference(
+    users: Annotated[str, typer.Option(help="Users per encoder config, comma-separated (aligned with --encoders).")] = "100000,10000",
+    encoders: Annotated[str, typer.Option(help="Encoder configs d_model:layers:max_len, comma-separated.")] = "64:2:50,256:2:200",
+    reps: Annotated[int, typer.Option(help="Interleaved ray/loop repetitions (medians are reported).")] = 3,
+    active_share: Annotated[float, typer.Option(help="Share of users active on the incremental day.")] = 0.1,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "inference.json",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config ([ray] settings).")] = None,
+) -> None:
+    """Users/s of the embed step vs a plain torch loop and the GEMM roofline (see jobs/bench/inference.py)."""
+    from jobs.bench import inference as bench
+
+    setup_logging()
+
+    def measure() -> dict:
+        sizes = parse_ints(users, "users")
+        configs = bench.parse_encoders(encoders)
+        if len(sizes) != len(configs):
+            raise FactoryError(f"--users has {len(sizes)} values but --encoders {len(configs)}; give one size per config.")
+        result = bench.run(sizes, load_config(config), configs, reps=reps, active_share=active_share)
+        result["command"] = invocation("inference")
+        return write_result(out, result, bench.summary_rows(result))
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command("all")
+def all_benchmarks(
+    only: Annotated[Optional[str], typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,
+    smoke: Annotated[bool, typer.Option(help="Tiny sizes: checks the suite runs, measures nothing worth quoting.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/perf.json; smoke: perf_smoke.json).")] = None,
+    mlflow: MlflowOption = True,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (MLflow, Spark, Ray settings).")] = None,
+) -> None:
+    """Every performance benchmark (inference, features, semantic IDs, end to end, scaling): markdown + JSON + MLflow."""
+    from jobs.bench import perf
+
+    setup_logging()
+    command = invocation("all")
+    sections = [s.strip() for s in only.split(",")] if only else list(SECTIONS)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        typer.echo(f"error: unknown section(s) {', '.join(unknown)}; sections are: {', '.join(SECTIONS)}.", err=True)
+        raise typer.Exit(1)
+    out = out or RESULTS / ("perf_smoke.json" if smoke else "perf.json")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        result = perf.run(sections, perf.SMOKE if smoke else perf.FULL, cfg, cfg.state_dir / "bench", command, out,
+                          progress=lambda line: typer.echo(line, err=True))
+        markdown = perf.render_markdown(result)
+        if mlflow:
+            perf.log_mlflow(cfg, result, markdown)
+        result = write_result(out, result, result["summary"])
+        out.with_suffix(".md").write_text(markdown)
+        return result
+
+    report(measure, perf.render_markdown, out)
+
