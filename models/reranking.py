@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from models.residual_quantizer import sid_string
+
 
 @dataclass(frozen=True)
 class RerankRules:
@@ -55,14 +57,14 @@ def rerank(candidates: list[Candidate], consumed: set[str], rules: RerankRules) 
         elif quota is not None and per_type[c.item_type] >= quota:
             decision = Decision(c, False, f"quota {c.item_type}: {quota} already kept")
         elif rules.max_per_prefix and per_prefix[prefix] >= rules.max_per_prefix:
-            decision = Decision(c, False, f"prefix cap {'-'.join(map(str, prefix))}: {rules.max_per_prefix} already kept")
+            decision = Decision(c, False, f"prefix cap {sid_string(prefix)}: {rules.max_per_prefix} already kept")
         else:
             per_type[c.item_type] += 1
             per_prefix[prefix] += 1
             kept += 1
             decision = Decision(c, True, f"kept: rank {kept}, new to the user"
                                 + (f", {c.item_type} {per_type[c.item_type]}/{quota}" if quota is not None else "")
-                                + (f", prefix {'-'.join(map(str, prefix))} {per_prefix[prefix]}/{rules.max_per_prefix}"
+                                + (f", prefix {sid_string(prefix)} {per_prefix[prefix]}/{rules.max_per_prefix}"
                                    if rules.max_per_prefix else ""))
         decisions.append(decision)
     return decisions

@@ -5,10 +5,8 @@ An item's semantic ID (SID) is `levels` hierarchical codes followed by a de-dupl
 similar. Pure numpy + faiss, no I/O: the pipeline stores `centroids` (one (K_l, D) array per level)
 and rebuilds the quantiser with `ResidualQuantizer.from_centroids`.
 
-Two choices keep codes spread out. Measured on the 3,416 ML-1M titles (all-MiniLM-L6-v2), 3 x 256,
-mean of 5 seeds: plain residual k-means 6.1% full-code collisions (3.2-12.2% by seed; per-level
-perplexity 193/68/29), normalised residuals 1.1%, normalised + balanced 1.3% (1.2-1.4%, perplexity
-235/237/245). Remaining collisions are mostly sequels ("Rocky III"/"Rocky IV").
+Three choices keep codes spread out and stable (the measurements behind them: docs/benchmarks.md,
+"Why the quantiser normalises, balances and sticks"):
 
 * `normalize_residuals`: each level quantises the L2-normalised residual of the previous level, so
   deeper levels see unit-scale inputs and do not collapse onto the few items with large residuals.
@@ -18,15 +16,13 @@ perplexity 193/68/29), normalised residuals 1.1%, normalised + balanced 1.3% (1.
   additive bias per code; points take argmin(distance + bias) and centroids move to their means.
   `fit_codes` use these biases for every fitted vector, sample or not. `assign` does NOT: it is
   plain nearest-centroid, for new or edited items between refits (biases are not part of the
-  stored codebook), so ~2% of fitted items would get another code from `assign` (ML-1M).
+  stored codebook), so a few fitted items would get another code from `assign`.
   A warm-started balanced fit skips plain k-means (which would undo the balance) and runs only
   the balanced rounds from the previous centroids, so an unchanged catalog keeps its codes.
 * Sticky assignment (`assign(..., previous=, stickiness=)`), for refits: even a warm start moves
-  centroids, and deeper levels quantise small residuals, so their codes flip easily. Measured on the
-  generated catalog after a week of 2% new / 1% edited items per day, 3 x 256: a warm refit changed
-  27% of unchanged items' codes (level 1/2/3: 5/12/22%); keeping the previous code at a level unless
-  the nearest code is closer by more than a factor (1 + stickiness) in squared distance changed 2.1%
-  at stickiness 1.0 (9.9% at 0.5, 0.4% at 2.0), with collisions 8.4% vs 9.2% and the same perplexity.
+  centroids, and deeper levels quantise small residuals, so their codes flip easily. A level keeps
+  the previous code unless the nearest code is closer by more than a factor (1 + stickiness) in
+  squared distance.
 
 Zero residuals (an item that is its own centroid, common in small catalogs) are left out of the next
 level's k-means: as a seed, a zero vector becomes a small-norm centroid that attracts everything.
@@ -232,9 +228,10 @@ def dedup_tokens(
     return tokens
 
 
-def sid_string(codes_row, token) -> str:
-    """'12-201-7-88-0' from codes (12, 201, 7, 88) and de-duplication token 0."""
-    return "-".join(str(int(c)) for c in codes_row) + f"-{int(token)}"
+def sid_string(tokens) -> str:
+    """A SID (or SID prefix) as text: tokens (12, 201, 7, 88, 0) -> '12-201-7-88-0'. The one place
+    the format is written; jobs.steps.sid_lookup.parse_sid reads it back."""
+    return "-".join(str(int(t)) for t in tokens)
 
 
 def _check_vectors(vectors: np.ndarray, dim: int | None, name: str) -> np.ndarray:

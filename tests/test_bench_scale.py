@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from jobs.synthetic.worlds import ScaleWorld, config_toml
 from jobs.config import load_config
 from jobs.synthetic.generate import generate_drops
+from jobs.synthetic.worlds import ScaleWorld, config_toml
 
 
 @pytest.mark.parametrize("events_per_user", [6.0, 50.0])

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.steps import STEP_NAMES
 from jobs.lakehouse.tables import ALL_TABLES
+from jobs.steps import STEP_NAMES
 
 
 @pytest.fixture(scope="module")

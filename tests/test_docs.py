@@ -9,8 +9,8 @@ def test_tables_doc_matches_the_table_registry():
 
 
 def test_readme_dag_picture_names_every_step_and_table():
-    from jobs.steps import STEP_NAMES
     from jobs.lakehouse.tables import ALL_TABLES
+    from jobs.steps import STEP_NAMES
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     mermaid = readme.split("```mermaid", 1)[1].split("```", 1)[0]

@@ -17,6 +17,7 @@ from models.generative import (
     tiny_llama,
 )
 from models.reranking import Candidate, RerankRules, rerank
+from models.residual_quantizer import sid_string
 
 LEVELS = (4, 4, 3)
 TINY = TinyLlamaConfig(hidden=32, layers=1, heads=2, intermediate=64, max_positions=128)
@@ -197,7 +198,7 @@ def tiny_lake(tmp_path, enabled: bool):
     delta.upsert(cfg, ITEM_VOCAB, pa.Table.from_pylist([{"item_id": it, "item_idx": i + 1, "first_seen_ds": DS}
                                                        for i, it in enumerate(items)], schema=ITEM_VOCAB.schema))
     delta.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist([{"codebook_version": 1, "item_id": it, "tokens": t.tolist(),
-                                                         "sid": "-".join(map(str, t))} for it, t in zip(items, tokens)],
+                                                         "sid": sid_string(t)} for it, t in zip(items, tokens)],
                                                        schema=ITEM_TOKENS.schema))
     start, _ = day_bounds_ms(DS)
     rng = np.random.default_rng(0)

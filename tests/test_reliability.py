@@ -5,7 +5,6 @@ a step, concurrent days, backfill, bad model/codebook) are in jobs/faults/scenar
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,7 +22,14 @@ from deltalake.exceptions import CommitFailedError
 from jobs import pipeline
 from jobs.config import ConfigError, load_config, with_overrides
 from jobs.days import parse_ds, shift
-from jobs.errors import ConcurrentWriteError, DropRefused, FactoryError, GateFailed, QuarantineShareExceeded, UnsafePath
+from jobs.errors import (
+    ConcurrentWriteError,
+    DropRefused,
+    FactoryError,
+    GateFailed,
+    QuarantineShareExceeded,
+    UnsafePath,
+)
 from jobs.faults.refusals import bad_event_lines, write_drop
 from jobs.faults.report import BEGIN, END, write_results
 from jobs.faults.world import fingerprint, orphan_files

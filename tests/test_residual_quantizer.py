@@ -42,7 +42,7 @@ def clustered(n: int = 500, dim: int = 32, n_clusters: int = 20, seed: int = 0) 
 
 
 def full_sids(codes: np.ndarray, tokens: np.ndarray) -> list[str]:
-    return [sid_string(row, token) for row, token in zip(codes, tokens)]
+    return [sid_string([*row, token]) for row, token in zip(codes, tokens)]
 
 
 # --- quantiser -------------------------------------------------------------------------------------
@@ -235,7 +235,8 @@ def test_dedup_requires_existing_codes_and_tokens_together():
 
 
 def test_sid_string_joins_codes_and_token_with_dashes():
-    assert sid_string(np.array([12, 201, 7, 88], np.int32), np.int64(0)) == "12-201-7-88-0"
+    assert sid_string([*np.array([12, 201, 7, 88], np.int32), np.int64(0)]) == "12-201-7-88-0"
+    assert sid_string((12, 201)) == "12-201"  # a prefix
 
 
 # --- metrics on hand-computed cases ------------------------------------------------------------------

@@ -9,12 +9,13 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from jobs.cli import sid_app
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEM_TOKENS
-from jobs.cli import sid_app
 from jobs.steps.sid_lookup import SidTrie, build_lookup, load_lookup, parse_sid, resolve_bare_codes
+from models.residual_quantizer import sid_string
 
 # Three levels + de-duplication token; items a, b, c share the code 1-2-3.
 TOKENS = {"a": [1, 2, 3, 0], "b": [1, 2, 3, 1], "c": [1, 2, 3, 2], "d": [1, 2, 5, 0], "e": [1, 7, 0, 0], "f": [4, 0, 0, 0]}
@@ -96,7 +97,7 @@ def test_parse_sid_rejects_what_is_not_tokens(bad):
 def lake_cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path))
     cfg = load_config()
-    rows = [{"codebook_version": v, "item_id": i, "tokens": t, "sid": "-".join(map(str, t)), "text_hash": "h",
+    rows = [{"codebook_version": v, "item_id": i, "tokens": t, "sid": sid_string(t), "text_hash": "h",
              "assigned_ds": DS} for v in (1, 2) for i, t in TOKENS.items()]
     rows[0]["tokens"], rows[0]["sid"] = [9, 9, 9, 0], "9-9-9-0"  # item a had another SID in version 1
     delta.upsert(cfg, ITEM_TOKENS, pa.Table.from_pylist(rows, schema=ITEM_TOKENS.schema))

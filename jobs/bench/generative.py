@@ -39,7 +39,14 @@ from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
 from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
-from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
+from models.generative import (
+    GenerativeRecommender,
+    SidVocabulary,
+    TinyLlamaConfig,
+    TrieTables,
+    pretrained_lm,
+    tiny_llama,
+)
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
 from models.reranking import Candidate, RerankRules, rerank
 from models.sequences import pad_left

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.steps import STEP_NAMES
 from jobs.config import load_config
+from jobs.steps import STEP_NAMES
 from jobs.synthetic.generate import generated_days
 from jobs.synthetic.worlds import ScaleWorld, config_toml
 from jobs.tracking.runs import day_summary

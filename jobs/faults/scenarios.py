@@ -33,8 +33,17 @@ from jobs.config import child_environment, load_config
 from jobs.faults.inject import Pause
 from jobs.faults.refusals import scenario_bad_input, scenario_bad_invocations, scenario_quality_gates
 from jobs.faults.world import (
-    REPO, FaultWorld, Outcome, ScenarioFailed, _in_fresh_process, _one_line_error, _tail, build_stages, compare,
-    fingerprint, orphan_files,
+    REPO,
+    FaultWorld,
+    Outcome,
+    ScenarioFailed,
+    _in_fresh_process,
+    _one_line_error,
+    _tail,
+    build_stages,
+    compare,
+    fingerprint,
+    orphan_files,
 )
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB, ITEMS, QUARANTINE, TABLES_BY_NAME, USER_SEQUENCES

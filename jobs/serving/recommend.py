@@ -13,10 +13,11 @@ from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEMS
-from jobs.steps.generative_training import Examples, generate
 from jobs.steps.generative_data import latest_model_folder, load_day, load_model
+from jobs.steps.generative_training import Examples, generate
 from models.generative import TrieTables
 from models.reranking import Candidate, RerankRules, rerank
+from models.residual_quantizer import sid_string
 
 
 def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 10) -> dict:
@@ -56,6 +57,6 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     decisions = rerank(candidates, set(items), rules)
     return {"user_id": user_id, "ds": ds, "model": str(folder), "history_items": len(history),
             "soft_token": bool(meta["user_dim"]), "prompt": day.prompt(items) if meta["prompt"] else [],
-            "decisions": [{"sid": "-".join(map(str, d.candidate.sid)), "item_id": d.candidate.item_id,
+            "decisions": [{"sid": sid_string(d.candidate.sid), "item_id": d.candidate.item_id,
                            "type": d.candidate.item_type, "title": titles.get(d.candidate.item_id, ""),
                            "score": d.candidate.score, "kept": d.kept, "reason": d.reason} for d in decisions]}

@@ -21,8 +21,15 @@ from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps.encoder_training import (
-    SELECTION_METRICS, LoopConfig, LoopState, TrainingData, TrainingRun, load_training_checkpoint, loop_config,
-    resume_from_checkpoint, save_checkpoint,
+    SELECTION_METRICS,
+    LoopConfig,
+    LoopState,
+    TrainingData,
+    TrainingRun,
+    load_training_checkpoint,
+    loop_config,
+    resume_from_checkpoint,
+    save_checkpoint,
 )
 from models.user_encoder import UserEncoder, UserEncoderConfig
 

@@ -19,6 +19,7 @@ from jobs.lakehouse.tables import ITEM_TOKENS, ITEMS, USER_EMBEDDINGS, USER_SEQU
 from jobs.steps import generative_data as day_data
 from jobs.steps.generative_training import FitConfig, fit, generate, hit_metrics
 from jobs.tracking.runs import StepResult, track_step
+from models.residual_quantizer import sid_string
 
 
 def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
@@ -56,7 +57,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                                                 warmup_steps=20, threads=torch.get_num_threads()))
         check = examples.rows(np.arange(min(len(examples), 200)))
         rows, _ = generate(model, check, day_data.trie_of(day, model.vocab), g.beams)
-        wanted = [day.lookup.item("-".join(map(str, t))) for t in check.targets]
+        wanted = [day.lookup.item(sid_string(t)) for t in check.targets]
         folder = day_data.model_folder(cfg, ds)
         day_data.save_model(folder, model, {"ds": ds, "user_dim": user_dim, "soft_token": soft, "prompt": g.prompt,
                                             "history": g.history, "codebook_version": day.lookup.codebook_version})

@@ -23,7 +23,14 @@ from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.steps.generative_training import Examples
 from jobs.steps.sid_lookup import SidLookup, load_lookup
-from models.generative import GenerativeRecommender, SidVocabulary, TinyLlamaConfig, TrieTables, pretrained_lm, tiny_llama
+from models.generative import (
+    GenerativeRecommender,
+    SidVocabulary,
+    TinyLlamaConfig,
+    TrieTables,
+    pretrained_lm,
+    tiny_llama,
+)
 
 PROMPT_TOKENS = tuple(f"episodes={v}" for v in ("none", "some", "most")) + tuple(f"activity={v}" for v in ("low", "mid", "high"))
 

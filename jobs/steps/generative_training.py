@@ -18,7 +18,13 @@ import time
 import numpy as np
 import torch
 
-from models.generative import GenerativeRecommender, SidVocabulary, TrieTables, build_sequences, constrained_beam_search
+from models.generative import (
+    GenerativeRecommender,
+    SidVocabulary,
+    TrieTables,
+    build_sequences,
+    constrained_beam_search,
+)
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from jobs.steps.sid_lookup import plays_on, resolve_bare_codes
 from jobs.tracking import plots
 from jobs.tracking.runs import StepResult, track_step
 from models import sid_metrics
-from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig, dedup_tokens
+from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig, dedup_tokens, sid_string
 
 log = logging.getLogger(__name__)
 TEXT_ENCODER = "all-MiniLM-L6-v2"
@@ -231,7 +231,7 @@ def codebook_rows(version: int, ds: str, quantizer: ResidualQuantizer, params: d
 def token_rows(version: int, ds: str, items: pa.Table, tokens: np.ndarray) -> pa.Table:
     return pa.table({
         "codebook_version": [version] * items.num_rows, "item_id": items.column("item_id"),
-        "tokens": [list(map(int, t)) for t in tokens], "sid": ["-".join(map(str, t)) for t in tokens.tolist()],
+        "tokens": [list(map(int, t)) for t in tokens], "sid": [sid_string(t) for t in tokens.tolist()],
         "text_hash": items.column("text_hash"), "assigned_ds": [ds] * items.num_rows,
     })
 
@@ -323,7 +323,7 @@ def _refit(cfg: FactoryConfig, ds: str, step, items: pa.Table, vectors: np.ndarr
     new_rows = token_rows(version, ds, items, tokens)
     step.wrote(ITEM_TOKENS, delta.upsert(cfg, ITEM_TOKENS, new_rows)[0])
     if existing:
-        old = {i: "-".join(map(str, t)) for i, (t, _) in existing.items()}
+        old = {i: sid_string(t) for i, (t, _) in existing.items()}
         new = dict(zip(item_ids, new_rows.column("sid").to_pylist()))
         same_text = {i for i, h in zip(item_ids, items.column("text_hash").to_pylist()) if i in existing and existing[i][1] == h}
         step.metrics(refit_sid_change_share=sid_metrics.sid_change_share(old, new),
@@ -367,7 +367,7 @@ def _log_quality(cfg: FactoryConfig, step, version: int, items: pa.Table) -> Non
     step.metrics(**metrics)
     if cfg.sid.collision_policy == "popular" and shared:
         group_size = np.bincount(np.unique(codes, axis=0, return_inverse=True)[1].reshape(-1))
-        resolution = {"-".join(map(str, codes[w])): row_ids[w] for w, size in zip(winners, group_size) if size > 1}
+        resolution = {sid_string(codes[w]): row_ids[w] for w, size in zip(winners, group_size) if size > 1}
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "sid_resolution.json"
             path.write_text(json.dumps({"ds": step.result.ds, "codebook_version": version, "bare_code_to_item": resolution}))

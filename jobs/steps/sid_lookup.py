@@ -35,6 +35,7 @@ from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEM_TOKENS
+from models.residual_quantizer import sid_string
 
 log = logging.getLogger(__name__)
 POLICIES = ("dedup", "popular")
@@ -142,7 +143,7 @@ class SidLookup:
         row = self._row.get(item_id)
         if row is None:
             raise FactoryError(f"Item {item_id!r} has no SID in codebook version {self.codebook_version}.")
-        return "-".join(str(int(t)) for t in self.tokens[row])
+        return sid_string(self.tokens[row])
 
     def item(self, sid: str) -> str:
         """The item of a full SID, or of a bare code (levels tokens) as the collision policy resolves it."""

@@ -26,7 +26,13 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
 from jobs.steps.encoder_fit import fit, log_history
-from jobs.steps.encoder_training import TrainingData, build_training_data, loop_config, validation_metrics, weights_are_finite
+from jobs.steps.encoder_training import (
+    TrainingData,
+    build_training_data,
+    loop_config,
+    validation_metrics,
+    weights_are_finite,
+)
 from jobs.tracking import registry
 from jobs.tracking.runs import StepResult, StepRun, track_step
 from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table

@@ -12,11 +12,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from jobs.steps import STEP_NAMES
 from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.runtime.airflow_env import DAG_ID, airflow_command
 from jobs.serving.show import day_report
+from jobs.steps import STEP_NAMES
 from jobs.synthetic.generate import generate_drops, generated_days
 from jobs.tracking.runs import day_summary
 
