@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from jobs.config import ENV_PREFIX, as_dict, load_config
+from tests import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 INFRA = ROOT / "infra"

@@ -23,6 +23,7 @@ from jobs.pipeline import run_day
 from jobs.serving.show import day_report
 from jobs.synthetic.generate import generate_drops, generated_days
 from jobs.synthetic.worlds import TINY_WORLD
+from tests import REPO
 
 # Columns that say when and at which table versions a day was published: a rerun writes new
 # (identical) table versions and publishes again, so these two legitimately change.
@@ -41,7 +42,7 @@ def world(tmp_path_factory):
     env = {**os.environ, **env_overrides(TINY_WORLD)}
     airflow = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "airflow", "dags", "test", "daily_embeddings", day1],
-        env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1],
+        env=env, capture_output=True, text=True, cwd=REPO,
     )
     if airflow.returncode != 0:  # day 2 builds on day 1: stop here with Airflow's own words
         pytest.fail(f"airflow dags test failed:\n{airflow.stdout[-4000:]}\n{airflow.stderr[-4000:]}")

@@ -219,10 +219,10 @@ def scenario_concurrency(world: FaultWorld) -> list[Outcome]:
 
 def scenario_unit_tests(world: FaultWorld) -> list[Outcome]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reliability.py"],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults/test_reliability.py"],
                           cwd=REPO, capture_output=True, text=True, env=child_environment(COLUMNS="200"))
     summary = _tail(done.stdout, 1)
-    return [Outcome("unit-level checks", "`pytest tests/test_reliability.py` (validation, gates, lake retries and "
+    return [Outcome("unit-level checks", "`pytest tests/faults/test_reliability.py` (validation, gates, lake retries and "
                     "crash, path safety, preflight, security)", summary, done.returncode == 0,
                     seconds=time.perf_counter() - started)]
 

@@ -21,7 +21,7 @@ from jobs.synthetic.catalog import Catalog
 
 PLAY, SKIP, SAVE = 0, 1, 2  # event types, as in jobs.synthetic.generate.EVENT_TYPES
 
-# Behaviour knobs. They shape the signal the encoder should find; tests/test_generate.py pins their effect.
+# Behaviour knobs. They shape the signal the encoder should find; tests/synthetic/test_generate.py pins their effect.
 HISTORY = 50  # recent tracks per user that heavy-rotation replays draw from
 FAVOURITES = 5  # at most this many favourite artists per user
 SOURCE_P = np.array([0.35, 0.33, 0.24, 0.08])  # a music slot plays: session artist, genre hit, rotation, explore

@@ -133,8 +133,9 @@ def inferred(monkeypatch, one_torch_thread) -> list[list[str]]:
 
 
 @pytest.fixture
-def lake_cfg(tmp_path, inferred):
-    return load_config(overrides={"paths.state_dir": str(tmp_path)})
+def lake_cfg(lake_cfg, inferred):
+    """The shared tmp-lake config (tests/conftest.py), with embed_users running in process."""
+    return lake_cfg
 
 
 def write_sequences(cfg, ds: str, table: pa.Table) -> tuple[int, list[str]]:

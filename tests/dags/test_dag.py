@@ -1,18 +1,18 @@
 """The DAG parses, wires one task per step in order, and declares what it publishes."""
 
-from pathlib import Path
 
 import pytest
 
 from jobs.lakehouse.tables import ALL_TABLES
 from jobs.steps import STEP_NAMES
+from tests import REPO
 
 
 @pytest.fixture(scope="module")
 def dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(Path(__file__).parents[1] / "dags"))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     return bag.dags["daily_embeddings"]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from jobs.bench.common import SUMMARY_KEYS, machine, summary_row, write_result
+from tests import REPO
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 def assert_summary(rows: list[dict]) -> None:

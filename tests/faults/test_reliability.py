@@ -50,8 +50,8 @@ from jobs.lakehouse.tables import (
 )
 from jobs.steps import catalog, ingest, publish
 from jobs.steps.index import build_index, index_uri, write_index
+from tests import REPO
 
-REPO = Path(__file__).parents[1]
 DS = "2026-01-01"
 TRACKS = [f"trk_{i:06d}" for i in range(1, 6)]
 
@@ -61,16 +61,10 @@ def catalog_line(item_id: str, title: str = "Song", **extra) -> bytes:
                        "duration_ms": 200_000, **extra}).encode()
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    """One MLflow store for the module: creating a SQLite store takes seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture
-def cfg(tmp_path, mlflow_uri):
+def cfg(tmp_path, mlflow_store):
     """A lake and landing of its own, with a catalog of five tracks first seen on DS."""
-    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "mlflow.tracking_uri": mlflow_uri})
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), **mlflow_store})
     write_drop(Path(cfg.landing_uri), "catalog", DS, [catalog_line(i) for i in TRACKS], files=1)
     catalog.run(DS, cfg)
     return cfg
@@ -149,12 +143,12 @@ def test_catalog_quarantines_bad_items_with_reasons_and_accounts_for_every_line(
     assert item["title"] == "Song (remaster)"  # the later line of the drop wins
 
 
-def test_catalog_days_merged_out_of_order_give_the_same_items(cfg, tmp_path, mlflow_uri):
+def test_catalog_days_merged_out_of_order_give_the_same_items(cfg, tmp_path, mlflow_store):
     later = shift(DS, 1)
     write_drop(Path(cfg.landing_uri), "catalog", later, [catalog_line("trk_000001", "Edited"),
                                                           catalog_line("trk_000100", "New")], files=1)
     catalog.run(later, cfg)
-    other = load_config(overrides={"paths.state_dir": str(tmp_path / "other"), "mlflow.tracking_uri": mlflow_uri,
+    other = load_config(overrides={"paths.state_dir": str(tmp_path / "other"), **mlflow_store,
                                    "paths.landing_uri": cfg.landing_uri})
     for ds in (later, DS):  # a backfill that reached the later day first
         catalog.run(ds, other)
@@ -169,11 +163,6 @@ def sequences(ds: str, writer: int, rows: int = 3) -> pa.Table:
     return pa.Table.from_pylist([{"user_id": f"u{i}", "item_idx": [writer], "event_type": [1], "ts": [0],
                                   "events_in_window": writer, "last_ts": None, "ds": ds} for i in range(rows)],
                                 schema=USER_SEQUENCES.schema)
-
-
-@pytest.fixture
-def lake_cfg(tmp_path):
-    return load_config(overrides={"paths.state_dir": str(tmp_path)})
 
 
 def test_concurrent_partition_writes_all_commit_and_never_mix(lake_cfg):
@@ -412,10 +401,10 @@ def test_gates_check_the_pinned_versions_not_what_was_committed_later(lake_cfg):
         publish.check_gates(lake_cfg, DS)
 
 
-def test_publish_refusal_is_recorded_in_its_mlflow_run(lake_cfg, mlflow_uri):
+def test_publish_refusal_is_recorded_in_its_mlflow_run(lake_cfg, mlflow_store):
     import mlflow
 
-    cfg = with_overrides(lake_cfg, mlflow={"tracking_uri": mlflow_uri})
+    cfg = with_overrides(lake_cfg, mlflow={"tracking_uri": mlflow_store["mlflow.tracking_uri"]})
     publishable(cfg, drift=0.0)
     with pytest.raises(GateFailed):
         publish.run(DS, cfg)
@@ -518,7 +507,7 @@ def test_no_credentials_are_committed():
     hits = []
     for name in tracked:
         path = REPO / name
-        if not path.is_file() or path.stat().st_size > 1_000_000 or name == "tests/test_reliability.py":
+        if not path.is_file() or path.stat().st_size > 1_000_000 or name == "tests/faults/test_reliability.py":
             continue
         text = path.read_text(errors="ignore")
         hits += [f"{name}: {m.group(0)[:40]}" for pattern in SECRET_PATTERNS for m in pattern.finditer(text)

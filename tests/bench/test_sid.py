@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -13,22 +12,12 @@ from jobs.bench import sid as bench_sid
 from jobs.bench.cli import bench_app
 from jobs.config import GeneratorConfig, load_config
 from jobs.errors import FactoryError
-from jobs.steps import semantic_ids
-from jobs.tracking.runs import configure_mlflow
 
 TINY_WORLD = GeneratorConfig(users=20, genres=3, artists_per_genre=3, tracks=60, shows=3, episodes=15,
                              new_items_per_day=2, edited_items_per_day=1)
 
 
-def fake_encode(texts: list[str], batch_size: int) -> np.ndarray:
-    x = np.array([np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)).standard_normal(16)
-                  for t in texts], np.float32).reshape(-1, 16)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-@pytest.fixture(autouse=True)
-def no_minilm(monkeypatch):
-    monkeypatch.setattr(semantic_ids, "encode_texts", fake_encode)
+pytestmark = pytest.mark.usefixtures("fake_text_encoder")  # tests/conftest.py: no MiniLM
 
 
 def write(path, text: str):
@@ -100,14 +89,6 @@ def test_benchmark_reports_quality_fusion_and_speed_and_writes_json(tmp_path):
     assert set(result["fusion"]["weights"]) == {"0.25", "0.5", "1.0 (collaborative only)"}
     assert result["build_speed"][0]["items"] == 500
     assert "collisions before dedup" in bench_sid.render_markdown(result)
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    store = {"mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "mlflow.artifact_uri": (root / "artifacts").as_uri()}
-    configure_mlflow(load_config(overrides={**store, "mlflow.experiment": "bench_sid_stability"}))  # seconds: once
-    return store
 
 
 def test_stability_runs_the_steps_daily_and_replays_the_refit(tmp_path, mlflow_store):

@@ -19,7 +19,6 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import CODEBOOKS, EVENTS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEMS
 from jobs.steps import semantic_ids
-from jobs.tracking.runs import configure_mlflow
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig
 from models.sid_metrics import code_quality
 
@@ -40,17 +39,9 @@ def fake_encode(texts: list[str], batch_size: int) -> np.ndarray:
     return np.array(out, np.float32).reshape(-1, DIM)
 
 
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    store = {"mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "mlflow.artifact_uri": (root / "artifacts").as_uri()}
-    configure_mlflow(load_config(overrides=store))  # creating the SQLite store takes seconds: once per module
-    return store
-
-
 @pytest.fixture
-def make_cfg(tmp_path, mlflow_store, monkeypatch):
-    monkeypatch.setattr(semantic_ids, "encode_texts", fake_encode)
+def make_cfg(tmp_path, mlflow_store, fake_text_encoder):
+    fake_text_encoder(fake_encode)
 
     def make(**sid):
         overrides = {"paths.state_dir": str(tmp_path), **mlflow_store, "sid.levels": "3", "sid.codes_per_level": "8",

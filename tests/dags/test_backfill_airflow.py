@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from jobs.config import env_overrides
 from jobs.synthetic.worlds import TINY_WORLD
+from tests import REPO
 
-REPO = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -1,0 +1,97 @@
+"""The encoder benchmark (jobs/bench/encoder.py): SASRec-format files, the leave-one-out split, the
+popularity baseline and a whole run on tiny generated data (the training loop: tests/steps/test_train.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jobs.bench import encoder as bench_encoder
+from jobs.config import load_config
+from jobs.errors import FactoryError
+from jobs.steps import encoder_fit
+
+NUM_ITEMS = 30
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+# ---- reading and splitting ------------------------------------------------------------------
+
+
+def test_read_sasrec_groups_interleaved_lines_by_user_in_file_order(tmp_path, write_sasrec):
+    seqs = write_sasrec(tmp_path / "d.txt")
+    data = bench_encoder.read_sasrec(tmp_path / "d.txt")
+    assert [s.tolist() for s in data.sequences] == seqs
+    assert data.num_items == NUM_ITEMS and data.interactions == sum(map(len, seqs))
+
+
+def test_read_sasrec_maps_sparse_item_ids_to_a_dense_range(tmp_path):
+    (tmp_path / "d.txt").write_text("7 100\n7 5\n3 100\n3 42\n")
+    data = bench_encoder.read_sasrec(tmp_path / "d.txt")
+    assert data.num_items == 3
+    assert [s.tolist() for s in data.sequences] == [[3, 2], [3, 1]]  # user 3 first; 5->1, 42->2, 100->3
+
+
+@pytest.mark.parametrize("text", ["1 a\n", ""])
+def test_read_sasrec_rejects_files_that_are_not_user_item_integers(tmp_path, text):
+    (tmp_path / "bad.txt").write_text(text)
+    with pytest.raises(FactoryError):
+        bench_encoder.read_sasrec(tmp_path / "bad.txt")
+
+
+def test_leave_one_out_holds_out_the_last_two_items_and_trains_short_users(tmp_path):
+    (tmp_path / "d.txt").write_text("1 1\n1 2\n1 3\n1 4\n2 5\n2 6\n")
+    data = bench_encoder.read_sasrec(tmp_path / "d.txt")
+    training, test = bench_encoder.leave_one_out(data, max_len=4)
+    assert test.targets.tolist() == [4] and test.inputs.tolist() == [[0, 1, 2, 3]]
+    assert [s.tolist() for s in test.seen] == [[1, 2, 3]]
+    assert training.val_targets.tolist() == [3] and training.val_inputs.tolist() == [[0, 0, 1, 2]]
+    assert [s.tolist() for s in training.val_seen] == [[1, 2]]
+    # Training never sees a validation or test target: user 1 trains on 1 -> 2, user 2 on 5 -> 6.
+    assert training.inputs.tolist() == [[0, 0, 0, 1], [0, 0, 0, 5]]
+    assert training.targets.tolist() == [[0, 0, 0, 2], [0, 0, 0, 6]]
+
+
+def test_popularity_baseline_ranks_by_count_and_filters_seen_items():
+    counts = np.array([0, 5, 4, 3, 2, 1], dtype=np.float64)
+    plain, filtered = bench_encoder.popularity_ranks(counts, np.array([3, 3]), [np.array([1]), np.array([])])
+    assert plain.tolist() == [2, 2]
+    assert filtered.tolist() == [1, 2]
+
+
+# ---- the benchmark end to end ---------------------------------------------------------------
+
+
+def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, monkeypatch, write_sasrec):
+    write_sasrec(tmp_path / "tiny.txt", users=80)
+    monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path / "state"))
+    out = tmp_path / "result.json"
+    result = bench_encoder.run_benchmark(
+        tmp_path / "tiny.txt", minutes=0.02, seed=3, out=out, marks=(0.01, 60), d_model=16, n_layers=1,
+        max_len=12, batch_size=16, lr=1e-2, warmup_steps=2, patience=10_000, cfg=load_config(), log_to_mlflow=False,
+        trainer=encoder_fit.fit_in_process, command="test",
+    )
+    written = json.loads(out.read_text())
+    assert written["seed"] == 3 and [row["figure"] for row in written["summary"]][:2] == [
+        "encoder test HR@10 (seen-filtered)", "encoder test NDCG@10 (seen-filtered)"]
+    for who in ("encoder", "popularity"):
+        for protocol in ("seen_filtered", "unfiltered"):
+            metrics = result["results"][who]["test"][protocol]
+            assert set(metrics) == {"hr10", "ndcg10", "hr50", "ndcg50", "hr200"}
+            assert 0.0 <= metrics["ndcg10"] <= metrics["hr10"] <= metrics["hr50"] <= 1.0
+    enc = result["results"]["encoder"]["test"]
+    assert enc["seen_filtered"]["hr10"] >= enc["unfiltered"]["hr10"]  # removing items only helps the target
+    assert [p["minute"] for p in result["curve"]] == [0.01, 0.02]  # marks beyond the budget are dropped
+    assert result["training"]["stop_reason"] == "time_budget"
+    assert result["load"]["samples"] and result["load"]["cores"] == os.cpu_count()
+    assert result["machine"]["nproc"] == os.cpu_count() and result["published_ml1m"] is None
+    assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
+    markdown = bench_encoder.render_markdown(result)
+    assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
+
+

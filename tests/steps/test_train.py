@@ -1,0 +1,126 @@
+"""The user encoder's training loop (jobs/steps/encoder_training.py), shared by the train step and the
+encoder benchmark: tiny generated SASRec-format data, tiny models, in-process training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.bench import encoder as bench_encoder
+from jobs.steps import encoder_training
+from models.user_encoder import UserEncoder, UserEncoderConfig
+
+NUM_ITEMS = 30
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture
+def tiny_split(tmp_path, write_sasrec):
+    """(data, training, test) of a tiny SASRec file, split leave-one-out as the encoder benchmark does."""
+    path = tmp_path / "tiny.txt"
+    write_sasrec(path, num_items=NUM_ITEMS)
+    data = bench_encoder.read_sasrec(path)
+    return data, *bench_encoder.leave_one_out(data, 12)
+
+
+def tiny_loop(**kw) -> encoder_training.LoopConfig:
+    return encoder_training.LoopConfig(**{"lr": 1e-2, "batch_size": 16, "max_epochs": 3, "patience": 5,
+                               "select_on": "val_ndcg10_seen_filtered", **kw})
+
+
+def tiny_encoder(max_len: int = 12) -> UserEncoderConfig:
+    return UserEncoderConfig(num_items=NUM_ITEMS, max_len=max_len, d_model=16, n_layers=1, n_heads=2, dropout=0.0)
+
+
+
+
+def test_training_run_improves_validation_and_keeps_the_selected_weights(tiny_split):
+    _, training, _ = tiny_split
+    torch.manual_seed(0)
+    encoder = UserEncoder(tiny_encoder())
+    before = encoder_training.validation_metrics(encoder, training)["val_ndcg10_seen_filtered"]
+    run = encoder_training.TrainingRun(encoder, training, tiny_loop(max_epochs=6))
+    state = run.run()
+    epochs = [r for r in state.history if r["kind"] == "epoch"]
+    assert len(epochs) == 6 and state.stop_reason == "max_epochs"
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert state.best == max(r["val_ndcg10_seen_filtered"] for r in state.history) > before
+    selected = UserEncoder(tiny_encoder())
+    selected.load_state_dict(run.best_weights)
+    assert encoder_training.validation_metrics(selected, training)["val_ndcg10_seen_filtered"] == pytest.approx(state.best)
+
+
+def test_training_run_stops_on_its_time_budget_and_snapshots_marks(tiny_split):
+    _, training, _ = tiny_split
+    torch.manual_seed(0)
+    loop = tiny_loop(max_epochs=10_000, patience=10_000, minutes=0.01, mark_minutes=(0.0, 0.01), schedule="cosine", warmup_steps=3)
+    run = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    state = run.run()
+    assert state.stop_reason == "time_budget" and state.elapsed >= 0.6
+    assert set(run.marks) == {0.0, 0.01}
+    assert any(r["kind"] == "mark" for r in state.history)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_training_run_resumes_from_its_checkpoint_exactly(tmp_path, tiny_split):
+    """A run that crashes after epoch 1 and resumes from its checkpoint ends where a straight run does."""
+    _, training, _ = tiny_split
+    loop = tiny_loop(max_epochs=2, schedule="cosine")
+    torch.manual_seed(0)
+    straight = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    straight.run()
+
+    def save_then_crash(run):
+        encoder_training.save_checkpoint(run, tmp_path)
+        raise Crash
+
+    torch.manual_seed(0)
+    with pytest.raises(Crash):
+        encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop).run(on_epoch=save_then_crash)
+    model, marks, state = encoder_training.load_training_checkpoint(tmp_path, tiny_encoder())
+    assert state.epoch == 1 and marks == {} and isinstance(model, UserEncoder)
+    resumed = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
+    encoder_training.resume_from_checkpoint(resumed, tmp_path)
+    resumed.run()
+    assert resumed.state.step == straight.state.step and resumed.state.epoch == 2
+    assert [r["val_ndcg10"] for r in resumed.state.history] == [r["val_ndcg10"] for r in straight.state.history]
+    for key, value in straight.encoder.state_dict().items():
+        torch.testing.assert_close(resumed.encoder.state_dict()[key], value)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    loop = tiny_loop(schedule="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    lrs = [encoder_training.learning_rate(loop, step, progress) for step, progress in [(0, 0.0), (3, 0.0), (10, 0.5), (20, 1.0)]]
+    assert lrs == pytest.approx([loop.lr / 4, loop.lr, loop.lr * 0.55, loop.lr * 0.1])
+
+
+def test_loop_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="schedule"):
+        encoder_training.LoopConfig(schedule="linear")
+    with pytest.raises(ValueError, match="select_on"):
+        encoder_training.LoopConfig(select_on="test_ndcg10")
+
+
+def test_selecting_on_seen_filtered_validation_needs_seen_items(tiny_split):
+    _, training, _ = tiny_split
+    with pytest.raises(ValueError, match="val_seen"):
+        encoder_training.TrainingRun(UserEncoder(tiny_encoder()), replace(training, val_seen=()), tiny_loop())
+
+
+
+def test_a_model_with_nan_weights_is_not_finite_and_ranks_every_target_last():
+    model = UserEncoder(UserEncoderConfig(num_items=5, max_len=4, d_model=8, n_layers=1, n_heads=1))
+    assert encoder_training.weights_are_finite(model)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    assert not encoder_training.weights_are_finite(model)
+    history = np.array([[0, 0, 1, 2]])
+    plain, _ = encoder_training.rank_targets(model, history, np.ones_like(history), np.array([3]))
+    assert plain.tolist() == [5]  # 6 columns (pad + 5 items): the target is behind all the others
