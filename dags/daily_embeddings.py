@@ -73,7 +73,7 @@ def wait_for_drops() -> PokeReturnValue:
 @dag(
     dag_id="daily_embeddings",
     schedule="@daily",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,  # days build on each other (vocabulary, champion, codebooks)
     doc_md=__doc__,

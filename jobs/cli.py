@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,7 +33,7 @@ app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
 
 
 def _config(path: Path | None) -> FactoryConfig:
@@ -60,9 +60,9 @@ def _print_step(result) -> None:
 @app.command()
 def generate(
     config: ConfigOption = None,
-    days: Annotated[Optional[int], typer.Option(help="Days to generate (default: generator.days).")] = None,
-    users: Annotated[Optional[int], typer.Option(help="Initial users (default: generator.users).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (default: generator.seed).")] = None,
+    days: Annotated[int | None, typer.Option(help="Days to generate (default: generator.days).")] = None,
+    users: Annotated[int | None, typer.Option(help="Initial users (default: generator.users).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: generator.seed).")] = None,
 ) -> None:
     """Write seeded synthetic catalog and listening-log drops into the landing folder."""
     import dataclasses
@@ -80,7 +80,7 @@ def generate(
 @app.command()
 def run(
     ds: Annotated[str, typer.Option("--ds", help="Logical date YYYY-MM-DD.")],
-    step: Annotated[Optional[list[str]], typer.Option("--step", help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
+    step: Annotated[list[str] | None, typer.Option("--step", help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
     force_retrain: Annotated[bool, typer.Option(help=FORCE_RETRAIN.help)] = False,
     force_codebook_rebuild: Annotated[bool, typer.Option(help=FORCE_CODEBOOK_REBUILD.help)] = False,
     config: ConfigOption = None,
@@ -116,7 +116,7 @@ def backfill(
 
 @app.command()
 def show(
-    ds: Annotated[Optional[str], typer.Option("--ds", help="Day to show (default: the latest published day).")] = None,
+    ds: Annotated[str | None, typer.Option("--ds", help="Day to show (default: the latest published day).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -160,7 +160,7 @@ def tables() -> None:
 @app.command()
 def neighbours(
     user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000042.")],
-    ds: Annotated[Optional[str], typer.Option("--ds", help="Day (default: the latest published day).")] = None,
+    ds: Annotated[str | None, typer.Option("--ds", help="Day (default: the latest published day).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
     config: ConfigOption = None,
 ) -> None:
@@ -182,7 +182,7 @@ def neighbours(
 @app.command()
 def recommend(
     user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000042.")],
-    ds: Annotated[Optional[str], typer.Option("--ds", help="Day (default: the day of the latest generative model).")] = None,
+    ds: Annotated[str | None, typer.Option("--ds", help="Day (default: the day of the latest generative model).")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="How many items to keep after re-ranking.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     config: ConfigOption = None,
@@ -210,9 +210,9 @@ def recommend(
 
 # --- factory sid: lookups in one codebook version (jobs/steps/sid_lookup.py) ---------------------
 
-VersionOption = Annotated[Optional[int], typer.Option("--version", help="Codebook version (default: the latest).")]
-PolicyOption = Annotated[Optional[str], typer.Option("--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
-DsOption = Annotated[Optional[str], typer.Option("--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
+VersionOption = Annotated[int | None, typer.Option("--version", help="Codebook version (default: the latest).")]
+PolicyOption = Annotated[str | None, typer.Option("--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
+DsOption = Annotated[str | None, typer.Option("--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
 
 
 @sid_app.command("lookup")

@@ -41,6 +41,6 @@ def day_range(first: str, last: str) -> list[str]:
 
 def day_bounds_ms(ds: str) -> tuple[int, int]:
     """[start, end) of the UTC day in epoch milliseconds."""
-    start = dt.datetime.combine(parse_ds(ds), dt.time(), tzinfo=dt.timezone.utc)
+    start = dt.datetime.combine(parse_ds(ds), dt.time(), tzinfo=dt.UTC)
     start_ms = int(start.timestamp() * 1000)
     return start_ms, start_ms + 86_400_000

@@ -7,7 +7,7 @@ command imports its benchmark module (torch, Ray, Spark, faiss) only when it run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,7 @@ from jobs.errors import FactoryError
 
 bench_app = typer.Typer(help="Benchmarks (results: benchmarks/results/, docs/benchmarks.md, MLflow).", no_args_is_help=True,
                         add_completion=False, pretty_exceptions_enable=False)
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark, Ray, MLflow settings).")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (Spark, Ray, MLflow settings).")]
 MlflowOption = Annotated[bool, typer.Option(help="Log the run to MLflow (<experiment>_benchmarks).")]
 
 
@@ -36,7 +36,7 @@ def encoder(
     data: Annotated[Path, typer.Option(help="SASRec-format file: `user item` per line, each user's lines in time order.")],
     minutes: Annotated[float, typer.Option(help="Training-clock budget in minutes (validation included).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/encoder_<data stem>.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/encoder_<data stem>.json).")] = None,
     workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
     d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
     n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
@@ -51,9 +51,9 @@ def encoder(
     mask_history_in_loss: Annotated[bool, typer.Option(help="Train each position against unseen items only.")] = False,
     all_windows: Annotated[bool, typer.Option(help="Also train on transitions older than a user's last max_len.")] = False,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
-    run_name: Annotated[Optional[str], typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow and register the model.")] = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Ray, MLflow settings).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (Ray, MLflow settings).")] = None,
 ) -> None:
     """Train the user encoder on DATA for MINUTES and report leave-one-out full-ranking metrics."""
     from jobs.bench import encoder as bench
@@ -73,18 +73,18 @@ def encoder(
 
 @bench_app.command()
 def sid(
-    items: Annotated[Optional[Path], typer.Option(help="Catalog file: JSONL or CSV with id,text[,label].")] = None,
-    movielens: Annotated[Optional[Path], typer.Option(help="MovieLens folder with movies.dat and item_map.csv (ML-1M).")] = None,
-    lake_ds: Annotated[Optional[str], typer.Option(help="Use the factory lake's catalog and item_embeddings of this day.")] = None,
+    items: Annotated[Path | None, typer.Option(help="Catalog file: JSONL or CSV with id,text[,label].")] = None,
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens folder with movies.dat and item_map.csv (ML-1M).")] = None,
+    lake_ds: Annotated[str | None, typer.Option(help="Use the factory lake's catalog and item_embeddings of this day.")] = None,
     levels: Annotated[str, typer.Option(help="Codebook depths to measure, comma-separated; the first is used for stability and speed.")] = "3,4",
     codes: Annotated[int, typer.Option(help="Codes per level.")] = 256,
     seeds: Annotated[str, typer.Option(help="Quantiser seeds, comma-separated.")] = "0,1,2",
     stability_days: Annotated[int, typer.Option(help="Simulated days before the warm refit (0 skips stability).")] = 7,
     speed_sizes: Annotated[str, typer.Option(help="Synthetic catalog sizes for build time ('' skips).")] = "100000,1000000",
     stickiness: Annotated[float, typer.Option(help="sid.refit_stickiness for the stability run.")] = 1.0,
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/sid_<name>.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/sid_<name>.json).")] = None,
     mlflow: MlflowOption = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (MLflow settings).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (MLflow settings).")] = None,
 ) -> None:
     """Semantic-ID quality, stability and speed on an item catalog (see jobs/bench/sid.py)."""
     from jobs.bench import sid as bench
@@ -125,7 +125,7 @@ def generative(
     hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
     layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
     model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
     mlflow: MlflowOption = True,
 ) -> None:
     """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
@@ -148,10 +148,10 @@ def features(
     sizes: Annotated[str, typer.Option(help="Event counts to measure, comma-separated.")] = "1000000,5000000,20000000",
     repeats: Annotated[int, typer.Option(help="Rounds of (Spark, DuckDB) per size; the best of each engine is reported.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic events.")] = 0,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "features.json",
     mlflow: MlflowOption = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
 ) -> None:
     """Spark's user-sequence job against the same SQL in DuckDB at growing sizes (see jobs/bench/features.py)."""
     from jobs.bench import features as bench
@@ -169,7 +169,7 @@ def inference(
     reps: Annotated[int, typer.Option(help="Interleaved ray/loop repetitions (medians are reported).")] = 3,
     active_share: Annotated[float, typer.Option(help="Share of users active on the incremental day.")] = 0.1,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "inference.json",
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config ([ray] settings).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config ([ray] settings).")] = None,
 ) -> None:
     """Users/s of the embed step vs a plain torch loop and the GEMM roofline (see jobs/bench/inference.py)."""
     from jobs.bench import inference as bench
@@ -190,11 +190,11 @@ def inference(
 
 @bench_app.command("all")
 def all_benchmarks(
-    only: Annotated[Optional[str], typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,
+    only: Annotated[str | None, typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,
     smoke: Annotated[bool, typer.Option(help="Tiny sizes: checks the suite runs, measures nothing worth quoting.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="JSON result (default: benchmarks/results/perf.json; smoke: perf_smoke.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/perf.json; smoke: perf_smoke.json).")] = None,
     mlflow: MlflowOption = True,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (MLflow, Spark, Ray settings).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (MLflow, Spark, Ray settings).")] = None,
 ) -> None:
     """Every performance benchmark (inference, features, semantic IDs, end to end, scaling): markdown + JSON + MLflow."""
     from jobs.bench import perf

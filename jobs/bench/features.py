@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ def generate_events(folder: Path, events: int, seed: int = 0, *, days: int = DAY
     first_event, files = 0, []
     for day_index, ds in enumerate(window_days(end_ds, days)):
         n, rng = int(per_day[day_index]), np.random.default_rng([seed, 1 + day_index])
-        day_start_ms = int(datetime.fromisoformat(ds).replace(tzinfo=timezone.utc).timestamp() * 1000)
+        day_start_ms = int(datetime.fromisoformat(ds).replace(tzinfo=UTC).timestamp() * 1000)
         ts = day_start_ms + rng.integers(0, 86_400_000 // ts_step_ms, n) * ts_step_ms
         order = np.argsort(ts, kind="stable")  # files arrive roughly in time order
         user = np.searchsorted(user_cdf, rng.random(n), side="right").clip(max=users - 1)[order]

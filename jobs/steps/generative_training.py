@@ -41,11 +41,11 @@ class Examples:
     def __len__(self) -> int:
         return len(self.histories)
 
-    def rows(self, index: np.ndarray) -> "Examples":
+    def rows(self, index: np.ndarray) -> Examples:
         return Examples([self.histories[i] for i in index], None if self.prompts is None else [self.prompts[i] for i in index],
                         None if self.users is None else self.users[index], None if self.targets is None else self.targets[index])
 
-    def without(self, soft: bool, prompt: bool) -> "Examples":
+    def without(self, soft: bool, prompt: bool) -> Examples:
         """The same examples with the soft token and/or the prompt switched off (ablation)."""
         return Examples(self.histories, self.prompts if prompt else None, self.users if soft else None, self.targets)
 

@@ -202,7 +202,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
             step.metrics(**{f"gate.{name}": value for name, value in measured.items()})
         row = {
             "ds": ds, **chosen, "index_uri": index_uri(cfg, ds),
-            "table_versions": json.dumps(versions, sort_keys=True), "published_at": dt.datetime.now(dt.timezone.utc),
+            "table_versions": json.dumps(versions, sort_keys=True), "published_at": dt.datetime.now(dt.UTC),
         }
         step.wrote(PUBLISH, delta.replace_partition(cfg, PUBLISH, pa.Table.from_pylist([row], schema=PUBLISH.schema), {"ds": ds}))
         step.params(gate_decision="published", **chosen)

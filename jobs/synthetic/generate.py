@@ -153,7 +153,7 @@ def _corrupt(kind: str, row: dict, line: bytes, rng: np.random.Generator) -> byt
         if rng.random() < 0.5:
             row["ms_played"] = ("abc", "12s", "NaN", "")[int(rng.integers(4))]
         else:
-            row["ts"] = dt.datetime.fromtimestamp(row["ts"] / 1000, dt.timezone.utc).isoformat()
+            row["ts"] = dt.datetime.fromtimestamp(row["ts"] / 1000, dt.UTC).isoformat()
     elif kind == "negative_duration":
         row["ms_played"] = -int(rng.integers(1, max(row["ms_played"], 1_000) + 1))
     elif kind == "ts_out_of_day":  # a broken device clock: far in the future or years ago
