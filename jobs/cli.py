@@ -33,7 +33,8 @@ app.add_typer(sid_app, name="sid")
 app.add_typer(bench_app, name="bench")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
+                                                   help="TOML config (default: $FACTORY_CONFIG or ./factory.toml).")]
 
 
 def _config(path: Path | None) -> FactoryConfig:
@@ -80,7 +81,8 @@ def generate(
 @app.command()
 def run(
     ds: Annotated[str, typer.Option("--ds", help="Logical date YYYY-MM-DD.")],
-    step: Annotated[list[str] | None, typer.Option("--step", help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
+    step: Annotated[list[str] | None, typer.Option("--step",
+                                                   help=f"Only these steps (repeatable): {', '.join(STEP_NAMES)}.")] = None,
     force_retrain: Annotated[bool, typer.Option(help=FORCE_RETRAIN.help)] = False,
     force_codebook_rebuild: Annotated[bool, typer.Option(help=FORCE_CODEBOOK_REBUILD.help)] = False,
     config: ConfigOption = None,
@@ -199,7 +201,8 @@ def recommend(
     if as_json:
         print(json.dumps(answer, indent=2))
         return
-    out = Table(title=f"{user_id} on {answer['ds']}: generated SIDs -> items -> re-ranking (prompt {' '.join(answer['prompt']) or '-'}, "
+    prompt = " ".join(answer["prompt"]) or "-"
+    out = Table(title=f"{user_id} on {answer['ds']}: generated SIDs -> items -> re-ranking (prompt {prompt}, "
                       f"soft token {'on' if answer['soft_token'] else 'off'})")
     for column in ("SID", "item", "type", "title", "log p", "kept", "why"):
         out.add_column(column)
@@ -211,8 +214,10 @@ def recommend(
 # --- factory sid: lookups in one codebook version (jobs/steps/sid_lookup.py) ---------------------
 
 VersionOption = Annotated[int | None, typer.Option("--version", help="Codebook version (default: the latest).")]
-PolicyOption = Annotated[str | None, typer.Option("--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
-DsOption = Annotated[str | None, typer.Option("--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
+PolicyOption = Annotated[str | None, typer.Option(
+    "--policy", help="Collision policy: dedup or popular (default: sid.collision_policy).")]
+DsOption = Annotated[str | None, typer.Option(
+    "--ds", help="Day whose plays resolve bare codes under the popular policy (default: latest).")]
 
 
 @sid_app.command("lookup")
@@ -276,7 +281,8 @@ def mlflow_ui(config: ConfigOption = None, port: int = 5000) -> None:
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {cfg.mlflow_tracking_uri}); Ctrl-C stops it.")
     mlflow = str(Path(sys.executable).parent / "mlflow")
     raise typer.Exit(subprocess.call([mlflow, "ui", "--backend-store-uri", cfg.mlflow_tracking_uri,
-                                      "--default-artifact-root", cfg.mlflow_artifact_uri, "--host", "127.0.0.1", "--port", str(port)]))
+                                      "--default-artifact-root", cfg.mlflow_artifact_uri, "--host",
+                                      "127.0.0.1", "--port", str(port)]))
 
 
 @app.command()

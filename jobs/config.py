@@ -48,7 +48,8 @@ class PathsConfig:
                 raise ConfigError(f"paths.{name} {value!r} has an unsupported scheme; use a local path or one of "
                                   f"{', '.join(s + '://' for s in URI_SCHEMES if s)}.")
         if self.lake_uri and self.lake_uri.rstrip("/") == self.landing_uri.rstrip("/"):
-            raise ConfigError("paths.lake_uri and paths.landing_uri must differ: raw drops and Delta tables need their own roots.")
+            raise ConfigError("paths.lake_uri and paths.landing_uri must differ: raw drops and Delta tables need "
+                              "their own roots.")
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,8 @@ class SidConfig:
         if not 0.0 <= self.fuse_collaborative_weight < 1.0:
             raise ConfigError(f"sid.fuse_collaborative_weight must be in [0, 1); got {self.fuse_collaborative_weight!r}.")
         if min(self.levels, self.codes_per_level, self.kmeans_iterations, self.refit_every_days, self.encode_batch_size) < 1:
-            raise ConfigError("sid.levels, codes_per_level, kmeans_iterations, refit_every_days and encode_batch_size must be >= 1.")
+            raise ConfigError("sid.levels, codes_per_level, kmeans_iterations, refit_every_days and encode_batch_size "
+                              "must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ class GateConfig:
 
 @dataclass(frozen=True)
 class GenerativeConfig:
-    """Optional daily step `generative` (jobs/steps/generative.py, jobs/steps/generative_data.py): SID generation with a soft token.
+    """Optional daily step `generative` (jobs/steps/generative.py): SID generation with a soft token.
 
     Off by default: the step then records that it was disabled. Numbers behind the defaults:
     docs/benchmarks.md, "Generative retrieval on MovieLens-1M".

@@ -51,7 +51,8 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
         except ConcurrentWriteError as lost:
             if attempt == STEP_ATTEMPTS:
                 raise
-            log.warning("ds=%s %s lost a write race (%s); rerunning it (attempt %d of %d)", ds, step, lost, attempt + 1, STEP_ATTEMPTS)
+            log.warning("ds=%s %s lost a write race (%s); rerunning it (attempt %d of %d)", ds, step, lost,
+                        attempt + 1, STEP_ATTEMPTS)
     raise AssertionError("unreachable")
 
 

@@ -76,7 +76,8 @@ def sid(
     items: Annotated[Path | None, typer.Option(help="Catalog file: JSONL or CSV with id,text[,label].")] = None,
     movielens: Annotated[Path | None, typer.Option(help="MovieLens folder with movies.dat and item_map.csv (ML-1M).")] = None,
     lake_ds: Annotated[str | None, typer.Option(help="Use the factory lake's catalog and item_embeddings of this day.")] = None,
-    levels: Annotated[str, typer.Option(help="Codebook depths to measure, comma-separated; the first is used for stability and speed.")] = "3,4",
+    levels: Annotated[str, typer.Option(help="Codebook depths to measure, comma-separated; the first is used for "
+                                             "stability and speed.")] = "3,4",
     codes: Annotated[int, typer.Option(help="Codes per level.")] = 256,
     seeds: Annotated[str, typer.Option(help="Quantiser seeds, comma-separated.")] = "0,1,2",
     stability_days: Annotated[int, typer.Option(help="Simulated days before the warm refit (0 skips stability).")] = 7,
@@ -101,7 +102,10 @@ def sid(
         cfg = load_config(config)
         if lake_ds:
             parse_ds(lake_ds)
-        catalog = bench.read_catalog(items) if items else bench.read_movielens(movielens) if movielens else bench.read_lake(cfg, lake_ds)
+        if items:
+            catalog = bench.read_catalog(items)
+        else:
+            catalog = bench.read_movielens(movielens) if movielens else bench.read_lake(cfg, lake_ds)
         return bench.run_benchmark(catalog, levels=parse_ints(levels, "levels"), codes=codes, seeds=parse_ints(seeds, "seeds"),
                                    stability_days=stability_days, speed_sizes=parse_ints(speed_sizes, "speed-sizes"),
                                    stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)
@@ -111,15 +115,18 @@ def sid(
 
 @bench_app.command()
 def generative(
-    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, item_map.csv, user_map.csv.")],
+    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, "
+                                            "item_map.csv, user_map.csv.")],
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
     minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
     steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
                                              "compute for every run however busy the machine is.")] = 0,
-    encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, reference row).")] = 5.0,
+    encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, "
+                                                        "reference row).")] = 5.0,
     history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
     targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
-    train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its projector).")] = 0.85,
+    train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its "
+                                                         "projector).")] = 0.85,
     eval_users: Annotated[int, typer.Option(help="Evaluate on this many random users, a fixed sample (0 = all).")] = 2000,
     beams: Annotated[int, typer.Option(help="Beam width of constrained decoding.")] = 30,
     hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
@@ -148,7 +155,8 @@ def features(
     sizes: Annotated[str, typer.Option(help="Event counts to measure, comma-separated.")] = "1000000,5000000,20000000",
     repeats: Annotated[int, typer.Option(help="Rounds of (Spark, DuckDB) per size; the best of each engine is reported.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic events.")] = 0,
-    cache: Annotated[Path | None, typer.Option(help="Folder for the generated events (default <state_dir>/bench/features).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Folder for the generated events "
+                                                    "(default <state_dir>/bench/features).")] = None,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "features.json",
     mlflow: MlflowOption = True,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (Spark and MLflow settings).")] = None,
@@ -164,7 +172,8 @@ def features(
 
 @bench_app.command()
 def inference(
-    users: Annotated[str, typer.Option(help="Users per encoder config, comma-separated (aligned with --encoders).")] = "100000,10000",
+    users: Annotated[str, typer.Option(help="Users per encoder config, comma-separated (aligned with "
+                                            "--encoders).")] = "100000,10000",
     encoders: Annotated[str, typer.Option(help="Encoder configs d_model:layers:max_len, comma-separated.")] = "64:2:50,256:2:200",
     reps: Annotated[int, typer.Option(help="Interleaved ray/loop repetitions (medians are reported).")] = 3,
     active_share: Annotated[float, typer.Option(help="Share of users active on the incremental day.")] = 0.1,
@@ -192,7 +201,8 @@ def inference(
 def all_benchmarks(
     only: Annotated[str | None, typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,
     smoke: Annotated[bool, typer.Option(help="Tiny sizes: checks the suite runs, measures nothing worth quoting.")] = False,
-    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/perf.json; smoke: perf_smoke.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/perf.json; "
+                                                  "smoke: perf_smoke.json).")] = None,
     mlflow: MlflowOption = True,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (MLflow, Spark, Ray settings).")] = None,
 ) -> None:

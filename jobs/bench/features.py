@@ -11,8 +11,9 @@ On the same files, per size: Spark runs the step's own `jobs.steps.features.user
 session of jobs.lakehouse.spark with the factory's settings, warmed up first; session start reported apart)
 and DuckDB runs the same computation in SQL (row_number window, filter, ordered list aggregation)
 with 2 threads in a child process. Both write the full result to parquet (rows unordered in both: the
-step sorts the collected result by user_id in Arrow), and the two outputs are compared row by row. Reported: seconds, ratio Spark/DuckDB, events/s, seconds per million events
-between sizes (linearity), peak RSS of the Python driver, the Spark JVM and the DuckDB process.
+step sorts the collected result by user_id in Arrow), and the two outputs are compared row by row.
+Reported: seconds, ratio Spark/DuckDB, events/s, seconds per million events between sizes
+(linearity), peak RSS of the Python driver, the Spark JVM and the DuckDB process.
 """
 
 from __future__ import annotations
@@ -317,8 +318,8 @@ def _dataset(folder: Path, size: int, seed: int, options: dict) -> dict:
     with RssSampler(interval=0.1) as peak:
         data = generate_events(folder, size, seed, **options)
     data["python_peak_rss_mb"] = peak.driver_mb
-    log_progress(f"data {size:,} events: {data['users']:,} users, "
-                 f"{'reused' if data['reused'] else 'generated in %.0f s' % data['generate_seconds']}")
+    made = "reused" if data["reused"] else f"generated in {data['generate_seconds']:.0f} s"
+    log_progress(f"data {size:,} events: {data['users']:,} users, {made}")
     return data
 
 

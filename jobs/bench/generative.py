@@ -53,7 +53,8 @@ from models.sequences import pad_left
 from models.user_encoder import UserEncoderConfig
 
 log = logging.getLogger(__name__)
-CONFIGS = {"baseline": (False, False), "+ soft token": (True, False), "+ prompt": (False, True), "+ soft token + prompt": (True, True)}
+CONFIGS = {"baseline": (False, False), "+ soft token": (True, False), "+ prompt": (False, True),
+           "+ soft token + prompt": (True, True)}
 TALK_HR30 = {"baseline": 0.1610, "+ soft token": 0.1646, "+ prompt": 0.1776, "+ soft token + prompt": 0.1830}
 
 
@@ -142,7 +143,8 @@ def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen
     return {f"beam{beams}": hit_metrics(filtered, targets) | {"hr1": hit_metrics(filtered, targets, ks=(1,), ndcg_ks=())["hr1"]},
             f"beam{beams}_consumed_kept": hit_metrics(raw, targets),
             "unseen_users": hit_metrics([f for f, u in zip(filtered, unseen) if u], targets[unseen]) if unseen.any() else {},
-            "greedy": {"hr1": greedy_hit, "greedy_in_history_share": float(np.mean([g + 1 in set(c) for g, c in zip(greedy[:, 0], seen)]))},
+            "greedy": {"hr1": greedy_hit, "greedy_in_history_share": float(np.mean([g + 1 in set(c) for g,
+                                                                                    c in zip(greedy[:, 0], seen)]))},
             "valid_sid_share": float(np.mean(rows >= 0)), "mean_list_after_rerank": float(np.mean([len(f) for f in filtered])),
             "beam_users_per_s": len(examples) / beam_seconds, "greedy_users_per_s": len(examples) / greedy_seconds}
 
@@ -175,11 +177,13 @@ class Ablation:
     reference: dict  # the encoder's own ranking of all items for the same users
 
 
-def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0, encoder_minutes: float = 6.0, levels: int = 3,
+def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0,
+                  encoder_minutes: float = 6.0, levels: int = 3,
                   codes: int = 256, history: int = 20, targets_per_user: int = 16, train_user_share: float = 0.85,
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
-                  cache_dir: Path = Path(".state/bench_generative"), command: str | None = None, log_to_mlflow: bool = True) -> dict:
+                  cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
+                  log_to_mlflow: bool = True) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -197,15 +201,20 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
     result = {
         "benchmark": "generative", "date": time.strftime("%Y-%m-%d"), "command": command,
         "dataset": {"path": str(data), "sha256": dataset.sha256, "users": len(user_ids), "items": dataset.num_items,
-                    "train_users": int(len(train_users)), "train_examples": len(ab.examples), "evaluated_users": int(len(evaluated)),
+                    "train_users": int(len(train_users)), "train_examples": len(ab.examples),
+                    "evaluated_users": int(len(evaluated)),
                     "evaluated_unseen_users": int(ab.unseen_user.sum())},
-        "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps, "encoder_minutes": encoder_minutes, "levels": levels,
-                     "codes": codes, "level_sizes": list(ab.level_sizes), "history_items": history, "targets_per_user": targets_per_user,
+        "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps,
+                     "encoder_minutes": encoder_minutes, "levels": levels,
+                     "codes": codes, "level_sizes": list(ab.level_sizes), "history_items": history,
+                     "targets_per_user": targets_per_user,
                      "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
                      "batch_size": batch_size, "model_dir": model_dir, "vocab_size": ab.vocab.size,
                      "prompt_fields": "users.dat gender, age band, occupation, first zip digit",
-                     "loss": "cross-entropy on the target SID's tokens only", "history_tokens": "levels codes per item (no dedup token)",
-                     "fit": "AdamW, lr warmup 20 steps then cosine over the time budget, batch %d, 1 torch thread per run" % batch_size},
+                     "loss": "cross-entropy on the target SID's tokens only",
+                     "history_tokens": "levels codes per item (no dedup token)",
+                     "fit": f"AdamW, lr warmup 20 steps then cosine over the time budget, batch {batch_size}, "
+                            "1 torch thread per run"},
         "reference_encoder": ab.reference, "results": results,
         "talk_hr30": TALK_HR30, "machine": machine(), "load": load.summary(),
         "wall_seconds": {"total": time.perf_counter() - started, **phases},
@@ -246,7 +255,8 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
     embed = lambda histories: embed_histories(encoder, histories, max_len)  # noqa: E731
     examples = build_examples(dataset.sequences, sids, prompts, embed, train_users, history, targets_per_user)
     evaluated = np.arange(len(user_ids)) if not eval_users else np.sort(rng.choice(len(user_ids), eval_users, replace=False))
-    test_examples = Examples([sids[dataset.sequences[u][:-1][-history:], :-1] for u in evaluated], [prompts[u] for u in evaluated],
+    test_examples = Examples([sids[dataset.sequences[u][:-1][-history:], :-1] for u in evaluated],
+                             [prompts[u] for u in evaluated],
                              embed([dataset.sequences[u][:-1] for u in evaluated]), None)
     targets = test.targets[evaluated]
     seen = [test.seen[u] for u in evaluated]
@@ -275,7 +285,8 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
         base_lm, run_vocab = tiny_llama(ab.vocab, lm, seed), ab.vocab
     torch.manual_seed(seed)
     model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0)
-    fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr, batch_size=batch_size,
+    fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr,
+                                                                     batch_size=batch_size,
                                                                      warmup_steps=20, seed=seed, threads=1))
     fit_seconds = time.perf_counter() - t
     t = time.perf_counter()
@@ -333,10 +344,11 @@ def render_markdown(result: dict) -> str:
                  f"{ref['hr1']:.4f} | – | {ref['unseen_users_hr10']:.4f} | – |")
     lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached):"]
     for name, r in result["results"].items():
-        lines.append(f"- {name}: " + "; ".join(f"seed {run['seed']}: {run['eval'][f'beam{beams}']['hr10']:.4f} / "
-                                               f"{run['eval'][f'beam{beams}']['hr30']:.4f} / {run['eval'][f'beam{beams}']['ndcg10']:.4f}"
-                                               f" ({run['fit']['steps']} steps)" for run in r["runs"]))
+        per_seed = [(run["seed"], run["eval"][f"beam{beams}"], run["fit"]["steps"]) for run in r["runs"]]
+        lines.append(f"- {name}: " + "; ".join(f"seed {seed}: {b['hr10']:.4f} / {b['hr30']:.4f} / {b['ndcg10']:.4f} "
+                                               f"({steps} steps)" for seed, b, steps in per_seed))
     w, load = result["wall_seconds"], result["load"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()) + ".",
-              f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} on {load['cores']} cores."]
+              f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} "
+              f"on {load['cores']} cores."]
     return "\n".join(lines)

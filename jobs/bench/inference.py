@@ -183,7 +183,8 @@ def profile_loop(cfg: FactoryConfig, files: list[str], champion: registry.Regist
         if len(top) < 10:
             top.append({"function": name if "~" in file else f"{Path(file).name}:{name}", "own_seconds": round(own, 4),
                         "calls": calls})
-    by_kind["python / numpy / arrow and tensor operators cProfile cannot see (x + y, a & b)"] = max(0.0, wall - sum(by_kind.values()))
+    by_kind["python / numpy / arrow and tensor operators cProfile cannot see (x + y, a & b)"] = max(0.0,
+                                                                                                    wall - sum(by_kind.values()))
     return {"users": table.num_rows, "threads": threads, "wall_seconds_under_cprofile": wall,
             "share_of_wall": {k: round(v / wall, 3) for k, v in by_kind.items()}, "top_functions": top}
 
@@ -222,7 +223,8 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
                     times[name].append(time.perf_counter() - t)
                     outputs[name] = output
                 say(f"  rep {rep + 1}/{reps}: " + ", ".join(
-                    f"{k} {v[-1]:.2f} s" + ("" if k == "ray_fixed" else f" ({users / v[-1]:,.0f} users/s)") for k, v in times.items()))
+                    f"{k} {v[-1]:.2f} s" + ("" if k == "ray_fixed" else f" ({users / v[-1]:,.0f} users/s)")
+                    for k, v in times.items()))
         same = np.allclose(np.stack(outputs["ray"].column("embedding").to_numpy(zero_copy_only=False)),
                            np.stack(outputs["loop"].column("embedding").to_numpy(zero_copy_only=False)), atol=1e-5)
         rows = cfg.ray.inference_tokens_per_forward  # tokens per model call = rows of the GEMMs
@@ -332,12 +334,14 @@ def render_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"{result['date']}, nproc {m['nproc']}, {m['ram_gib']} GiB, load before/after "
              f"{result['load_before'][0]:.1f}/{result['load_after'][0]:.1f}", "",
-             "| encoder | users | ray users/s | loop users/s (same threads) | loop 1 thread | roofline users/s | ray/loop time | ray/roofline |",
+             "| encoder | users | ray users/s | loop users/s (same threads) | loop 1 thread | roofline users/s "
+             "| ray/loop time | ray/roofline |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         e = r["encoder"]
         lines.append(f"| d{e['d_model']} L{e['n_layers']} T{e['max_len']} | {r['users']:,} | {r['ray_users_per_s']:,.0f} | "
-                     f"{r['loop_users_per_s']:,.0f} | {r['loop_1_thread_users_per_s']:,.0f} | {r['roofline_users_per_s']:,.0f} | {r['ray_over_loop_time']:.2f} | "
+                     f"{r['loop_users_per_s']:,.0f} | {r['loop_1_thread_users_per_s']:,.0f} | "
+                     f"{r['roofline_users_per_s']:,.0f} | {r['ray_over_loop_time']:.2f} | "
                      f"{r['ray_share_of_roofline']:.0%} |")
     return "\n".join(lines)
 

@@ -178,8 +178,8 @@ def summary_rows(sections: dict) -> list[dict]:
             rows.append(summary_row(f"scale {point['users']:,} users: ingest+features+embed+evaluate", point["seconds"], "s",
                                     detail=f"{point['ms_per_user']:.2f} ms/user incl. fixed start-up"))
         for m in fit["marginal"]:
-            rows.append(summary_row(f"scale marginal cost {m['from_users']:,} → {m['to_users']:,} users, relative to the first step up",
-                                    m.get("relative_to_first"), "x", "flat: ≈1.0 vs the first step up",
+            figure = f"scale marginal cost {m['from_users']:,} → {m['to_users']:,} users, relative to the first step up"
+            rows.append(summary_row(figure, m.get("relative_to_first"), "x", "flat: ≈1.0 vs the first step up",
                                     detail=f"{m['ms_per_user']:.3f} ms/user"))
     return rows
 
@@ -196,7 +196,8 @@ def render_markdown(result: dict) -> str:
     lines.append("")
     lines.append("Section wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
     for name, section_run in result.get("section_runs", {}).items():
-        lines.append(f"- {name}: `{section_run['command']}` at {section_run['date']}, load at its end {section_run['load_at_end'][0]:.1f}")
+        lines.append(f"- {name}: `{section_run['command']}` at {section_run['date']}, "
+                     f"load at its end {section_run['load_at_end'][0]:.1f}")
     return "\n".join(lines) + "\n"
 
 

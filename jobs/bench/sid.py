@@ -129,8 +129,8 @@ def read_movielens(folder: Path) -> ItemCatalog:
         raise FactoryError(f"No movie of {item_map} is in {movies}; check that both come from the same data set.")
     ratings = folder / "ml-1m.txt"
     collaborative = collaborative_svd(ratings, sasrec) if ratings.is_file() else None
-    return ItemCatalog(ids, texts, labels, str(folder), hashlib.sha256(raw).hexdigest(), collaborative,
-                       f"truncated SVD (64 d) of the log(1 + count) item x user matrix of {ratings.name}" if ratings.is_file() else None)
+    source = f"truncated SVD (64 d) of the log(1 + count) item x user matrix of {ratings.name}" if ratings.is_file() else None
+    return ItemCatalog(ids, texts, labels, str(folder), hashlib.sha256(raw).hexdigest(), collaborative, source)
 
 
 def read_lake(cfg: FactoryConfig, ds: str) -> ItemCatalog:
@@ -151,9 +151,10 @@ def read_lake(cfg: FactoryConfig, ds: str) -> ItemCatalog:
         by_id = dict(zip(embeddings.column("item_id").to_pylist(), embeddings.column("embedding").to_pylist()))
         dim = len(next(iter(by_id.values())))
         collaborative = np.array([by_id.get(i, [0.0] * dim) for i in ids], np.float32)
+    source = f"item_embeddings of {ds} ({embeddings.num_rows} of {len(ids)} items)" if collaborative is not None else None
     return ItemCatalog(ids, items.column("text").to_pylist(), [(g or "",) for g in items.column("genre").to_pylist()],
                        f"{cfg.lake_uri} items of {ds}", hashlib.sha256("\n".join(ids).encode()).hexdigest(), collaborative,
-                       f"item_embeddings of {ds} ({embeddings.num_rows} of {len(ids)} items)" if collaborative is not None else None)
+                       source)
 
 
 class TextCache:
@@ -267,7 +268,8 @@ def stability(gen: GeneratorConfig, days: int, levels: int, codes: int, stickine
     stored = np.array([before[r["item_id"]][0] for r in items], np.int64)
     labels = [r["genre"] for r in items]
     refit = {"ds": daily[-1]["ds"], "reason": daily[-1]["refit_reason"], "unchanged_items": int(same.sum()),
-             "before": _purity_and_collisions(previous[previous[:, -1] >= 0], [l for l, p in zip(labels, previous) if p[-1] >= 0])}
+             "before": _purity_and_collisions(previous[previous[:, -1] >= 0],
+                                              [label for label, p in zip(labels, previous) if p[-1] >= 0])}
     for name, warm, sticky in (("warm", True, stickiness), ("warm_not_sticky", True, 0.0), ("cold", False, 0.0)):
         qcfg = dataclasses.replace(semantic_ids.quantizer_config(cfg), seed=cfg.sid.seed + (0 if warm else 1))
         started = time.perf_counter()
@@ -278,7 +280,8 @@ def stability(gen: GeneratorConfig, days: int, levels: int, codes: int, stickine
         if name == "warm":
             refit[name]["equals_what_the_step_wrote"] = bool((after == stored).all())
     return {"generator": dataclasses.asdict(gen), "levels": levels, "codes_per_level": codes, "stickiness": stickiness,
-            "daily": daily, "refit": refit, "unchanged_sid_changes_between_refits": sum(d["unchanged_sid_changes"] for d in daily[:-1])}
+            "daily": daily, "refit": refit,
+            "unchanged_sid_changes_between_refits": sum(d["unchanged_sid_changes"] for d in daily[:-1])}
 
 
 def _purity_and_collisions(tokens: np.ndarray, labels) -> dict:
@@ -298,7 +301,8 @@ def build_speed(sizes: list[int], levels: int, codes: int, dim: int = 384, seed:
             block += 0.7 * rng.standard_normal(block.shape, dtype=np.float32)
             block /= np.linalg.norm(block, axis=1, keepdims=True)
         started = time.perf_counter()
-        quantizer = ResidualQuantizer(ResidualQuantizerConfig(levels=levels, codes_per_level=codes, seed=seed)).fit(x, encode=False)
+        quantizer = ResidualQuantizer(ResidualQuantizerConfig(levels=levels, codes_per_level=codes,
+                                                              seed=seed)).fit(x, encode=False)
         fitted = time.perf_counter()
         quantizer.assign(x)
         out.append({"items": n, "dim": dim, "levels": levels, "codes_per_level": codes, "fit_seconds": fitted - started,
@@ -337,7 +341,8 @@ def run_benchmark(catalog: ItemCatalog, *, levels: list[int], codes: int = 256, 
                 fused = semantic_ids.fuse_vectors(vectors, catalog.collaborative, weight)
                 fusion["weights"][str(weight)] = quality(fused, labels, levels[0], codes, list(seeds))
             known = np.linalg.norm(catalog.collaborative, axis=1) > 0
-            fusion["weights"]["1.0 (collaborative only)"] = quality(catalog.collaborative[known], [labels[i] for i in np.flatnonzero(known)],
+            fusion["weights"]["1.0 (collaborative only)"] = quality(catalog.collaborative[known],
+                                                                    [labels[i] for i in np.flatnonzero(known)],
                                                                     levels[0], codes, list(seeds))
         gen = generator or GeneratorConfig(new_items_per_day=60, edited_items_per_day=30)  # 2% / 1% of 3000 items
         stable = None
@@ -366,13 +371,15 @@ def run_benchmark(catalog: ItemCatalog, *, levels: list[int], codes: int = 256, 
 
 def _checks(main: dict, result_quality: dict, stable: dict | None, speed: list[dict]) -> dict:
     """The bars (BARS) checked on the first codebook shape, the stability run and the build speed."""
-    checks = {"collision_rate_le_3pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["max_collision_rate_3x256"],
-              "collision_rate_le_1_5pct": main["summary"]["collision_rate_before_dedup"]["mean"] <= BARS["aim_collision_rate_3x256"],
+    collisions = main["summary"]["collision_rate_before_dedup"]["mean"]
+    checks = {"collision_rate_le_3pct": collisions <= BARS["max_collision_rate_3x256"],
+              "collision_rate_le_1_5pct": collisions <= BARS["aim_collision_rate_3x256"],
               "perplexity_ge_0_9K_every_level": main["min_perplexity_share"] >= BARS["min_perplexity_share"],
               "zero_full_sid_duplicates": all(r["full_sid_duplicates"] == 0 for q in result_quality.values() for r in q["seeds"])}
     if stable:
         checks["unchanged_items_keep_sid_between_refits"] = stable["unchanged_sid_changes_between_refits"] == 0
-        checks["warm_refit_change_share_le_5pct"] = stable["refit"]["warm"]["unchanged_sid_change_share"] <= BARS["aim_refit_change_share"]
+        warm = stable["refit"]["warm"]["unchanged_sid_change_share"]
+        checks["warm_refit_change_share_le_5pct"] = warm <= BARS["aim_refit_change_share"]
     if speed:
         checks["build_1m_under_5min"] = all(s["build_seconds"] < BARS["max_build_seconds_1m"] for s in speed)
     return checks
@@ -434,8 +441,9 @@ def render_markdown(result: dict) -> str:
     """The headline numbers as markdown tables."""
     lines = [f"Catalog `{result['catalog']['source']}`: {result['catalog']['items']} items "
              f"(sha256 {result['catalog']['sha256'][:12]}…). Means over seeds {result['params']['seeds']} (min–max).", "",
-             "| codebook | text | collisions before dedup | largest bucket | perplexity per level (K=%d) | purity lift L1 | L2 |"
-             % result["params"]["codes_per_level"], "|---|---|---|---|---|---|---|"]
+             "| codebook | text | collisions before dedup | largest bucket | "
+             f"perplexity per level (K={result['params']['codes_per_level']}) | purity lift L1 | L2 |",
+             "|---|---|---|---|---|---|---|"]
 
     def row(name: str, text: str, q: dict) -> str:
         s = q["summary"]
@@ -460,21 +468,24 @@ def render_markdown(result: dict) -> str:
     stable = result["stability"]
     if stable:
         refit, gen = stable["refit"], stable["generator"]
-        lines += ["", f"Stability ({stable['levels']}x{stable['codes_per_level']}, the pipeline's catalog + semantic_ids steps on "
-                  f"{gen['days']} generated days, {gen['new_items_per_day']} new + {gen['edited_items_per_day']} edited items/day): "
-                  f"SID changes of unchanged items on days without refit: {stable['unchanged_sid_changes_between_refits']}. "
-                  f"Refit on {refit['ds']} ({refit['reason']}), share of the {refit['unchanged_items']} unchanged items whose SID "
-                  f"changed: warm + sticky {refit['warm']['unchanged_sid_change_share']:.2%} (what the step wrote: "
-                  f"{refit['warm']['equals_what_the_step_wrote']}), warm without stickiness "
-                  f"{refit['warm_not_sticky']['unchanged_sid_change_share']:.2%}, cold {refit['cold']['unchanged_sid_change_share']:.2%}. "
-                  f"Genre purity lift L1/L2 {refit['before']['purity_level1_lift']:.3f}/{refit['before']['purity_level2_lift']:.3f} "
-                  f"before, {refit['warm']['after']['purity_level1_lift']:.3f}/{refit['warm']['after']['purity_level2_lift']:.3f} "
-                  f"after; collisions {refit['before']['collision_rate_before_dedup']:.2%} -> "
-                  f"{refit['warm']['after']['collision_rate_before_dedup']:.2%}."]
+        warm, before, after = refit["warm"], refit["before"], refit["warm"]["after"]
+        lines += ["",
+                  f"Stability ({stable['levels']}x{stable['codes_per_level']}, the pipeline's catalog + semantic_ids "
+                  f"steps on {gen['days']} generated days, {gen['new_items_per_day']} new + "
+                  f"{gen['edited_items_per_day']} edited items/day): SID changes of unchanged items on days without "
+                  f"refit: {stable['unchanged_sid_changes_between_refits']}. Refit on {refit['ds']} ({refit['reason']}), "
+                  f"share of the {refit['unchanged_items']} unchanged items whose SID changed: warm + sticky "
+                  f"{warm['unchanged_sid_change_share']:.2%} (what the step wrote: {warm['equals_what_the_step_wrote']}), "
+                  f"warm without stickiness {refit['warm_not_sticky']['unchanged_sid_change_share']:.2%}, "
+                  f"cold {refit['cold']['unchanged_sid_change_share']:.2%}. Genre purity lift L1/L2 "
+                  f"{before['purity_level1_lift']:.3f}/{before['purity_level2_lift']:.3f} before, "
+                  f"{after['purity_level1_lift']:.3f}/{after['purity_level2_lift']:.3f} after; collisions "
+                  f"{before['collision_rate_before_dedup']:.2%} -> {after['collision_rate_before_dedup']:.2%}."]
         lines.append("Step wall seconds per day (texts encoded): " + ", ".join(
             f"{d['wall_seconds']:.1f} ({d['texts_encoded']:.0f})" for d in stable["daily"]) + ".")
     enc = result["encoding"]
-    lines += ["", f"Encoding: {enc['cold']['items_per_s']:.0f} texts/s cold, {enc['cached']['items_per_s']:.0f} texts/s from the cache."]
+    lines += ["", f"Encoding: {enc['cold']['items_per_s']:.0f} texts/s cold, "
+                  f"{enc['cached']['items_per_s']:.0f} texts/s from the cache."]
     for s in result["build_speed"]:
         lines.append(f"Build {s['levels']}x{s['codes_per_level']} on {s['items']:,} synthetic {s['dim']}-d vectors: "
                      f"{s['build_seconds']:.0f} s (fit {s['fit_seconds']:.0f} s + assign {s['assign_seconds']:.0f} s).")

@@ -16,7 +16,8 @@ import typer
 
 def faults(
     workdir: Annotated[Path | None, typer.Option(help="Where the fault world lives (default <state_dir>/faults).")] = None,
-    only: Annotated[str | None, typer.Option(help="Comma-separated scenarios (default: all; an unknown name lists them).")] = None,
+    only: Annotated[str | None,
+                    typer.Option(help="Comma-separated scenarios (default: all; an unknown name lists them).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Rebuild the world instead of reusing its snapshots.")] = False,
     no_doc: Annotated[bool, typer.Option("--no-doc", help="Do not write the results into docs/reliability.md.")] = False,
 ) -> None:

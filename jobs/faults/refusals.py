@@ -142,7 +142,8 @@ def scenario_bad_invocations(world: FaultWorld) -> list[Outcome]:
         done = world.factory(*args, check=False, **env)
         message = _one_line_error(done.stderr)
         ok = done.returncode == 1 and expected in message and "Traceback" not in done.stderr
-        out.append(Outcome(f"bad invocation: {name}", f"`factory {' '.join(args)}`" + "".join(f" with {k}={v}" for k, v in env.items()),
+        out.append(Outcome(f"bad invocation: {name}",
+                           f"`factory {' '.join(args)}`" + "".join(f" with {k}={v}" for k, v in env.items()),
                            f"exit {done.returncode} after {time.perf_counter() - started:.0f}s: \"{message}\"", ok,
                            seconds=time.perf_counter() - started))
     return out
@@ -170,7 +171,8 @@ def scenario_quality_gates(world: FaultWorld) -> list[Outcome]:
                        "then index, evaluate, `--step publish`",
                        f"publish exit {done.returncode}: \"{_one_line_error(done.stderr)[:110]}\"; pointer still "
                        f"{pointer['ds']}: {kept}; MLflow publish run: gate_decision={runs['gate_decision']}",
-                       done.returncode == 1 and kept and runs["gate_decision"] == "refused", seconds=time.perf_counter() - started))
+                       done.returncode == 1 and kept and runs["gate_decision"] == "refused",
+                       seconds=time.perf_counter() - started))
     return out
 
 

@@ -139,7 +139,8 @@ def _crash(world: FaultWorld, name: str, before: str, steps: list[str], table: s
         problems.append(f"after the rerun {differ} differ from a clean run ({extra} extra rows)")
     observed = (f"killed {killed} processes inside the {table} write; {table} stayed at version {version_before} with "
                 f"{orphans} unreferenced files; pointer still {pointer['ds'] if pointer else None}; publish gate: "
-                f"\"{gate[:90]}\"; rerun equals a clean run: {not differ}") + ("; PROBLEMS: " + "; ".join(problems) if problems else "")
+                f"\"{gate[:90]}\"; rerun equals a clean run: {not differ}")
+    observed += "; PROBLEMS: " + "; ".join(problems) if problems else ""
     return Outcome(name, f"`factory run --ds {d3} {' '.join('--step ' + s for s in steps)}` with "
                    f"a pause before the {table} commit (jobs.faults.inject), kill -9 at the pause, check, rerun; "
                    f"compared with a clean run from the same snapshot",
@@ -210,7 +211,8 @@ def scenario_concurrency(world: FaultWorld) -> list[Outcome]:
         vocab = delta.read(world.cfg, ITEM_VOCAB)
         duplicates = vocab.num_rows - len(set(vocab.column("item_idx").to_pylist()))
         out.append(Outcome(
-            f"concurrency: {name}", f"two processes `factory run --ds {'/'.join(r[0] for r in runs)} --step catalog --step ingest`, "
+            f"concurrency: {name}",
+            f"two processes `factory run --ds {'/'.join(r[0] for r in runs)} --step catalog --step ingest`, "
             f"then `--step features`, each pausing 8 s inside every write; compared with the sequential run",
             f"exit codes {[code for code, _ in logs]}; {_retries(logs)}; {len(differ)} tables differ {differ or ''}; "
             f"{duplicates} duplicate vocabulary ids" + (f"; errors: {failed}" if failed else ""),

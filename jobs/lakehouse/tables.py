@@ -154,7 +154,8 @@ TABLES_BY_NAME = {t.name: t for t in ALL_TABLES}
 
 def tables_markdown() -> str:
     """docs/tables.md, rendered from this registry (a test keeps the file in step)."""
-    lines = ["# Tables", "", "Rendered from `jobs/lakehouse/tables.py` by `factory tables > docs/tables.md`; do not edit by hand.", ""]
+    lines = ["# Tables", "",
+             "Rendered from `jobs/lakehouse/tables.py` by `factory tables > docs/tables.md`; do not edit by hand.", ""]
     for spec in ALL_TABLES:
         lines += [f"## {spec.name}", "", spec.doc, "",
                   f"- key: {', '.join(spec.key)}",

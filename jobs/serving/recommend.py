@@ -43,7 +43,8 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     example = Examples([np.array(history, np.int64).reshape(len(history), vocab.depth - 1)],
                        [day.prompt(items)] if meta["prompt"] else None, users, None)
     rows, scores = generate(model, example, trie, max(cfg.generative.beams, k))
-    titles = dict(zip(*(delta.read(cfg, ITEMS, columns=["item_id", "title"]).column(c).to_pylist() for c in ("item_id", "title"))))
+    titles = dict(zip(*(delta.read(cfg, ITEMS, columns=["item_id",
+                                                        "title"]).column(c).to_pylist() for c in ("item_id", "title"))))
     candidates = []
     for row, score in zip(rows[0], scores[0]):
         if row < 0:

@@ -154,7 +154,8 @@ def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa
 def sphere_plot(cfg: FactoryConfig, users: pa.Table, items: pa.Table, folder: Path, ds: str, version: str) -> Path:
     """Up to 2,000 users, tracks and episodes each, projected together (the talk's shared-sphere picture)."""
     rng = np.random.default_rng(0)
-    types = dict(zip(*(delta.read(cfg, ITEMS, columns=["item_id", "item_type"]).column(c).to_pylist() for c in ("item_id", "item_type"))))
+    types = dict(zip(*(delta.read(cfg, ITEMS, columns=["item_id",
+                                                       "item_type"]).column(c).to_pylist() for c in ("item_id", "item_type"))))
 
     def sample(table: pa.Table, keep=None) -> np.ndarray:
         rows = [i for i in range(table.num_rows) if keep is None or keep(i)]

@@ -152,7 +152,8 @@ def new_model(cfg: FactoryConfig, vocab: SidVocabulary, user_dim: int) -> Genera
             raise FactoryError(f"generative.model_dir {g.model_dir} is not a directory; point it at a from_pretrained folder.")
         lm, vocab = pretrained_lm(g.model_dir, vocab)
     else:
-        lm = tiny_llama(vocab, TinyLlamaConfig(hidden=g.hidden, layers=g.layers, heads=g.heads, intermediate=4 * g.hidden), g.seed)
+        lm = tiny_llama(vocab, TinyLlamaConfig(hidden=g.hidden, layers=g.layers, heads=g.heads,
+                                               intermediate=4 * g.hidden), g.seed)
     return GenerativeRecommender(lm, vocab, user_dim)
 
 

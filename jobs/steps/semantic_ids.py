@@ -139,7 +139,8 @@ def latest_codebook(cfg: FactoryConfig) -> Codebook | None:
     if books.num_rows == 0:
         return None
     version = pc.max(books.column("codebook_version")).as_py()
-    rows = books.filter(pc.equal(books.column("codebook_version"), version)).sort_by([("level", "ascending"), ("code", "ascending")])
+    rows = books.filter(pc.equal(books.column("codebook_version"), version)).sort_by([("level", "ascending"),
+                                                                                      ("code", "ascending")])
     centroids = []
     for level in sorted(set(rows.column("level").to_pylist())):
         level_rows = rows.filter(pc.equal(rows.column("level"), level))
@@ -297,7 +298,8 @@ def _assign_between_refits(cfg: FactoryConfig, ds: str, step, items: pa.Table, v
         step.params(refit_drift="; ".join(breaches))
         return "drift"
     if todo_ids:
-        step.wrote(ITEM_TOKENS, delta.upsert(cfg, ITEM_TOKENS, token_rows(latest.version, ds, items.filter(pa.array(needs)), new_tokens),
+        step.wrote(ITEM_TOKENS, delta.upsert(cfg, ITEM_TOKENS, token_rows(latest.version, ds,
+                                                                          items.filter(pa.array(needs)), new_tokens),
                                             update_when="s.text_hash != t.text_hash")[0])
     step.note(f"codebook version {latest.version} (built {latest.built_ds}): {len(todo_ids)} new or edited items assigned")
     step.metrics(refit=0, items_assigned=len(todo_ids))
@@ -309,7 +311,8 @@ def _refit(cfg: FactoryConfig, ds: str, step, items: pa.Table, vectors: np.ndarr
     qcfg = quantizer_config(cfg)
     version = latest.version + 1 if latest else 1
     shapes = [c.shape[0] for c in latest.centroids] if latest else []
-    init = latest.centroids if reason != "config_changed" and shapes == [min(qcfg.codes_per_level, len(vectors))] * qcfg.levels else None
+    init = latest.centroids if reason != "config_changed" and shapes == [min(qcfg.codes_per_level,
+                                                                             len(vectors))] * qcfg.levels else None
     item_ids = items.column("item_id").to_pylist()
     width = qcfg.levels + 1
     previous = np.array([existing[i][0] if i in existing and len(existing[i][0]) == width else [-1] * width

@@ -72,7 +72,9 @@ def evaluation_table(cfg: FactoryConfig, days: list[str]) -> Table:
         table.add_column(column, justify="right")
     for ds in days:
         rows = {(m["method"], m["metric"]): m["value"] for m in day_report(cfg, ds)["eval_metrics"]}
-        cell = lambda method, metric: f"{rows[(method, metric)]:.4f}" if (method, metric) in rows else "-"  # noqa: E731
+        def cell(method: str, metric: str, rows: dict = rows) -> str:
+            return f"{rows[(method, metric)]:.4f}" if (method, metric) in rows else "-"
+
         table.add_row(ds, f"{rows.get(('encoder', 'users_evaluated'), 0):.0f}", cell("encoder", f"hr_at_{k}"),
                       cell("popularity", f"hr_at_{k}"), cell("encoder", f"ndcg_at_{k}"), cell("popularity", f"ndcg_at_{k}"))
     return table

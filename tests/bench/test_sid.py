@@ -58,7 +58,8 @@ def movielens_folder(tmp_path, ratings: bool = True):
     genres = ["Action", "Comedy", "Drama"]
     (folder / "movies.dat").write_bytes("".join(
         f"{i}::Film {i} caf\xe9 ({1950 + i})::{genres[i % 3]}|{genres[(i + 1) % 3]}\n" for i in range(1, 41)).encode("latin-1"))
-    (folder / "item_map.csv").write_text("sasrec_item_id,movie_id\n" + "".join(f"{n + 1},{i}\n" for n, i in enumerate(range(2, 41, 2))))
+    (folder / "item_map.csv").write_text("sasrec_item_id,movie_id\n" + "".join(f"{n + 1},{i}\n" for n,
+                                                                               i in enumerate(range(2, 41, 2))))
     if ratings:
         rng = np.random.default_rng(0)
         (folder / "ml-1m.txt").write_text("".join(f"{u} {rng.integers(1, 21)}\n" for u in range(1, 30) for _ in range(8)))

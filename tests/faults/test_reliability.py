@@ -203,7 +203,8 @@ def test_concurrent_vocabulary_appends_never_duplicate_an_item_or_an_id(lake_cfg
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors
-    assert sorted(map(tuple, (r.values() for r in delta.read(lake_cfg, ITEM_VOCAB, columns=["item_id", "item_idx"]).to_pylist()))) == \
+    assert sorted(map(tuple, (r.values() for r in delta.read(lake_cfg, ITEM_VOCAB, columns=["item_id",
+                                                                                            "item_idx"]).to_pylist()))) == \
         [("a", 1), ("b", 2), ("c", 3)]
 
 
@@ -234,9 +235,11 @@ def test_a_writer_killed_before_its_commit_leaves_the_table_unchanged(lake_cfg, 
         "from jobs.faults.inject import Pause, pause_before_commit", "from jobs.lakehouse import delta",
         "from jobs.lakehouse.tables import USER_SEQUENCES",
         f"pause_before_commit(Pause(('user_sequences',), Path({str(marker)!r})))",
-        f"rows = [dict(user_id=f'u{{i}}', item_idx=[2], event_type=[1], ts=[0], events_in_window=2, ds={DS!r}) for i in range(40000)]",
+        "rows = [dict(user_id=f'u{i}', item_idx=[2], event_type=[1], ts=[0], events_in_window=2, "
+        f"ds={DS!r}) for i in range(40000)]",
         f"cfg = load_config(overrides={{'paths.state_dir': {str(tmp_path)!r}}})",
-        f"delta.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), {{'ds': {DS!r}}})",
+        "delta.replace_partition(cfg, USER_SEQUENCES, pa.Table.from_pylist(rows, schema=USER_SEQUENCES.schema), "
+        f"{{'ds': {DS!r}}})",
     ])
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -516,15 +519,18 @@ def test_no_credentials_are_committed():
 
 
 def _results(summary: str, rows: dict[str, str]) -> str:
-    return "\n".join([summary, "", "| scenario | how | observed | rows checked | rows lost | result |", "|---|---|---|---|---|---|",
+    return "\n".join([summary, "", "| scenario | how | observed | rows checked | rows lost | result |",
+                      "|---|---|---|---|---|---|",
                       *(f"| {name} | h | o |  |  | {result} |" for name, result in rows.items())])
 
 
 def test_a_partial_faults_run_replaces_only_the_rows_it_ran(tmp_path):
     doc = tmp_path / "reliability.md"
-    doc.write_text(f"# Reliability\n\n{BEGIN}\n{_results('full run', {'a': 'pass', 'b': '**FAIL**', 'c': 'pass'})}\n{END}\ntail\n")
+    results = _results("full run", {"a": "pass", "b": "**FAIL**", "c": "pass"})
+    doc.write_text(f"# Reliability\n\n{BEGIN}\n{results}\n{END}\ntail\n")
     write_results(doc, _results("Observed on today: partial", {"b": "pass"}), partial=True)
     text = doc.read_text()
     block = text[text.index(BEGIN):text.index(END)]
-    assert [line.split("|")[-2].strip() for line in block.splitlines() if line.startswith("| ") and "scenario" not in line] == ["pass"] * 3
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "scenario" not in line]
+    assert [line.split("|")[-2].strip() for line in rows] == ["pass"] * 3
     assert "full run" in block and "Re-run on today: partial" in block and text.endswith("tail\n")

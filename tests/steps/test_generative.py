@@ -241,7 +241,8 @@ def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, 
     assert 0 < len(kept) <= 3 and answer["soft_token"]
     consumed = {f"{'ep' if i % 3 == 0 else 'trk'}_{i:03d}" for i in range(12)}  # ids of the catalog
     assert all(d["item_id"] in consumed for d in answer["decisions"])  # every generated item exists
-    assert {d["reason"].split(":")[0].split(" ")[0] for d in answer["decisions"] if not d["kept"]} <= {"consumed", "quota", "prefix", "list"}
+    assert {d["reason"].split(":")[0].split(" ")[0] for d in answer["decisions"] if not d["kept"]} <= {"consumed", "quota",
+                                                                                                       "prefix", "list"}
     with pytest.raises(FactoryError, match="no listening sequence"):
         recommend(cfg, "u_999")
     out = CliRunner().invoke(app, ["recommend", "u_002", "--k", "2", "--json"], env={"FACTORY__PATHS__STATE_DIR": str(tmp_path)})

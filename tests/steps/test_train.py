@@ -57,7 +57,8 @@ def test_training_run_improves_validation_and_keeps_the_selected_weights(tiny_sp
 def test_training_run_stops_on_its_time_budget_and_snapshots_marks(tiny_split):
     _, training, _ = tiny_split
     torch.manual_seed(0)
-    loop = tiny_loop(max_epochs=10_000, patience=10_000, minutes=0.01, mark_minutes=(0.0, 0.01), schedule="cosine", warmup_steps=3)
+    loop = tiny_loop(max_epochs=10_000, patience=10_000, minutes=0.01, mark_minutes=(0.0, 0.01),
+                     schedule="cosine", warmup_steps=3)
     run = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training, loop)
     state = run.run()
     assert state.stop_reason == "time_budget" and state.elapsed >= 0.6
