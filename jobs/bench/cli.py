@@ -97,15 +97,19 @@ def sid(
     out = out or RESULTS / f"sid_{name}.json"
 
     def measure() -> dict:
+        from jobs.bench import sid_catalogs
+
         if sum(x is not None for x in (items, movielens, lake_ds)) != 1:
             raise FactoryError("Pass exactly one of --items PATH, --movielens DIR or --lake-ds DS.")
         cfg = load_config(config)
         if lake_ds:
             parse_ds(lake_ds)
         if items:
-            catalog = bench.read_catalog(items)
+            catalog = sid_catalogs.read_catalog(items)
+        elif movielens:
+            catalog = sid_catalogs.read_movielens(movielens)
         else:
-            catalog = bench.read_movielens(movielens) if movielens else bench.read_lake(cfg, lake_ds)
+            catalog = sid_catalogs.read_lake(cfg, lake_ds)
         return bench.run_benchmark(catalog, levels=parse_ints(levels, "levels"), codes=codes, seeds=parse_ints(seeds, "seeds"),
                                    stability_days=stability_days, speed_sizes=parse_ints(speed_sizes, "speed-sizes"),
                                    stickiness=stickiness, cfg=cfg, out=out, log_to_mlflow=mlflow, command=command)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.bench import features as bench_features
+from jobs.bench import features_data
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.lakehouse.tables import EVENTS
@@ -27,13 +28,13 @@ def spark():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench") / "events"
-    return folder, bench_features.generate_events(folder, seed=3, **TINY)
+    return folder, features_data.generate_events(folder, seed=3, **TINY)
 
 
 def test_generator_writes_the_stated_counts_in_the_events_schema(tiny):
     folder, manifest = tiny
     assert manifest["events"] == TINY["events"] and manifest["users"] == TINY["events"] // TINY["events_per_user"]
-    assert [p.split("ds=")[1][:10] for p in manifest["files"]] == bench_features.window_days(days=TINY["days"])
+    assert [p.split("ds=")[1][:10] for p in manifest["files"]] == features_data.window_days(days=TINY["days"])
     events = pq.read_table(folder / "events")  # hive partitions: ds comes back from the folders
     assert events.num_rows == TINY["events"]
     assert set(events.schema.names) == set(EVENTS.schema.names)
@@ -45,11 +46,11 @@ def test_generator_writes_the_stated_counts_in_the_events_schema(tiny):
 
 def test_generator_is_deterministic_and_reuses_its_cache(tiny, tmp_path):
     folder, manifest = tiny
-    again = bench_features.generate_events(tmp_path / "again", seed=3, **TINY)
-    assert not again["reused"] and bench_features.generate_events(folder, seed=3, **TINY)["reused"]
+    again = features_data.generate_events(tmp_path / "again", seed=3, **TINY)
+    assert not again["reused"] and features_data.generate_events(folder, seed=3, **TINY)["reused"]
     for a, b in zip(manifest["files"], again["files"]):
         assert pq.read_table(a).equals(pq.read_table(b))
-    other = bench_features.generate_events(tmp_path / "other", seed=4, **TINY)
+    other = features_data.generate_events(tmp_path / "other", seed=4, **TINY)
     assert not pq.read_table(other["files"][0]).equals(pq.read_table(manifest["files"][0]))
 
 
@@ -90,4 +91,4 @@ def test_bad_arguments_are_clear_errors(sizes, repeats, message, tmp_path):
 
 
 def test_ids_are_zero_padded_strings():
-    assert bench_features._ids("ev", np.array([0, 42, 12345]), 5).to_pylist() == ["ev00000", "ev00042", "ev12345"]
+    assert features_data._ids("ev", np.array([0, 42, 12345]), 5).to_pylist() == ["ev00000", "ev00042", "ev12345"]

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.bench import sid as bench_sid
+from jobs.bench import sid_catalogs
 from jobs.bench.cli import bench_app
 from jobs.config import GeneratorConfig, load_config
 from jobs.errors import FactoryError
@@ -26,10 +27,10 @@ def write(path, text: str):
 
 
 def test_reads_jsonl_and_csv_catalogs_with_single_and_multi_value_labels(tmp_path):
-    jsonl = bench_sid.read_catalog(write(tmp_path / "c.jsonl", '{"id": 1, "text": "a song", "label": "rock|pop"}\n\n'
+    jsonl = sid_catalogs.read_catalog(write(tmp_path / "c.jsonl", '{"id": 1, "text": "a song", "label": "rock|pop"}\n\n'
                                                                '{"id": "x", "text": "a talk", "label": ["news"]}\n'))
     assert jsonl.ids == ["1", "x"] and jsonl.labels == [("rock", "pop"), ("news",)]
-    csv = bench_sid.read_catalog(write(tmp_path / "c.csv", "id,text\n1,first\n2,\"second, with comma\"\n"))
+    csv = sid_catalogs.read_catalog(write(tmp_path / "c.csv", "id,text\n1,first\n2,\"second, with comma\"\n"))
     assert csv.texts == ["first", "second, with comma"] and csv.labels is None
 
 
@@ -44,12 +45,12 @@ def test_reads_jsonl_and_csv_catalogs_with_single_and_multi_value_labels(tmp_pat
 ])
 def test_a_malformed_or_empty_catalog_is_a_clear_error(tmp_path, name, body, message):
     with pytest.raises(FactoryError, match=message):
-        bench_sid.read_catalog(write(tmp_path / name, body))
+        sid_catalogs.read_catalog(write(tmp_path / name, body))
 
 
 def test_missing_catalog_file_is_a_clear_error(tmp_path):
     with pytest.raises(FactoryError, match="does not exist"):
-        bench_sid.read_catalog(tmp_path / "nope.jsonl")
+        sid_catalogs.read_catalog(tmp_path / "nope.jsonl")
 
 
 def movielens_folder(tmp_path, ratings: bool = True):
@@ -67,16 +68,16 @@ def movielens_folder(tmp_path, ratings: bool = True):
 
 
 def test_movielens_adapter_keeps_mapped_movies_with_titles_as_text_and_genres_as_labels(tmp_path):
-    catalog = bench_sid.read_movielens(movielens_folder(tmp_path))
+    catalog = sid_catalogs.read_movielens(movielens_folder(tmp_path))
     assert catalog.ids[:2] == ["2", "4"] and len(catalog.ids) == 20
     assert catalog.texts[0] == "Film 2 caf\xe9 (1952)" and catalog.labels[0] == ("Drama", "Action")
     assert catalog.collaborative.shape[0] == 20 and "ml-1m.txt" in catalog.collaborative_source
     with pytest.raises(FactoryError, match="lacks movies.dat"):
-        bench_sid.read_movielens(tmp_path)
+        sid_catalogs.read_movielens(tmp_path)
 
 
 def test_benchmark_reports_quality_fusion_and_speed_and_writes_json(tmp_path):
-    catalog = bench_sid.read_movielens(movielens_folder(tmp_path))
+    catalog = sid_catalogs.read_movielens(movielens_folder(tmp_path))
     out = tmp_path / "sid.json"
     result = bench_sid.run_benchmark(
         catalog, levels=[2, 3], codes=4, seeds=[0, 1], stability_days=0, speed_sizes=[500],
