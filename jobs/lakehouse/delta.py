@@ -178,6 +178,14 @@ def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> 
     raise AssertionError("unreachable")
 
 
+def _create_table(cfg: FactoryConfig, spec: TableSpec, payload, options: dict) -> int:
+    """The first write of a table creates it with `payload`; a concurrent creator makes this fail
+    ("already exists") and _with_commit_retries redo the write against the new table."""
+    write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
+                    storage_options=cfg.lake.storage_options or None, **options)
+    return current_version(cfg, spec)
+
+
 def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where: dict[str, str]) -> int:
     """Atomically replace exactly the rows matching `where` (partition columns) with `data`.
 
@@ -226,9 +234,7 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
         table = open_table(cfg, spec)
         payload, options = write_payload(spec, data)
         if table is None:
-            write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
-                            storage_options=cfg.lake.storage_options or None, **options)
-            return current_version(cfg, spec)
+            return _create_table(cfg, spec, payload, options)
         if data.num_rows:
             table.merge(payload, predicate=" OR ".join(f"t.{c} = s.{c}" for c in unique),
                         source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
@@ -265,9 +271,7 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
         table = open_table(cfg, spec)
         payload, options = write_payload(spec, data)
         if table is None:
-            write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
-                            storage_options=cfg.lake.storage_options or None, **options)
-            return current_version(cfg, spec), {"num_target_rows_inserted": data.num_rows}
+            return _create_table(cfg, spec, payload, options), {"num_target_rows_inserted": data.num_rows}
         merge = table.merge(payload, predicate=on, source_alias="s", target_alias="t").when_matched_update(
             updates, predicate=update_when)
         for predicate, expressions in also_when:
