@@ -339,7 +339,10 @@ def _refit(cfg: FactoryConfig, ds: str, step, items: pa.Table, vectors: np.ndarr
 def _log_quality(cfg: FactoryConfig, step, version: int, items: pa.Table) -> None:
     """Collision rate before de-duplication, per-level usage, prefix purity by genre, full-SID uniqueness,
     and what bare codes resolve to under the collision policy."""
+    # Sorted: delta-rs returns a multi-file table's rows in varying order, and the shuffled purity baseline
+    # below permutes rows, so an unsorted read made the lift metric differ between reruns.
     rows = delta.read(cfg, ITEM_TOKENS, where={"codebook_version": version}, columns=["item_id", "tokens", "sid"])
+    rows = rows.sort_by("item_id")
     tokens = np.array(rows.column("tokens").to_pylist(), dtype=np.int64)
     codes = tokens[:, :-1]
     row_ids = rows.column("item_id").to_pylist()
