@@ -123,7 +123,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
             raise DropRefused(
                 f"ds={ds}: the events drop has {raw_lines} line(s) in {len(files)} file(s), fewer than "
                 f"gate.min_raw_lines={cfg.gate.min_raw_lines}; nothing was written. Check the upstream export, "
-                f"or set gate.min_raw_lines=0 if the day really had no traffic."
+                f"or set gate.min_raw_lines=0 if the day really had no traffic.", gate="min_raw_lines",
             )
 
         step.wrote(EVENTS, delta.replace_partition(cfg, EVENTS, clean.table(), {"ds": ds}))
