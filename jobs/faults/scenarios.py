@@ -33,9 +33,16 @@ from jobs.config import child_environment, load_config
 from jobs.errors import GateFailed
 from jobs.faults.expect import Refusal, check_refusal
 from jobs.faults.inject import Pause
+from jobs.faults.operations import (
+    scenario_forced_refit,
+    scenario_parent_run,
+    scenario_registry_error,
+    scenario_sensor,
+)
 from jobs.faults.refusals import scenario_bad_input, scenario_bad_invocations, scenario_quality_gates
 from jobs.faults.world import (
     REPO,
+    STAGE_NAMES,
     FaultWorld,
     Outcome,
     ScenarioFailed,
@@ -240,13 +247,23 @@ SCENARIOS: dict[str, Callable[[FaultWorld], list[Outcome]]] = {
     "unit": scenario_unit_tests, "bad_input": scenario_bad_input, "bad_invocations": scenario_bad_invocations,
     "crash": scenario_crash, "rerun": scenario_rerun_each_step, "concurrency": scenario_concurrency,
     "gates": scenario_quality_gates, "backfill": scenario_backfill,
+    "registry_error": scenario_registry_error, "sensor": scenario_sensor, "forced_refit": scenario_forced_refit,
+    "parent_run": scenario_parent_run,
 }
+
+# The last world snapshot each scenario restores or compares with: `--only` builds the world that far.
+LAST_SNAPSHOT = {"unit": None, "bad_input": "after_d3", "bad_invocations": "after_d3", "crash": "after_sid",
+                 "rerun": "after_d3", "concurrency": "after_d4", "gates": "after_d3", "backfill": "after_d7",
+                 "registry_error": "after_features", "sensor": "after_d3", "forced_refit": "after_sid",
+                 "parent_run": "before_embed"}
+
 
 def run_faults(workdir: Path, only: list[str] | None = None, fresh: bool = False) -> list[Outcome]:
     """Build (or reuse) the world, run the scenarios, return their outcomes (a crashed scenario is a failed one)."""
     world = FaultWorld(workdir)
     started = time.perf_counter()
-    build_stages(world, fresh)
+    needed = [LAST_SNAPSHOT[name] for name in only or SCENARIOS if LAST_SNAPSHOT[name]]
+    build_stages(world, fresh, until=max(needed, key=STAGE_NAMES.index) if needed else STAGE_NAMES[0])
     log.warning("fault world ready in %.0fs", time.perf_counter() - started)
     outcomes = []
     for name in only or list(SCENARIOS):

@@ -53,3 +53,17 @@ def test_the_partial_day_scenario_fails_when_check_gates_crashes(monkeypatch, la
     monkeypatch.setattr(publish, "check_gates", raises(AttributeError("'NoneType' object has no attribute 'x'")))
     _, problem = scenarios.partial_day_refusal(lake_cfg, "2026-01-03")
     assert problem and "AttributeError" in problem
+
+
+def test_every_scenario_names_the_world_snapshot_it_needs():
+    from jobs.faults.scenarios import LAST_SNAPSHOT, SCENARIOS
+    from jobs.faults.world import STAGE_NAMES
+
+    assert set(LAST_SNAPSHOT) == set(SCENARIOS)
+    assert {stage for stage in LAST_SNAPSHOT.values() if stage} <= set(STAGE_NAMES)
+
+
+def test_the_new_reliability_scenarios_are_in_the_suite():
+    from jobs.faults.scenarios import SCENARIOS
+
+    assert {"registry_error", "sensor", "forced_refit", "parent_run"} <= set(SCENARIOS)
