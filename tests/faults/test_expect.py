@@ -67,3 +67,20 @@ def test_the_new_reliability_scenarios_are_in_the_suite():
     from jobs.faults.scenarios import SCENARIOS
 
     assert {"registry_error", "sensor", "forced_refit", "parent_run"} <= set(SCENARIOS)
+
+
+def test_a_scenario_that_crashes_fails_the_suite_instead_of_stopping_it(monkeypatch, tmp_path):
+    """run_faults' broad catch is right: it turns a crashed scenario into a FAILED row (exit 1) and goes
+    on with the others; it never turns a crash into a pass."""
+    from jobs.faults import scenarios
+    from jobs.faults.world import Outcome
+
+    def crashing(world):
+        raise KeyError("an unrelated crash")
+
+    monkeypatch.setattr(scenarios, "build_stages", lambda *args, **kwargs: None)
+    monkeypatch.setitem(scenarios.SCENARIOS, "unit", crashing)
+    monkeypatch.setitem(scenarios.SCENARIOS, "sensor", lambda world: [Outcome("fine", "how", "ok", True)])
+    outcomes = scenarios.run_faults(tmp_path, only=["unit", "sensor"])
+    assert [(o.scenario, o.passed) for o in outcomes] == [("unit", False), ("fine", True)]
+    assert "KeyError" in outcomes[0].observed
