@@ -44,6 +44,7 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
         raise TypeError(f"run_step got unknown flag(s) {', '.join(unknown)}; flags are: {', '.join(f.name for f in FLAGS)}.")
     parse_ds(ds)
     preflight(cfg, step, ds)
+    alone = not (run_key or run_key_from_env())  # no invocation around this step: it is one of its own
     run_key = run_key or run_key_from_env() or new_run_key()
     day_runs.step_started(cfg, ds, run_key, step)
     try:
@@ -52,6 +53,8 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
         day_runs.step_failed(cfg, ds, run_key, step, err)
         raise
     day_runs.step_succeeded(cfg, ds, run_key, result, last=step == STEP_NAMES[-1])
+    if alone and step != STEP_NAMES[-1]:
+        day_runs.invocation_ended(cfg, ds, run_key, [step])
     return result
 
 

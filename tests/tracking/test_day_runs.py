@@ -114,3 +114,11 @@ def test_the_experiment_opens_in_the_model_training_view(tmp_path):
     old = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_uri)  # no kind tag
     assert configure_mlflow(cfg) == old
     assert mlflow.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def test_a_step_run_on_its_own_ends_its_parent_run(day, monkeypatch):
+    monkeypatch.delenv("FACTORY_RUN_KEY", raising=False)
+    result = pipeline.run_step("index", DS, day.cfg)
+    run = mlflow.MlflowClient().get_run(result.mlflow_run_id)
+    parent_run = mlflow.MlflowClient().get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent_run.info.status == "FINISHED" and parent_run.data.tags[day_runs.TAG_OUTCOME] == "partial"
