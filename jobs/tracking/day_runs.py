@@ -37,13 +37,15 @@ TAG_GATE = "factory.gate"
 TAG_GATE_REASON = "factory.gate_reason"
 TAG_GATE_DECISION = "factory.gate_decision"  # publish's decision: published | refused
 TAG_CHAMPION = "factory.champion_version"  # the model version the day was published with
+TAG_TRAIN_DECISION = "factory.train_decision"  # champion | challenger, when the day trained
 TAG_RUNNING_STEP = "factory.running_step"
 NOTE = "mlflow.note.content"
 FAILURE_TAGS = (TAG_FAILED_STEP, TAG_FAILURE_REASON, TAG_GATE, TAG_GATE_REASON)
 MAX_TAG_CHARS = 4000
 
-# Step metrics copied to the parent run as <step>.<metric>; evaluate's are all of them
-# (encoder.hr_at_K, popularity.ndcg_at_K, ...).
+# Step metrics copied to the parent run as <step>.<metric>; of evaluate, every metric of the encoder and
+# of the popularity baseline (encoder.hr_at_K, popularity.ndcg_at_K, encoder.drift_mean_cosine, ...).
+EVALUATED = ("encoder.", "popularity.")
 HEADLINE = {
     "ingest": ("raw_lines", "clean_rows", "quarantined_rows", "quarantine_share"),
     "features": ("users",),
@@ -73,11 +75,13 @@ def step_succeeded(cfg: FactoryConfig, ds: str, run_key: str, result: StepResult
     """Copy the step's headline metrics and decisions to the parent run; end it after the last step."""
     run_id = parent_run_id(cfg, ds, run_key)
     client = mlflow.MlflowClient()
-    wanted = HEADLINE.get(result.step)
+    wanted = HEADLINE.get(result.step, ())
     metrics = {f"{result.step}.{k}": v for k, v in result.metrics.items()
-               if (wanted is None and result.step == "evaluate") or (wanted and k in wanted)}
+               if k in wanted or (result.step == "evaluate" and k.startswith(EVALUATED))}
     if metrics:
         _log_metrics(client, run_id, metrics)
+    if result.step == "train" and result.params.get("gate_decision"):
+        client.set_tag(run_id, TAG_TRAIN_DECISION, result.params["gate_decision"])
     if result.step == "publish":
         client.set_tag(run_id, TAG_GATE_DECISION, result.params.get("gate_decision", ""))
         if result.params.get("model_version"):

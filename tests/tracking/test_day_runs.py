@@ -67,6 +67,7 @@ def test_the_parent_run_is_running_while_steps_run_and_ends_published_with_headl
     assert run.data.metrics["evaluate.encoder.hr_at_10"] == 0.4 and run.data.metrics["evaluate.popularity.hr_at_10"] == 0.1
     assert run.data.metrics["semantic_ids.collision_rate_before_dedup"] == 0.02
     assert "semantic_ids.texts_encoded" not in run.data.metrics  # headline metrics only
+    assert "evaluate.peak_rss_driver_mb" not in run.data.metrics
     note = run.data.tags[day_runs.NOTE]
     assert note.startswith(f"ds={DS}: published with model version 4")
     assert all(f"- {step}: finished" in note for step in STEP_NAMES)
