@@ -20,7 +20,7 @@ from jobs.lakehouse.tables import EVENTS, ITEMS, QUARANTINE, TABLES_BY_NAME
 
 def bad_event_lines(ds: str, item_ids: list[str], good: int) -> tuple[list[bytes], Counter]:
     """A day's raw lines: `good` clean events (one with a CRLF ending) and one or more lines of every
-    kind of defect ingest must quarantine; and the expected count per quarantine reason."""
+    kind of defect ingest must quarantine, hostile ones included; and the expected count per reason."""
     start, end = day_bounds_ms(ds)
 
     def event(n: int, **changes) -> dict:
@@ -49,6 +49,15 @@ def bad_event_lines(ds: str, item_ids: list[str], good: int) -> tuple[list[bytes
         ("ts_out_of_day", dumps(event(-16, ts=end))),
         ("unknown_item", dumps(event(-17, item_id="trk_999999"))),
         ("duplicate_event", clean[2]),  # the exact same line again, later in the day
+        # Hostile lines (jobs/steps/raw_line.py); the first three once stopped ingest for the whole day.
+        ("too_deep", b"[" * 50_000 + b"]" * 50_000),
+        ("invalid_number", dumps(event(-18)).replace(b'"ms_played": 30000', b'"ms_played": ' + b"9" * 5000)),
+        ("invalid_text", dumps(event(-19, user_id="\ud800"))),
+        ("invalid_text", dumps(event(-20, event_id="x\u0000\u001b[2J"))),
+        ("out_of_range", dumps(event(-21, ts=2**64))),
+        ("duplicate_key", dumps(event(-22)).replace(b"{", b'{"user_id": "u_1", ', 1)),
+        ("invalid_json", dumps(event(-23)).replace(b"30000", b"NaN")),
+        ("line_too_long", b'{"event_id": "' + b"x" * (1 << 20) + b'"}'),
     ]
     middle = len(clean) // 2
     return clean[:middle] + [line for _, line in bad] + clean[middle:], Counter(reason for reason, _ in bad)
@@ -114,7 +123,8 @@ def scenario_bad_input(world: FaultWorld) -> list[Outcome]:
     refused, problem = check_refusal(lambda: check_gates(cfg, share), Refusal(QuarantineShareExceeded, ("quarantine_share",)))
     message = _one_line_error(done.stderr)
     out.append(Outcome("quarantine share above the gate fails the day", f"40 clean + {sum(expected.values())} bad lines "
-                       f"(34%) against gate.max_quarantine_share=0.2", f"exit {done.returncode}: "
+                       f"({sum(expected.values()) / len(lines):.0%}) against gate.max_quarantine_share=0.2",
+                       f"exit {done.returncode}: "
                        f"\"{message[:100]}\"; {kept} quarantined rows kept as evidence; publish: {refused[:110]}"
                        + (f"; PROBLEM: {problem}" if problem else ""),
                        done.returncode == 1 and "gate.max_quarantine_share" in message and kept == sum(expected.values())

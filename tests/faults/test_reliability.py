@@ -92,7 +92,7 @@ def test_every_kind_of_bad_line_is_quarantined_with_its_reason_and_nothing_is_lo
 
 
 def test_rerun_of_catalog_and_ingest_leaves_every_table_identical(cfg):
-    ingest_lines(cfg, DS, bad_event_lines(DS, TRACKS, good=100)[0])
+    ingest_lines(cfg, DS, bad_event_lines(DS, TRACKS, good=150)[0])
     before = fingerprint(cfg)
     catalog.run(DS, cfg)
     ingest.run(DS, cfg)
@@ -100,7 +100,7 @@ def test_rerun_of_catalog_and_ingest_leaves_every_table_identical(cfg):
 
 
 def test_empty_day_is_refused_before_anything_is_written(cfg):
-    ingest_lines(cfg, DS, bad_event_lines(DS, TRACKS, good=100)[0])
+    ingest_lines(cfg, DS, bad_event_lines(DS, TRACKS, good=150)[0])
     before = fingerprint(cfg)
     with pytest.raises(DropRefused, match="has 0 line.*gate.min_raw_lines=1"):
         ingest_lines(cfg, DS, [])
