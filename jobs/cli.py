@@ -29,7 +29,10 @@ app = typer.Typer(help="Daily embedding factory: user/item embeddings and semant
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 sid_app = typer.Typer(help="Semantic-ID lookups: item <-> SID, and valid next tokens under a prefix.",
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+lake_app = typer.Typer(help="Lake maintenance.", no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False)
 app.add_typer(sid_app, name="sid")
+app.add_typer(lake_app, name="lake")
 app.add_typer(bench_app, name="bench")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
@@ -157,6 +160,30 @@ def tables() -> None:
     from jobs.lakehouse.tables import tables_markdown
 
     print(tables_markdown())
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(
+    table: Annotated[list[str] | None, typer.Option("--table", help="Table name (repeatable; default: every table).")] = None,
+    retention_hours: Annotated[int, typer.Option(help="Keep unreferenced files younger than this: a running "
+                                                      "writer's, or an old version's that readers time-travel to.")] = 168,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, delete nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete files no table version references any more: partitions replaced since, and the files of
+    writers killed before their commit (never visible to readers)."""
+    from jobs.lakehouse import commit
+    from jobs.lakehouse.tables import ALL_TABLES, TABLES_BY_NAME
+
+    cfg = _config(config)
+    unknown = sorted(set(table or ()) - set(TABLES_BY_NAME))
+    if unknown:
+        _fail(f"no table named {', '.join(unknown)}; tables: {', '.join(TABLES_BY_NAME)}")
+    for spec in [TABLES_BY_NAME[name] for name in table] if table else ALL_TABLES:
+        files = commit.vacuum(cfg, spec, retention_hours, dry_run)
+        print(f"{spec.name}: {len(files)} file(s) {'to delete' if dry_run else 'deleted'}")
+        for path in files:
+            print(f"  {path}")
 
 
 @app.command()
