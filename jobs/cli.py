@@ -142,6 +142,11 @@ def show(
     for t in report["tables"]:
         tables.add_row(t["table"], str(t["version"]), str(t["rows"]), "" if t["rows_for_ds"] is None else str(t["rows_for_ds"]))
     out.print(tables)
+    day = report["day"]
+    if day:
+        out.print(f"day ds={report['ds']}: {day['status']} ({day['outcome']}) in {day['seconds']:.0f}s, "
+                  f"MLflow run {day['run_id']}", highlight=False)
+        out.print(day["description"].splitlines()[0] if day["description"] else "", highlight=False)
     steps = Table(title=f"MLflow step runs for ds={report['ds']} ({report['mlflow_tracking_uri']})")
     for column in ("step", "run id", "status", "wall s"):
         steps.add_column(column)

@@ -1,4 +1,5 @@
-"""Fault injection: pause a Delta write before its commit, so a scenario can kill -9 the process there.
+"""Fault injection: pause a Delta write before its commit, so a scenario can kill -9 the process there;
+or make the model registry fail as a locked or restarting store does.
 
 Set only by the fault harness, never by production code: `pause_before_commit` replaces the two hooks
 the lakehouse exposes, in the current process: jobs.lakehouse.delta.write_payload (the Arrow path) and
@@ -13,6 +14,11 @@ On the Arrow path the pause sits inside delta-rs's write of the named tables, be
 reaches it and so before the commit (after its first data files when the data is large enough for
 delta-rs to flush some early). On the commit path it sits after every data file is written and before
 the one commit.
+
+    python -m jobs.faults.inject --registry-unavailable -- run --ds D --step train
+
+makes every registry lookup (registered model, alias, version search) of that run raise MLflow's
+TEMPORARILY_UNAVAILABLE error, as a locked SQLite store or a restarting MLflow server does.
 """
 
 from __future__ import annotations
@@ -62,6 +68,28 @@ def pause_before_commit(pause: Pause) -> None:
     commit.before_commit = pausing_commit
 
 
+REGISTRY_LOOKUPS = ("get_registered_model", "get_model_version_by_alias", "search_model_versions")
+
+
+def registry_unavailable() -> None:
+    """Make every registry lookup of this process fail with a transient store error."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    def unavailable(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked [injected by jobs.faults.inject]",
+                              error_code=TEMPORARILY_UNAVAILABLE)
+
+    for name in REGISTRY_LOOKUPS:
+        setattr(mlflow.MlflowClient, name, unavailable)
+
+
+def registry_unavailable_command(*cli_args: str) -> list[str]:
+    """The child process: `factory CLI_ARGS` with the registry failing (registry_unavailable)."""
+    return [sys.executable, "-m", "jobs.faults.inject", "--registry-unavailable", "--", *cli_args]
+
+
 def _pause(spec: TableSpec, pause: Pause) -> None:
     if pause.marker:
         Path(pause.marker).write_text(f"{spec.name} {os.getpid()}\n")
@@ -78,15 +106,21 @@ def _pausing_batches(spec: TableSpec, data: pa.Table, pause: Pause) -> Iterator[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m jobs.faults.inject --pause T1,T2 [--marker F] [--seconds S] -- FACTORY ARGS`."""
+    """`python -m jobs.faults.inject [--pause T1,T2 [--marker F] [--seconds S]] [--registry-unavailable] -- FACTORY ARGS`."""
     argv = sys.argv[1:] if argv is None else argv
     ours, cli_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="python -m jobs.faults.inject", description=main.__doc__)
-    parser.add_argument("--pause", required=True, help="comma-separated tables whose writes pause before the commit")
+    parser.add_argument("--pause", help="comma-separated tables whose writes pause before the commit")
     parser.add_argument("--marker", type=Path, help="file written when a pause starts")
     parser.add_argument("--seconds", type=float, default=600.0, help="how long a pause lasts")
+    parser.add_argument("--registry-unavailable", action="store_true", help="every registry lookup fails (transient)")
     args = parser.parse_args(ours)
-    pause_before_commit(Pause(tuple(args.pause.split(",")), args.marker, args.seconds))
+    if not args.pause and not args.registry_unavailable:
+        parser.error("give --pause TABLES, --registry-unavailable, or both")
+    if args.pause:
+        pause_before_commit(Pause(tuple(args.pause.split(",")), args.marker, args.seconds))
+    if args.registry_unavailable:
+        registry_unavailable()
     from jobs.cli import main as factory
 
     factory(cli_args)
