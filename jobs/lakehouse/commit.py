@@ -55,7 +55,7 @@ from jobs.lakehouse import delta
 from jobs.lakehouse.tables import TableSpec
 
 WRITER_PREFIX = "writer-"  # never "_" or ".": vacuum skips such folders, their orphans would stay forever
-COMMIT_TOKEN = "factoryCommit"  # commit-info key that identifies one commit of this module
+COMMIT_ID_KEY = "factoryCommit"  # commit-info key that identifies one commit of this module
 VACUUM_RETENTION_HOURS = 168  # Delta's default; an orphan younger than this may still be a live writer's
 
 
@@ -191,7 +191,7 @@ def _commit(cfg: FactoryConfig, spec: TableSpec, table: DeltaTable | None, actio
     delta-rs may land a commit after non-conflicting concurrent ones, and does not say where)."""
     before_commit(spec, actions)
     token = uuid.uuid4().hex
-    properties = CommitProperties(custom_metadata={COMMIT_TOKEN: token})
+    properties = CommitProperties(custom_metadata={COMMIT_ID_KEY: token})
     if table is None:  # the first commit creates the table; a concurrent creator makes it fail ("already exists")
         create_table_with_add_actions(delta.table_uri(cfg, spec), DeltaSchema.from_arrow(spec.schema), actions,
                                       mode="error", partition_by=list(spec.partition_by) or None,
@@ -201,7 +201,7 @@ def _commit(cfg: FactoryConfig, spec: TableSpec, table: DeltaTable | None, actio
         table.create_write_transaction(actions, mode=mode, schema=table.schema(), partition_by=list(spec.partition_by) or None,
                                        partition_filters=filters, commit_properties=properties)
     latest = delta.open_table(cfg, spec)
-    return next((entry["version"] for entry in latest.history(50) if entry.get(COMMIT_TOKEN) == token), latest.version())
+    return next((entry["version"] for entry in latest.history(50) if entry.get(COMMIT_ID_KEY) == token), latest.version())
 
 
 def commit_replace(cfg: FactoryConfig, folders: WriterFolder | Sequence[WriterFolder],
