@@ -119,6 +119,8 @@ class MlflowConfig:
 class FeaturesConfig:
     max_seq_len: int = 50
     window_days: int = 30
+    incremental: bool = True  # update yesterday's sequences with today's events (jobs.steps.features)
+    full_rebuild_every_days: int = 7  # re-read the whole window every N days (by ds), checking the increments; 0 = never
 
 
 @dataclass(frozen=True)
