@@ -74,11 +74,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
     storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
-
-    def __post_init__(self) -> None:
-        _one_of("lake.engine", self.engine, ("delta-rs", "delta-spark"))
 
 
 @dataclass(frozen=True)
