@@ -74,11 +74,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
     storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
-
-    def __post_init__(self) -> None:
-        _one_of("lake.engine", self.engine, ("delta-rs", "delta-spark"))
 
 
 @dataclass(frozen=True)
@@ -119,6 +115,8 @@ class MlflowConfig:
 class FeaturesConfig:
     max_seq_len: int = 50
     window_days: int = 30
+    incremental: bool = True  # update yesterday's sequences with today's events (jobs.steps.features)
+    full_rebuild_every_days: int = 7  # re-read the whole window every N days (by ds), checking the increments; 0 = never
 
 
 @dataclass(frozen=True)
