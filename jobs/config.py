@@ -108,6 +108,26 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class LocalClusterConfig:
+    """`factory cluster up` (jobs/runtime/local_cluster.py): a Spark standalone master + one worker and a
+    Ray head + a second Ray node on this machine. The master's and the head's ports come from
+    spark.master ("spark://127.0.0.1:PORT") and ray.address ("127.0.0.1:PORT"); the rest from here."""
+
+    spark_webui_port: int = 8181  # the master's web UI and JSON status (http://127.0.0.1:PORT/json/)
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"  # >= spark.executor.memory (set it in [spark.extra_conf])
+    ray_node_cpus: int = 2  # logical CPUs per Ray node (two nodes): room for train workers and Ray Data reads
+    ray_object_store_mb: int = 256  # per node
+    ray_port_base: int = 26400  # each node's other Ray ports: base + 20 * node + 0..19 (never Ray's defaults)
+    ray_temp_dir: str = ""  # default /tmp/factory-ray-<head port> (unix socket paths must stay short)
+
+    def __post_init__(self) -> None:
+        if self.spark_worker_cores < 1 or self.ray_node_cpus < 1 or self.ray_object_store_mb < 78:
+            raise ConfigError("local_cluster.spark_worker_cores and ray_node_cpus must be >= 1 and "
+                              "ray_object_store_mb >= 78 (Ray's minimum).")
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = ""  # default: sqlite:///<state_dir>/mlflow.db
     artifact_uri: str = ""  # default: <state_dir>/mlartifacts
@@ -262,6 +282,7 @@ class FactoryConfig:
     lake: LakeConfig = field(default_factory=LakeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    local_cluster: LocalClusterConfig = field(default_factory=LocalClusterConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
