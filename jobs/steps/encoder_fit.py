@@ -30,6 +30,7 @@ from jobs.steps.encoder_training import (
     loop_config,
     resume_from_checkpoint,
     save_checkpoint,
+    training_shard,
 )
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
@@ -41,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     loop = LoopConfig(**config["loop"])
     torch.manual_seed(loop.seed + rank)  # dropout differs per worker; DDP broadcasts rank 0's weights
     torch.set_num_threads(loop.threads)
-    data: TrainingData = ray.get(config["data"])
+    data = training_shard(ray.get(config["data"]), rank, world)
     encoder = UserEncoder(UserEncoderConfig(**config["encoder"]))
     if config["init_state"] is not None:
         encoder.load_state_dict(ray.get(config["init_state"]))
@@ -50,10 +51,22 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume_from_checkpoint(run, folder)
-    run.run(on_epoch=_report)
+    placement = {"train_workers": world, "train_nodes": _nodes(world)}
+    run.run(on_epoch=lambda run: _report(run, placement))
 
-def _report(run: TrainingRun) -> None:
-    record = {k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}
+
+def _nodes(world: int) -> int:
+    """How many Ray nodes the workers run on (every worker calls this: an all-gather)."""
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return 1
+    nodes: list = [None] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
+def _report(run: TrainingRun, placement: dict[str, int]) -> None:
+    record = {**{k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}, **placement}
     if run.rank == 0:  # progress line: reaches the terminal when [ray].log_to_driver is on (the benchmark)
         shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
         print(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}", flush=True)
@@ -71,6 +84,7 @@ class FitResult:
     marks: dict[float, UserEncoder]  # clock minute -> the model selected by then
     state: LoopState
     checkpoint_path: str
+    placement: dict[str, int] = dataclasses.field(default_factory=lambda: {"train_workers": 1, "train_nodes": 1})
 
 
 def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, init_state: dict | None,
@@ -102,7 +116,8 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
         raise FactoryError(f"Ray Train run {run_name} finished without a checkpoint; see its logs under {cfg.ray_storage_uri}.")
     with result.checkpoint.as_directory() as folder:
         model, marks, state = load_training_checkpoint(folder, encoder_cfg)
-    return FitResult(model, state.history, marks, state, result.checkpoint.path)
+    placement = {k: int(result.metrics.get(k, 1)) for k in ("train_workers", "train_nodes")}
+    return FitResult(model, state.history, marks, state, result.checkpoint.path, placement)
 
 def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig,
                    init_state: dict | None, run_name: str, loop: LoopConfig | None = None,

@@ -68,9 +68,10 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         step.params(**dataclasses.asdict(encoder_cfg), **{f"loop_{k}": v for k, v in dataclasses.asdict(loop).items()},
                     warm_start_from=champion.version if init_state else "none", training_users=sequences.num_rows,
                     train_examples=len(data.inputs),
-                    validation_users=len(data.val_targets), workers=cfg.ray.train_workers)
+                    validation_users=len(data.val_targets))
         fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop)
         log_history(fitted.history)
+        step.params(**fitted.placement)  # train_workers, train_nodes: where Ray Train actually ran
         new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
         promote, reason = _gate(cfg, fitted.model, champion, data, new, step)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
