@@ -94,18 +94,47 @@ def test_a_worker_out_of_batches_joins_with_zero_weight_steps_and_an_empty_worke
         torch.testing.assert_close(two[1][0][key], value)
 
 
-def test_fit_under_ray_train_with_two_workers_reports_both_workers(tmp_path, one_torch_thread):
+def write_day(folder, users: int = 60, seed: int = 0) -> list[str]:
+    """user_sequences-like Parquet files (user_id, item_idx, event_type) of `users` users, in two files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    sequences = [[(int(rng.integers(NUM_ITEMS)) + j) % NUM_ITEMS + 1 for j in range(int(rng.integers(2, 12)))]
+                 for _ in range(users)]
+    table = pa.table({"user_id": [f"u{i:04d}" for i in range(users)],
+                      "item_idx": pa.array(sequences, pa.list_(pa.int32())),
+                      "event_type": pa.array([[1] * len(s) for s in sequences], pa.list_(pa.int8()))})
+    files = []
+    for part, rows in enumerate((slice(0, users // 2), slice(users // 2, users))):
+        files.append(str(folder / f"part-{part}.parquet"))
+        pq.write_table(table.slice(rows.start, rows.stop - rows.start), files[-1])
+    return files
+
+
+def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_on_its_shards(tmp_path, one_torch_thread):
     import ray
 
+    from jobs.steps import train_data
+
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.train_workers": "2"})
-    data = tiny_data(users=31)
+    files = write_day(tmp_path, users=80)
     loop = encoder_training.LoopConfig(lr=1e-2, batch_size=8, max_epochs=2, seed=0, minutes=5.0)
     try:
-        fitted = encoder_fit.fit(cfg, data, ENCODER, None, "two_workers", loop)
+        encoder_fit.ensure_ray(cfg)
+        first = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40)
+        again = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40)
+        fitted = encoder_fit.fit(cfg, first.validation, ENCODER, None, "two_workers", loop,
+                                 dataset=first.dataset, held_out=first.held_out)
+        sampled = sorted(r["user_id"] for r in first.dataset.select_columns(["user_id"]).take_all())
     finally:
         ray.shutdown()
-    assert fitted.placement == {"train_workers": 2, "train_nodes": 1}
+    assert first.day_users == 80 and 20 <= first.users <= 60 and first.users == len(sampled)
+    assert first.held_out == again.held_out and set(first.held_out) <= set(sampled)
+    expected = [u for u in (f"u{i:04d}" for i in range(80)) if train_data.unit_hash([u], "sample-3")[0] < 0.5]
+    assert sampled == expected
+    assert fitted.placement["train_workers"] == 2 and fitted.placement["train_nodes"] == 1
+    assert fitted.placement["train_examples"] == first.users  # every sampled user has >= 2 items
     assert fitted.state.epoch == 2 and fitted.state.stop_reason == "max_epochs"
-    epochs = [r for r in fitted.history if r["kind"] == "epoch"]
-    assert all(np.isfinite(r["train_loss"]) for r in epochs)
+    assert all(np.isfinite(r["train_loss"]) for r in fitted.history if r["kind"] == "epoch")
     assert encoder_training.weights_are_finite(fitted.model)
