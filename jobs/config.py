@@ -94,6 +94,9 @@ class RayConfig:
     address: str = ""  # "" = start a local Ray; "auto" or ray://host:10001 for a cluster
     num_cpus: int = 0  # local Ray only; 0 = all cores
     train_workers: int = 1
+    # Ray Train's placement of the workers: "PACK" (fewest nodes) or "SPREAD" (one per node where it can;
+    # the local cluster uses it so its two workers run on its two nodes).
+    train_placement: str = "PACK"
     # Inference (step embed). On 2 cores an actor pool of two 1-CPU actors deadlocks: the upstream
     # read task never gets a CPU. Two actors of 0.5 CPU each leave a CPU for reads, and each runs one
     # torch thread: two single-threaded processes use both cores without intra-op synchronisation,
@@ -105,6 +108,12 @@ class RayConfig:
     inference_tokens_per_forward: int = 4096  # rows x padded width per model call (rows sorted by length)
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
     log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
+
+
+    def __post_init__(self) -> None:
+        _one_of("ray.train_placement", self.train_placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        if self.train_workers < 1:
+            raise ConfigError(f"ray.train_workers must be >= 1; got {self.train_workers!r}.")
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,10 @@ class IndexConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     k: int = 10
+    # A seeded sample of the users with an embedding on ds-1 and plays on ds (jobs/steps/evaluate.py):
+    # at most this many reach the driver for the faiss search; 0 = all of them.
+    max_users: int = 100_000
+    seed: int = 0
 
 
 @dataclass(frozen=True)

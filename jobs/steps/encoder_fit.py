@@ -122,7 +122,8 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
         },
         datasets=None if dataset is None else _worker_parts(dataset, workers),
         dataset_config=DataConfig(datasets_to_split=[]),  # split by _worker_parts
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus},
+                                     placement_strategy=cfg.ray.train_placement),
         run_config=RunConfig(
             name=run_name, storage_path=cfg.ray_storage_uri,
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # every checkpoint carries the full history
