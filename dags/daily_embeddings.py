@@ -59,16 +59,16 @@ def step_task(step: str):
 
 @task.sensor(task_id="wait_for_drops", poke_interval=300, timeout=6 * 3600, mode="reschedule")
 def wait_for_drops() -> PokeReturnValue:
-    """The day's catalog and events drops must have landed (mode=reschedule frees the worker slot)."""
-    from jobs.config import load_config
+    """The day's catalog and events drops must have landed (mode=reschedule frees the worker slot).
+    Only a missing drop is waited for; a configuration error fails the sensor at once, with its sentence."""
+    from jobs.config import ConfigError, load_config
     from jobs.errors import FactoryError
-    from jobs.lakehouse.landing import SOURCES, drop_files
+    from jobs.lakehouse.landing import drops_landed
 
-    cfg, ds = load_config(), get_current_context()["ds"]
     try:
-        return PokeReturnValue(is_done=all(drop_files(cfg, source, ds) for source in SOURCES))
-    except FactoryError:
-        return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=drops_landed(load_config(), get_current_context()["ds"]))
+    except (FactoryError, ConfigError) as err:
+        raise AirflowFailException(str(err)) from err
 
 
 @dag(

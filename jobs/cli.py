@@ -29,7 +29,10 @@ app = typer.Typer(help="Daily embedding factory: user/item embeddings and semant
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 sid_app = typer.Typer(help="Semantic-ID lookups: item <-> SID, and valid next tokens under a prefix.",
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+lake_app = typer.Typer(help="Lake maintenance.", no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False)
 app.add_typer(sid_app, name="sid")
+app.add_typer(lake_app, name="lake")
 app.add_typer(bench_app, name="bench")
 cluster_app = typer.Typer(help="A local Spark standalone cluster and a two-node Ray on this machine (addresses from the config).",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -142,6 +145,11 @@ def show(
     for t in report["tables"]:
         tables.add_row(t["table"], str(t["version"]), str(t["rows"]), "" if t["rows_for_ds"] is None else str(t["rows_for_ds"]))
     out.print(tables)
+    day = report["day"]
+    if day:
+        out.print(f"day ds={report['ds']}: {day['status']} ({day['outcome']}) in {day['seconds']:.0f}s, "
+                  f"MLflow run {day['run_id']}", highlight=False)
+        out.print(day["description"].splitlines()[0] if day["description"] else "", highlight=False)
     steps = Table(title=f"MLflow step runs for ds={report['ds']} ({report['mlflow_tracking_uri']})")
     for column in ("step", "run id", "status", "wall s"):
         steps.add_column(column)
@@ -160,6 +168,30 @@ def tables() -> None:
     from jobs.lakehouse.tables import tables_markdown
 
     print(tables_markdown())
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(
+    table: Annotated[list[str] | None, typer.Option("--table", help="Table name (repeatable; default: every table).")] = None,
+    retention_hours: Annotated[int, typer.Option(help="Keep unreferenced files younger than this: a running "
+                                                      "writer's, or an old version's that readers time-travel to.")] = 168,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, delete nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete files no table version references any more: partitions replaced since, and the files of
+    writers killed before their commit (never visible to readers)."""
+    from jobs.lakehouse import commit
+    from jobs.lakehouse.tables import ALL_TABLES, TABLES_BY_NAME
+
+    cfg = _config(config)
+    unknown = sorted(set(table or ()) - set(TABLES_BY_NAME))
+    if unknown:
+        _fail(f"no table named {', '.join(unknown)}; tables: {', '.join(TABLES_BY_NAME)}")
+    for spec in [TABLES_BY_NAME[name] for name in table] if table else ALL_TABLES:
+        files = commit.vacuum(cfg, spec, retention_hours, dry_run)
+        print(f"{spec.name}: {len(files)} file(s) {'to delete' if dry_run else 'deleted'}")
+        for path in files:
+            print(f"  {path}")
 
 
 @app.command()

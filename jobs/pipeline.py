@@ -18,13 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jobs.config import FactoryConfig, ray_address
+from jobs.config import FactoryConfig, ray_address, run_key_from_env
 from jobs.days import day_range, parse_ds
 from jobs.errors import ConcurrentWriteError, FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.landing import drop_days
 from jobs.lakehouse.tables import EVENTS
 from jobs.steps import FLAGS, STEP_NAMES, STEPS_BY_NAME
+from jobs.tracking import day_runs
 from jobs.tracking.runs import StepResult, new_run_key
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,21 @@ def run_step(step: str, ds: str, cfg: FactoryConfig, run_key: str | None = None,
         raise TypeError(f"run_step got unknown flag(s) {', '.join(unknown)}; flags are: {', '.join(f.name for f in FLAGS)}.")
     parse_ds(ds)
     preflight(cfg, step, ds)
+    alone = not (run_key or run_key_from_env())  # no invocation around this step: it is one of its own
+    run_key = run_key or run_key_from_env() or new_run_key()
+    day_runs.step_started(cfg, ds, run_key, step)
+    try:
+        result = _run_with_race_retries(step, ds, cfg, run_key, flags)
+    except BaseException as err:  # recorded on the day's parent run, then raised unchanged
+        day_runs.step_failed(cfg, ds, run_key, step, err)
+        raise
+    day_runs.step_succeeded(cfg, ds, run_key, result, last=step == STEP_NAMES[-1])
+    if alone and step != STEP_NAMES[-1]:
+        day_runs.invocation_ended(cfg, ds, run_key, [step])
+    return result
+
+
+def _run_with_race_retries(step: str, ds: str, cfg: FactoryConfig, run_key: str, flags: dict) -> StepResult:
     run = step_function(step)
     kwargs = {flag.argument: bool(flags.get(flag.name, False)) for flag in STEPS_BY_NAME[step].flags}
     for attempt in range(1, STEP_ATTEMPTS + 1):
@@ -71,7 +87,8 @@ def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key
     """
     run_key = run_key or new_run_key()
     results = []
-    for step in steps or list(STEP_NAMES):
+    steps = steps or list(STEP_NAMES)
+    for step in steps:
         started = time.perf_counter()
         with while_running(ds, step):
             result = run_step(step, ds, cfg, run_key, **flags)
@@ -79,6 +96,8 @@ def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key
         results.append(result)
         if on_step:
             on_step(result)
+    if steps[-1] != STEP_NAMES[-1]:  # only some steps: the day's parent run ends as "partial"
+        day_runs.invocation_ended(cfg, ds, run_key, steps)
     return results
 
 

@@ -164,6 +164,12 @@ def test_cluster_config_loads_and_makes_every_component_remote(no_factory_env):
         assert uri.startswith("s3://"), uri
 
 
+def test_cluster_config_commits_safely_on_s3_with_conditional_puts(no_factory_env):
+    options = load_config(CLUSTER_TOML).lake.storage_options
+    assert options.get("aws_conditional_put") == "etag"
+    assert not {k for k in options if k.upper() == "AWS_S3_ALLOW_UNSAFE_RENAME"}  # it voids concurrent-writer safety
+
+
 def test_compose_endpoints_agree_with_the_cluster_config(compose, no_factory_env):
     from_file = as_dict(load_config(CLUSTER_TOML))
     for name in FACTORY_CODE_SERVICES:

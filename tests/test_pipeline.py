@@ -1,5 +1,7 @@
 """End to end on a tiny generated world: Airflow's `dags test` runs day 1, the CLI's pipeline runs
-day 2, then day 2 is rerun. Real Spark, Ray Train, Ray Data, MLflow (SQLite), delta-rs and faiss.
+day 2, then day 2 is rerun; day 3 runs with a champion that is not due for retraining, so it is an
+incremental day on the real Ray path (unchanged users carried forward, the others inferred). Real
+Spark, Ray Train, Ray Data, MLflow (SQLite), delta-rs and faiss.
 
 One module-scoped world keeps the suite fast: the expensive parts (JVM, Ray, MiniLM) start once.
 """
@@ -18,7 +20,16 @@ import pytest
 
 from jobs.config import env_overrides, load_config
 from jobs.lakehouse import delta
-from jobs.lakehouse.tables import ALL_TABLES, EVENTS, ITEM_TOKENS, ITEMS, PUBLISH, QUARANTINE
+from jobs.lakehouse.tables import (
+    ALL_TABLES,
+    EVENTS,
+    ITEM_TOKENS,
+    ITEMS,
+    PUBLISH,
+    QUARANTINE,
+    USER_EMBEDDINGS,
+    USER_SEQUENCES,
+)
 from jobs.pipeline import run_day
 from jobs.serving.show import day_report
 from jobs.synthetic.generate import generate_drops, generated_days
@@ -30,16 +41,27 @@ from tests import REPO
 PUBLISH_BOOKKEEPING = ("table_versions", "published_at")
 # The generator's defect kinds, named as ingest names the rule each one breaks.
 REASON_OF_DEFECT = {"missing_user_id": "missing_id", "negative_duration": "invalid_duration"}
+WORLD = {**TINY_WORLD, "generator.days": "3"}  # day 3: the incremental day (fixture `incremental`)
+
+
+@pytest.fixture(scope="module")
+def incremental(world):
+    """Day 3 with retraining not due (train.retrain_every_days=30): day 2's champion keeps serving, so
+    embed carries unchanged users forward from day 2 and infers the others with Ray Data."""
+    cfg = load_config(overrides={**WORLD, "train.retrain_every_days": "30"})
+    day2, day3 = world["days"][1:]
+    results = {r.step: r for r in run_day(day3, cfg, run_key="incremental_day3")}
+    return {"cfg": cfg, "results": results, "day2": day2, "day3": day3}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     os.environ["FACTORY__PATHS__STATE_DIR"] = str(state)
-    cfg = load_config(overrides=TINY_WORLD)
+    cfg = load_config(overrides=WORLD)
     summary = generate_drops(cfg.generator, Path(cfg.landing_uri))
-    day1, day2 = generated_days(cfg.generator)
-    env = {**os.environ, **env_overrides(TINY_WORLD)}
+    day1, day2, day3 = generated_days(cfg.generator)
+    env = {**os.environ, **env_overrides(WORLD)}
     airflow = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "airflow", "dags", "test", "daily_embeddings", day1],
         env=env, capture_output=True, text=True, cwd=REPO,
@@ -49,7 +71,7 @@ def world(tmp_path_factory):
     first_run = run_day(day2, cfg)
     before = table_digests(cfg)
     rerun = run_day(day2, cfg)
-    yield {"cfg": cfg, "summary": summary, "days": (day1, day2), "airflow": airflow,
+    yield {"cfg": cfg, "summary": summary, "days": (day1, day2, day3), "airflow": airflow,
            "first_run": first_run, "rerun": rerun, "before": before, "after": table_digests(cfg)}
     os.environ.pop("FACTORY__PATHS__STATE_DIR", None)
 
@@ -80,7 +102,7 @@ def test_rerun_of_a_day_leaves_every_table_unchanged(world):
 
 def test_every_raw_row_is_clean_or_quarantined_with_the_injected_reason(world):
     cfg = world["cfg"]
-    for day in world["summary"].days:
+    for day in world["summary"].days[:2]:  # days 1 and 2 (day 3 is ingested by the `incremental` fixture)
         clean = delta.read(cfg, EVENTS, where={"ds": day.ds}).num_rows
         quarantined = delta.read(cfg, QUARANTINE, where={"ds": day.ds, "source": "events"})
         assert clean + quarantined.num_rows == day.raw_lines
@@ -149,3 +171,33 @@ def test_run_step_passes_each_step_only_the_flags_it_takes(monkeypatch):
     assert calls == {"train": {"force": True}, "semantic_ids": {"force_refit": False}, "embed": {}}
     with pytest.raises(TypeError, match="force_everything"):
         pipeline.run_step("train", "2026-01-02", None, force_everything=True)
+
+
+def test_an_incremental_day_reuses_the_champion_and_carries_unchanged_users_forward(incremental):
+    from jobs.steps.embed import unchanged_inputs
+    from jobs.steps.user_predictor import INPUT_COLUMNS
+
+    cfg, results, day2, day3 = (incremental[k] for k in ("cfg", "results", "day2", "day3"))
+    train, embed = results["train"], results["embed"]
+    assert train.metrics["trained"] == 0 and embed.params["plan"].startswith("incremental")
+    today = delta.read(cfg, USER_SEQUENCES, where={"ds": day3}, columns=INPUT_COLUMNS).sort_by("user_id")
+    before = delta.read(cfg, USER_SEQUENCES, where={"ds": day2}, columns=INPUT_COLUMNS)
+    carried = set(today.filter(pa.array(unchanged_inputs(today, before))).column("user_id").to_pylist())
+    inferred, forward = embed.metrics["users_inferred"], embed.metrics["users_carried_forward"]
+    assert forward == len(carried) > 0 and inferred > 0 and inferred + forward == today.num_rows
+    vectors = {ds: dict(zip(*(delta.read(cfg, USER_EMBEDDINGS, where={"ds": ds}).column(c).to_pylist()
+                             for c in ("user_id", "embedding")))) for ds in (day2, day3)}
+    assert {u: vectors[day3][u] for u in carried} == {u: vectors[day2][u] for u in carried}
+    assert any(vectors[day3][u] != vectors[day2].get(u) for u in set(vectors[day3]) - carried)
+
+
+def test_the_day_parent_run_says_how_many_users_were_inferred_and_carried_forward(incremental):
+    from jobs.tracking.day_runs import day_outcome
+
+    day = day_outcome(incremental["cfg"], incremental["day3"])
+    embed = incremental["results"]["embed"].metrics
+    assert day["status"] == "FINISHED" and day["outcome"] == "published"
+    assert day["metrics"]["embed.users_inferred"] == embed["users_inferred"]
+    assert day["metrics"]["embed.users_carried_forward"] == embed["users_carried_forward"]
+    assert day["metrics"]["train.reused_version"] == float(day["champion_version"])
+    assert "evaluate.encoder.hr_at_10" in day["metrics"] and "evaluate.popularity.hr_at_10" in day["metrics"]

@@ -85,12 +85,12 @@ def e2e_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callabl
 
 
 def scale_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
-    from jobs.bench.scale import linearity, run_world
+    from jobs.bench.scale import driver_peaks, linearity, run_world
     from jobs.synthetic.worlds import ScaleWorld
 
     worlds = [run_world(ScaleWorld(u, sizes.scale_items, sizes.scale_events_per_user), state / "scale", progress)
               for u in sizes.scale_users]
-    return {"worlds": worlds, "linearity": linearity(worlds)}
+    return {"worlds": worlds, "linearity": linearity(worlds), "driver_peaks": driver_peaks(worlds)}
 
 
 def inference_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
@@ -181,7 +181,17 @@ def summary_rows(sections: dict) -> list[dict]:
             figure = f"scale marginal cost {m['from_users']:,} → {m['to_users']:,} users, relative to the first step up"
             rows.append(summary_row(figure, m.get("relative_to_first"), "x", "flat: ≈1.0 vs the first step up",
                                     detail=f"{m['ms_per_user']:.3f} ms/user"))
+        rows += _driver_peak_rows(sections["scale"].get("driver_peaks", []))
     return rows
+
+
+def _driver_peak_rows(peaks: list[dict]) -> list[dict]:
+    from jobs.bench.scale import DRIVER_FLAT_BAR
+
+    return [summary_row(f"driver peak {p['step']}, {p['users']:,} / {p['baseline_users']:,} users", p["ratio"], "x",
+                        f"≤ {DRIVER_FLAT_BAR}", p["ratio"] <= DRIVER_FLAT_BAR,
+                        detail=f"{p['peak_mb']:,.0f} vs {p['baseline_peak_mb']:,.0f} MiB")
+            for p in peaks]
 
 
 def render_markdown(result: dict) -> str:

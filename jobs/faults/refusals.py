@@ -11,6 +11,8 @@ from pathlib import Path
 
 from jobs.config import load_config
 from jobs.days import day_bounds_ms
+from jobs.errors import QuarantineShareExceeded
+from jobs.faults.expect import Refusal, check_refusal
 from jobs.faults.world import FaultWorld, Outcome, _in_fresh_process, _one_line_error, fingerprint
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEMS, QUARANTINE, TABLES_BY_NAME
@@ -88,32 +90,35 @@ def scenario_bad_input(world: FaultWorld) -> list[Outcome]:
     before = fingerprint(cfg)
     done = world.factory("run", "--ds", mixed, "--step", "ingest", check=False, FACTORY__GATE__MAX_DROP_BYTES="1000")
     unchanged = fingerprint(cfg) == before
+    message = _one_line_error(done.stderr)
     out.append(Outcome("oversize day is refused", "the same drop with gate.max_drop_bytes=1000", f"exit {done.returncode}: "
-                       f"\"{_one_line_error(done.stderr)[:120]}\"; lake unchanged: {unchanged}",
-                       done.returncode == 1 and unchanged, seconds=time.perf_counter() - started))
+                       f"\"{message[:120]}\"; lake unchanged: {unchanged}",
+                       done.returncode == 1 and "gate.max_drop_bytes" in message and unchanged,
+                       seconds=time.perf_counter() - started))
 
     started = time.perf_counter()
     write_drop(landing, "events", empty, [], files=1)
     done = world.factory("run", "--ds", empty, "--step", "ingest", check=False)
     unchanged = fingerprint(cfg) == before
+    message = _one_line_error(done.stderr)
     out.append(Outcome("empty day is refused", "an events drop with one empty file; `--step ingest`",
-                       f"exit {done.returncode}: \"{_one_line_error(done.stderr)[:120]}\"; lake unchanged: {unchanged}",
-                       done.returncode == 1 and unchanged, seconds=time.perf_counter() - started))
+                       f"exit {done.returncode}: \"{message[:120]}\"; lake unchanged: {unchanged}",
+                       done.returncode == 1 and "gate.min_raw_lines" in message and unchanged,
+                       seconds=time.perf_counter() - started))
 
     started = time.perf_counter()
     lines, expected = bad_event_lines(share, items, good=40)
     write_drop(landing, "events", share, lines)
     done = world.factory("run", "--ds", share, "--step", "ingest", check=False)
     kept = delta.read(cfg, QUARANTINE, where={"ds": share, "source": "events"}, columns=["reason"]).num_rows
-    try:
-        check_gates(cfg, share)
-        refused = "publish gates passed"
-    except Exception as err:  # noqa: BLE001
-        refused = f"publish refuses: {str(err)[:80]}"
+    refused, problem = check_refusal(lambda: check_gates(cfg, share), Refusal(QuarantineShareExceeded, ("quarantine_share",)))
+    message = _one_line_error(done.stderr)
     out.append(Outcome("quarantine share above the gate fails the day", f"40 clean + {sum(expected.values())} bad lines "
                        f"(34%) against gate.max_quarantine_share=0.2", f"exit {done.returncode}: "
-                       f"\"{_one_line_error(done.stderr)[:100]}\"; {kept} quarantined rows kept as evidence; {refused}",
-                       done.returncode == 1 and kept == sum(expected.values()) and refused.startswith("publish refuses"),
+                       f"\"{message[:100]}\"; {kept} quarantined rows kept as evidence; publish: {refused[:110]}"
+                       + (f"; PROBLEM: {problem}" if problem else ""),
+                       done.returncode == 1 and "gate.max_quarantine_share" in message and kept == sum(expected.values())
+                       and problem is None,
                        len(lines), 0, time.perf_counter() - started))
     return out
 
@@ -152,9 +157,9 @@ def scenario_bad_invocations(world: FaultWorld) -> list[Outcome]:
 def scenario_quality_gates(world: FaultWorld) -> list[Outcome]:
     out = [
         _bad_model(world, "untrained model is not promoted", "cold start (train.d_model=8) at train.lr=1e-6",
-                   FACTORY__TRAIN__D_MODEL="8", FACTORY__TRAIN__LR="1e-6"),
+                   "validation NDCG@10", FACTORY__TRAIN__D_MODEL="8", FACTORY__TRAIN__LR="1e-6"),
         _bad_model(world, "diverged model (NaN) is not promoted", "train.lr=30: the weights diverge to NaN",
-                   FACTORY__TRAIN__LR="30"),
+                   "not finite", FACTORY__TRAIN__LR="30"),
     ]
     from jobs.steps.publish import latest_published
 
@@ -170,15 +175,18 @@ def scenario_quality_gates(world: FaultWorld) -> list[Outcome]:
     out.append(Outcome("bad codebook is not published", "day 3's codebook refit with sid.codes_per_level=2 (collapse), "
                        "then index, evaluate, `--step publish`",
                        f"publish exit {done.returncode}: \"{_one_line_error(done.stderr)[:110]}\"; pointer still "
-                       f"{pointer['ds']}: {kept}; MLflow publish run: gate_decision={runs['gate_decision']}",
-                       done.returncode == 1 and kept and runs["gate_decision"] == "refused",
+                       f"{pointer['ds']}: {kept}; MLflow publish run: gate_decision={runs['gate_decision']}, "
+                       f"gate={runs['gate']}",
+                       done.returncode == 1 and kept and runs["gate_decision"] == "refused"
+                       and runs["gate"] in ("collision_rate", "collision_rate_increase"),
                        seconds=time.perf_counter() - started))
     return out
 
 
-def _bad_model(world: FaultWorld, name: str, how: str, **env: str) -> Outcome:
+def _bad_model(world: FaultWorld, name: str, how: str, reason: str, **env: str) -> Outcome:
     """Force a retrain of day 3 with a bad setting, then run the rest of the day: the champion must
-    stay, the day must be served by it, and the published pointer must never name the bad model."""
+    stay (held back by the train gate for `reason`, a phrase of its gate_reason), the day must be
+    served by it, and the published pointer must never name the bad model."""
     from jobs.steps.publish import latest_published
 
     started = time.perf_counter()
@@ -192,7 +200,8 @@ def _bad_model(world: FaultWorld, name: str, how: str, **env: str) -> Outcome:
     served = set(delta.read(world.cfg, TABLES_BY_NAME["user_embeddings"], where={"ds": d3},
                            columns=["model_version"]).column(0).to_pylist())
     published = (latest_published(world.cfg) or {}).get("model_version")
-    ok = (after["champion"] == before["champion"] and after["gate_decision"] == "challenger" and rest.returncode == 0
+    ok = (after["champion"] == before["champion"] and after["gate_decision"] == "challenger"
+          and reason in (after["gate_reason"] or "") and rest.returncode == 0
           and served == {before["champion"]} and published == before["champion"])
     return Outcome(name, f"`factory run --ds {d3} --step train --force-retrain` with {how}, then embed, index, "
                    f"evaluate, publish", f"champion v{before['champion']} -> v{after['champion']}, challenger "
@@ -211,17 +220,11 @@ def _registry_state(overrides: dict, ds: str, step: str) -> dict:
 
     cfg = load_config(overrides=overrides)
     experiment = configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
-
-    def alias(name: str) -> str | None:
-        try:
-            return str(client.get_model_version_by_alias(cfg.mlflow.registered_model, name).version)
-        except mlflow.exceptions.MlflowException:
-            return None
-
     runs = mlflow.search_runs([experiment], filter_string=f"tags.`{TAG_DS}` = '{ds}' AND tags.`{TAG_KIND}` = 'step' "
                               f"AND tags.`{TAG_STEP}` = '{step}'", order_by=["attributes.start_time DESC"],
                               max_results=1, output_format="list")
     params = runs[0].data.params if runs else {}
-    return {"champion": alias(registry.CHAMPION), "challenger": alias(registry.CHALLENGER),
-            "gate_decision": params.get("gate_decision"), "gate_reason": params.get("gate_reason")}
+    return {"champion": registry.alias_version(cfg, registry.CHAMPION),
+            "challenger": registry.alias_version(cfg, registry.CHALLENGER),
+            "gate_decision": params.get("gate_decision"), "gate": params.get("gate"),
+            "gate_reason": params.get("gate_reason")}

@@ -30,10 +30,19 @@ from pathlib import Path
 import psutil
 
 from jobs.config import child_environment, load_config
+from jobs.errors import GateFailed
+from jobs.faults.expect import Refusal, check_refusal
 from jobs.faults.inject import Pause
+from jobs.faults.operations import (
+    scenario_forced_refit,
+    scenario_parent_run,
+    scenario_registry_error,
+    scenario_sensor,
+)
 from jobs.faults.refusals import scenario_bad_input, scenario_bad_invocations, scenario_quality_gates
 from jobs.faults.world import (
     REPO,
+    STAGE_NAMES,
     FaultWorld,
     Outcome,
     ScenarioFailed,
@@ -93,7 +102,7 @@ class _suppress:
 def _crash(world: FaultWorld, name: str, before: str, steps: list[str], table: str) -> Outcome:
     """Run the steps cleanly from the snapshot (the reference), then again from the snapshot with a
     kill -9 inside the table's write; check what the kill left, rerun, compare with the reference."""
-    from jobs.steps.publish import check_gates, latest_published
+    from jobs.steps.publish import latest_published
 
     started = time.perf_counter()
     d3 = world.days[2]
@@ -126,12 +135,8 @@ def _crash(world: FaultWorld, name: str, before: str, steps: list[str], table: s
     for pinned, version in json.loads(pointer["table_versions"]).items() if pointer else []:
         if version is not None:
             delta.read(cfg, TABLES_BY_NAME[pinned], version=version, columns=[TABLES_BY_NAME[pinned].schema.names[0]])
-    try:
-        check_gates(cfg, d3)
-        gate = "passed"
-        problems.append(f"the partial day {d3} passed the publish gates")
-    except Exception as refused:  # noqa: BLE001 - any refusal is the expected outcome
-        gate = str(refused)
+    gate, problem = partial_day_refusal(cfg, d3)
+    problems += [f"publish gate on the partial day {d3}: {problem}"] if problem else []
     orphans = orphan_files(cfg, spec)
     world.factory(*args)  # the rerun, no fault
     checked, lost, extra, differ = compare(reference, fingerprint(cfg))
@@ -145,6 +150,16 @@ def _crash(world: FaultWorld, name: str, before: str, steps: list[str], table: s
                    f"a pause before the {table} commit (jobs.faults.inject), kill -9 at the pause, check, rerun; "
                    f"compared with a clean run from the same snapshot",
                    observed, not problems, checked, lost, time.perf_counter() - started)
+
+# A day whose step was killed mid-write lacks that step's outputs (or those of the steps after it).
+PARTIAL_DAY_REFUSAL = Refusal(GateFailed, gates=("complete_outputs",))
+
+
+def partial_day_refusal(cfg, ds: str) -> tuple[str, str | None]:
+    """Publish's gates on a day a kill left partial: (what they said, the problem or None)."""
+    from jobs.steps import publish
+
+    return check_refusal(lambda: publish.check_gates(cfg, ds), PARTIAL_DAY_REFUSAL)
 
 CRASHES = [  # name, snapshot before, steps, table whose write is killed
     ("crash in features", "before_features", ["features"], "user_sequences"),
@@ -232,13 +247,23 @@ SCENARIOS: dict[str, Callable[[FaultWorld], list[Outcome]]] = {
     "unit": scenario_unit_tests, "bad_input": scenario_bad_input, "bad_invocations": scenario_bad_invocations,
     "crash": scenario_crash, "rerun": scenario_rerun_each_step, "concurrency": scenario_concurrency,
     "gates": scenario_quality_gates, "backfill": scenario_backfill,
+    "registry_error": scenario_registry_error, "sensor": scenario_sensor, "forced_refit": scenario_forced_refit,
+    "parent_run": scenario_parent_run,
 }
+
+# The last world snapshot each scenario restores or compares with: `--only` builds the world that far.
+LAST_SNAPSHOT = {"unit": None, "bad_input": "after_d3", "bad_invocations": "after_d3", "crash": "after_sid",
+                 "rerun": "after_d3", "concurrency": "after_d4", "gates": "after_d3", "backfill": "after_d7",
+                 "registry_error": "after_features", "sensor": "after_d3", "forced_refit": "after_sid",
+                 "parent_run": "before_embed"}
+
 
 def run_faults(workdir: Path, only: list[str] | None = None, fresh: bool = False) -> list[Outcome]:
     """Build (or reuse) the world, run the scenarios, return their outcomes (a crashed scenario is a failed one)."""
     world = FaultWorld(workdir)
     started = time.perf_counter()
-    build_stages(world, fresh)
+    needed = [LAST_SNAPSHOT[name] for name in only or SCENARIOS if LAST_SNAPSHOT[name]]
+    build_stages(world, fresh, until=max(needed, key=STAGE_NAMES.index) if needed else STAGE_NAMES[0])
     log.warning("fault world ready in %.0fs", time.perf_counter() - started)
     outcomes = []
     for name in only or list(SCENARIOS):

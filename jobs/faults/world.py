@@ -117,8 +117,12 @@ class FaultWorld:
         """`factory ARGS` as a child process; with `pause`, one whose Delta writes pause before their commit."""
         return pause.command(*args) if pause else [sys.executable, "-m", "jobs.cli", *args]
 
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        """Any command (argv) from the repository root with exactly `env`; output captured."""
+        return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+
     def factory(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(self.command(*args), env=self.env(**env), cwd=REPO, capture_output=True, text=True)
+        done = self.run(self.command(*args), self.env(**env))
         if check and done.returncode != 0:
             raise ScenarioFailed(f"`factory {' '.join(args)}` exited {done.returncode}: {_tail(done.stderr)}")
         return done
@@ -163,8 +167,13 @@ def _in_fresh_process(function: Callable, *args):
         return pool.submit(function, *args).result()
 
 
-def build_stages(world: FaultWorld, fresh: bool) -> None:
-    """The world's snapshots, in order; a build resumes after the last snapshot that exists.
+STAGE_NAMES = ("before_d3", "before_features", "after_features", "before_embed", "before_sid", "after_sid", "after_d3",
+               "after_d4", "after_d7")
+
+
+def build_stages(world: FaultWorld, fresh: bool, until: str | None = None) -> None:
+    """The world's snapshots, in order, up to `until` (default: all); a build resumes after the last
+    snapshot that exists.
 
     before_d3 (days 1-2 run), before_features (day 3 catalog + ingest), after_features, before_embed
     (train), before_sid (embed), after_sid (semantic_ids), after_d3 (index, evaluate, publish),
@@ -182,6 +191,9 @@ def build_stages(world: FaultWorld, fresh: bool) -> None:
         ("after_d4", [["run", "--ds", d4]]),
         ("after_d7", [["run", "--ds", ds] for ds in rest]),
     ]
+    assert tuple(name for name, _ in stages) == STAGE_NAMES
+    if until is not None:
+        stages = stages[:STAGE_NAMES.index(until) + 1]
     if fresh:
         shutil.rmtree(world.workdir, ignore_errors=True)
     done = []

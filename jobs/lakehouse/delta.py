@@ -143,7 +143,7 @@ def _conform(spec: TableSpec, data: pa.Table) -> pa.Table:
     return data.select(spec.schema.names).cast(spec.schema)
 
 
-def _predicate(spec: TableSpec, where: dict[str, str]) -> str:
+def partition_predicate(spec: TableSpec, where: dict[str, str]) -> str:
     """SQL for `column = 'value' AND ...`; values are partition values, checked so none can leave
     its partition folder or break out of the string literal."""
     for column, value in where.items():
@@ -154,7 +154,7 @@ def _predicate(spec: TableSpec, where: dict[str, str]) -> str:
     return " AND ".join(f"{column} = '{value}'" for column, value in where.items())
 
 
-def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> T:
+def with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> T:
     """Run a whole write (open the latest snapshot, write files, commit) until it commits.
 
     delta-rs raises CommitFailedError when a concurrent writer committed first and the two
@@ -180,7 +180,7 @@ def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> 
 
 def _create_table(cfg: FactoryConfig, spec: TableSpec, payload, options: dict) -> int:
     """The first write of a table creates it with `payload`; a concurrent creator makes this fail
-    ("already exists") and _with_commit_retries redo the write against the new table."""
+    ("already exists") and with_commit_retries redo the write against the new table."""
     write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
                     storage_options=cfg.lake.storage_options or None, **options)
     return current_version(cfg, spec)
@@ -192,7 +192,7 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
     A rerun of the same day writes the same rows again: content is unchanged, never appended twice.
     Returns the new table version.
     """
-    predicate = _predicate(spec, where)
+    predicate = partition_predicate(spec, where)
     bad = [row for row in data.select(list(where)).to_pylist() if row != where] if data.num_rows else []
     if bad:
         raise ValueError(f"{spec.name}: rows outside the replaced partition {where}: {bad[:1]}")
@@ -210,7 +210,7 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
         )
         return table.version() if table is not None else current_version(cfg, spec)
 
-    return _with_commit_retries(spec, f"replacing partition {where}", write)
+    return with_commit_retries(spec, f"replacing partition {where}", write)
 
 
 def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
@@ -240,7 +240,7 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
                         source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
         return table.version()
 
-    version = _with_commit_retries(spec, "appending new keys", write)
+    version = with_commit_retries(spec, "appending new keys", write)
     stored = {tuple(row[c] for c in unique) for row in read(cfg, spec, columns=list(unique), version=version).to_pylist()}
     missing = [row for row in data.select(list(unique)).to_pylist() if tuple(row.values()) not in stored]
     if missing:
@@ -279,7 +279,7 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
         metrics = merge.when_not_matched_insert_all().execute()
         return table.version(), metrics
 
-    return _with_commit_retries(spec, "merging", write)
+    return with_commit_retries(spec, "merging", write)
 
 
 def history(cfg: FactoryConfig, spec: TableSpec, limit: int | None = None) -> list[dict]:

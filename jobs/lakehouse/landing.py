@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds
-from jobs.errors import DropRefused, FactoryError
+from jobs.errors import DropMissing, DropRefused, FactoryError
 
 SOURCES = ("events", "catalog")
 
@@ -32,7 +32,35 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) of a URI or of a local path, relative or not."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), str(Path(uri).resolve())
-    return pafs.FileSystem.from_uri(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as err:  # pyarrow: ArrowInvalid (a ValueError) for an unknown scheme
+        raise FactoryError(f"The landing URI {uri} (paths.landing_uri) cannot be opened: {err}; "
+                           f"fix paths.landing_uri.") from None
+
+
+def check_landing(cfg: FactoryConfig) -> None:
+    """FactoryError unless paths.landing_uri is a folder that can be listed: a typo there is a
+    configuration error, not a drop that is late, and must not be waited for."""
+    fs, folder = _filesystem(cfg.landing_uri)
+    kind = fs.get_file_info(folder).type
+    if kind != pafs.FileType.Directory:
+        what = "does not exist" if kind == pafs.FileType.NotFound else "is not a folder"
+        raise FactoryError(f"The landing {cfg.landing_uri} (paths.landing_uri) {what}; point paths.landing_uri "
+                           f"at the folder that holds the events/ and catalog/ drops.")
+
+
+def drops_landed(cfg: FactoryConfig, ds: str) -> bool:
+    """True when every source's drop folder for ds exists, False while one is still missing. A
+    misconfiguration (a landing that is not there, an unknown scheme, a bad ds, no permission)
+    raises instead: the DAG's sensor fails at once rather than waiting for its timeout."""
+    check_landing(cfg)
+    for source in SOURCES:
+        try:
+            drop_files(cfg, source, ds)
+        except DropMissing:
+            return False
+    return True
 
 
 def drop_files(cfg: FactoryConfig, source: str, ds: str) -> list[str]:
@@ -40,7 +68,7 @@ def drop_files(cfg: FactoryConfig, source: str, ds: str) -> list[str]:
     fs, folder = _filesystem(drop_uri(cfg, source, ds))
     info = fs.get_file_info(folder)
     if info.type != pafs.FileType.Directory:
-        raise FactoryError(
+        raise DropMissing(
             f"No {source} drop for ds={ds}: {drop_uri(cfg, source, ds)} does not exist. "
             f"Generate data with `factory generate` or point paths.landing_uri at your drops."
         )
@@ -58,7 +86,7 @@ def check_drop_size(cfg: FactoryConfig, source: str, ds: str, files: list[str]) 
         raise DropRefused(
             f"ds={ds}: the {source} drop is {size:,} bytes in {len(files)} file(s), above "
             f"gate.max_drop_bytes={cfg.gate.max_drop_bytes:,}; nothing was read. Check the drop for a runaway "
-            f"producer, or raise the gate if the day is really that large."
+            f"producer, or raise the gate if the day is really that large.", gate="max_drop_bytes",
         )
     return size
 

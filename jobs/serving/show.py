@@ -9,6 +9,7 @@ from jobs.config import FactoryConfig
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ALL_TABLES, EVAL_METRICS, ITEM_TOKENS
 from jobs.steps.publish import latest_published
+from jobs.tracking.day_runs import day_outcome
 from jobs.tracking.runs import day_summary
 
 
@@ -26,8 +27,10 @@ def day_report(cfg: FactoryConfig, ds: str | None = None) -> dict:
                 entry["rows_for_ds"] = delta.read(cfg, spec, where={"ds": ds}, columns=["ds"]).num_rows
         tables.append(entry)
     report = {"ds": ds, "lake": cfg.lake_uri, "mlflow_tracking_uri": cfg.mlflow_tracking_uri,
-              "published": published, "tables": tables, "steps": [], "eval_metrics": [], "semantic_ids": {}}
+              "published": published, "tables": tables, "day": None, "steps": [], "eval_metrics": [],
+              "semantic_ids": {}}
     if ds:
+        report["day"] = day_outcome(cfg, ds)  # the parent run: what the MLflow UI shows for the day
         report["steps"] = day_summary(cfg, ds)
         metrics = delta.read(cfg, EVAL_METRICS, where={"ds": ds})
         report["eval_metrics"] = metrics.drop_columns(["ds"]).to_pylist()

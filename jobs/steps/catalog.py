@@ -12,7 +12,6 @@ superseded by a later line for the same item, or a quarantine row with its reaso
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pyarrow as pa
 
@@ -21,6 +20,7 @@ from jobs.days import parse_ds
 from jobs.lakehouse import delta
 from jobs.lakehouse.landing import check_drop_size, drop_files, read_lines
 from jobs.lakehouse.tables import ITEMS, QUARANTINE
+from jobs.steps.raw_line import Rejected, check_id, check_int64, check_text, parse_object
 from jobs.tracking.runs import StepResult, track_step
 
 REQUIRED = ("item_id", "item_type", "title")
@@ -39,17 +39,16 @@ def item_text(item: dict) -> str:
 
 
 def parse_item(line: bytes) -> dict:
-    """A catalog row from a raw line, or ValueError(reason: detail)."""
+    """A catalog row from a raw line, or ValueError(reason: detail).
+
+    Hostile lines are rejected by jobs/steps/raw_line.py's rules (size, encoding, nesting, numbers,
+    duplicate keys); a clean item's strings are valid UTF-8 without control characters (free text may
+    hold tabs and line breaks) and its duration fits int64, so it can always be written and hashed."""
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"non_utf8: invalid UTF-8 at byte {err.start}") from None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"invalid_json: {err}") from None
-    if not isinstance(row, dict):
-        raise ValueError("invalid_json: expected an object")
+        row = parse_object(line)
+        _check_values(row)
+    except Rejected as rejected:
+        raise ValueError(f"{rejected.reason}: {rejected.detail}") from None
     missing = [k for k in REQUIRED if not isinstance(row.get(k), str) or not row.get(k)]
     if missing:
         raise ValueError(f"missing_field: {missing}")
@@ -57,7 +56,7 @@ def parse_item(line: bytes) -> dict:
         raise ValueError(f"wrong_type: item_type {row['item_type']!r:.40} not in {ITEM_TYPES}")
     extra = set(row) - set(REQUIRED) - set(OPTIONAL)
     if extra:
-        raise ValueError(f"schema_drift: unexpected keys {sorted(extra)}")
+        raise ValueError(f"schema_drift: unexpected keys {sorted(extra)!s:.200}")
     for key in OPTIONAL:
         if key != "duration_ms" and row.get(key) is not None and not isinstance(row[key], str):
             raise ValueError(f"wrong_type: {key} must be a string")
@@ -67,6 +66,16 @@ def parse_item(line: bytes) -> dict:
     if duration is not None and not 0 < duration <= MAX_DURATION_MS:
         raise ValueError(f"invalid_duration: duration_ms {duration} outside (0, {MAX_DURATION_MS}]")
     return {k: row.get(k) for k in REQUIRED + OPTIONAL}
+
+
+def _check_values(row: dict) -> None:
+    """Strings of known fields are clean (identifiers stricter than free text); integers fit int64."""
+    for key in REQUIRED + OPTIONAL:
+        value = row.get(key)
+        if isinstance(value, str):
+            (check_id if key in ("item_id", "item_type") else check_text)(key, value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            check_int64(key, value)
 
 
 def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:

@@ -15,7 +15,6 @@ Files of a drop are independent, so a cluster can shard them across workers.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -29,18 +28,13 @@ from jobs.errors import DropRefused, QuarantineShareExceeded
 from jobs.lakehouse import delta
 from jobs.lakehouse.landing import check_drop_size, drop_files, read_lines
 from jobs.lakehouse.tables import EVENTS, ITEMS, QUARANTINE
+from jobs.steps.raw_line import Rejected, check_id, check_int64, parse_object
 from jobs.tracking import plots
 from jobs.tracking.runs import StepResult, track_step
 
 EVENT_FIELDS = {"event_id": str, "user_id": str, "item_id": str, "event_type": str, "ts": int, "ms_played": int}
 EVENT_TYPES = {"play", "skip", "save"}
 MAX_MS_PLAYED = 6 * 3_600_000  # longer than any track or episode we carry: a broken client counter
-
-
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -54,27 +48,26 @@ class DayRules:
 
 
 def validate_line(line: bytes, rules: DayRules) -> dict:
-    """The clean event of a raw line, or Rejected(reason, detail) naming the first broken rule."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise Rejected("non_utf8", f"invalid UTF-8 at byte {err.start}") from None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise Rejected("invalid_json", err.msg) from None
-    if not isinstance(row, dict):
-        raise Rejected("invalid_json", f"expected an object, got {type(row).__name__}")
+    """The clean event of a raw line, or Rejected(reason, detail) naming the first broken rule.
+
+    Hostile lines (huge, deeply nested, giant numbers, lone surrogates, control characters, duplicate
+    keys) are rejected by jobs/steps/raw_line.py's rules; a clean event's strings are valid UTF-8
+    identifiers and its integers fit int64, so it can always be written."""
+    row = parse_object(line)
     for key in ("user_id", "item_id"):
         if row.get(key) in (None, ""):
             raise Rejected("missing_id", f"{key} is missing or empty")
     extra, missing = set(row) - set(EVENT_FIELDS), set(EVENT_FIELDS) - set(row)
     if extra or missing:
-        raise Rejected("schema_drift", f"unexpected keys {sorted(extra)}, missing keys {sorted(missing)}")
+        raise Rejected("schema_drift", f"unexpected keys {sorted(extra)!s:.200}, missing keys {sorted(missing)}")
     for key, kind in EVENT_FIELDS.items():
         value = row[key]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise Rejected("wrong_type", f"{key} must be {kind.__name__}, got {value!r:.40}")
+            raise Rejected("wrong_type", f"{key} must be {kind.__name__}, got {_shown(value)}")
+        if kind is str:
+            check_id(key, value)
+        else:
+            check_int64(key, value)
     if not row["event_id"].strip():
         raise Rejected("missing_id", "event_id is empty")
     if row["event_type"] not in EVENT_TYPES:
@@ -87,6 +80,16 @@ def validate_line(line: bytes, rules: DayRules) -> dict:
     if item_type is None:
         raise Rejected("unknown_item", f"item_id {row['item_id']!r:.60} is not in the catalog on {rules.ds}")
     return {**row, "item_type": item_type}
+
+
+def _shown(value) -> str:
+    """A value in a detail sentence: its repr (escapes surrogates and controls), cut to 40 characters;
+    containers by type and size only (their repr can be as deep or as large as the line)."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
+        return "an integer of more than 40 digits"
+    return f"{value!r:.40}"
 
 
 def known_items(cfg: FactoryConfig, ds: str) -> tuple[dict[str, str], int | None]:
@@ -123,7 +126,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
             raise DropRefused(
                 f"ds={ds}: the events drop has {raw_lines} line(s) in {len(files)} file(s), fewer than "
                 f"gate.min_raw_lines={cfg.gate.min_raw_lines}; nothing was written. Check the upstream export, "
-                f"or set gate.min_raw_lines=0 if the day really had no traffic."
+                f"or set gate.min_raw_lines=0 if the day really had no traffic.", gate="min_raw_lines",
             )
 
         step.wrote(EVENTS, delta.replace_partition(cfg, EVENTS, clean.table(), {"ds": ds}))

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds
-from jobs.errors import FactoryError, GateFailed, QuarantineShareExceeded
+from jobs.errors import GateFailed, QuarantineShareExceeded
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import (
     ALL_TABLES,
@@ -56,7 +56,7 @@ def pinned_versions(cfg: FactoryConfig) -> dict[str, int | None]:
 
 def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None = None,
                 versions: dict[str, int | None] | None = None) -> dict:
-    """Raise (GateFailed or FactoryError, one sentence) if the day must not be published; otherwise
+    """Raise GateFailed (one sentence; `.gate` names the check) if the day must not be published; otherwise
     return what it would publish: model_version and codebook_version. Tables are read at `versions`
     (default: pinned now). Every value a gate looked at is put into `measured` (gate name -> value)
     as it is checked, so a refusal can log them too."""
@@ -74,26 +74,31 @@ def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None =
     measured.update(raw_rows=clean + bad, quarantine_share=bad / (clean + bad) if clean + bad else 0.0)
     if clean + bad < gate.min_raw_lines:
         raise GateFailed(f"ds={ds}: {clean + bad} raw event rows were ingested for this day, fewer than "
-                         f"gate.min_raw_lines={gate.min_raw_lines}; run ingest on a complete drop first.")
+                         f"gate.min_raw_lines={gate.min_raw_lines}; run ingest on a complete drop first.",
+                         gate="raw_volume")
     if measured["quarantine_share"] > gate.max_quarantine_share:
         raise QuarantineShareExceeded(f"ds={ds}: {bad} of {clean + bad} event rows are quarantined, above "
                                       f"gate.max_quarantine_share={gate.max_quarantine_share}; not publishing.")
     for spec in REQUIRED_FOR_DS:
         if read(spec, where={"ds": ds}, columns=[spec.key[0]]).num_rows == 0:
-            raise FactoryError(f"ds={ds}: {spec.name} has no rows for this day; run its step ({spec.owner}) first.")
+            raise GateFailed(f"ds={ds}: {spec.name} has no rows for this day; run its step ({spec.owner}) first.",
+                             gate="complete_outputs")
     if read_index(index_uri(cfg, ds)) is None:
-        raise FactoryError(f"ds={ds}: no item index at {index_uri(cfg, ds)}; run the index step first.")
+        raise GateFailed(f"ds={ds}: no item index at {index_uri(cfg, ds)}; run the index step first.",
+                         gate="complete_outputs")
 
     model_version = _one_model_version(read, ds)
     measured["max_norm_error"] = _vector_norm_error(read, ds)
     if not measured["max_norm_error"] <= 1e-3:  # also catches NaN
         raise GateFailed(f"ds={ds}: user or item vectors are not finite unit vectors (largest |norm - 1| = "
-                         f"{measured['max_norm_error']}); the model is broken, not publishing.")
+                         f"{measured['max_norm_error']}); the model is broken, not publishing.",
+                         gate="vector_norms")
     codebook_version, rate = _codebook_coverage(read, ds)
     measured["collision_rate_before_dedup"] = rate
     if rate > gate.max_collision_rate:
         raise GateFailed(f"ds={ds}: codebook {codebook_version} has a collision rate before de-duplication of "
-                         f"{rate:.3f}, above gate.max_collision_rate={gate.max_collision_rate}; not publishing.")
+                         f"{rate:.3f}, above gate.max_collision_rate={gate.max_collision_rate}; not publishing.",
+                         gate="collision_rate")
     serving = _serving_codebook(cfg, ds)
     if serving is not None and serving != codebook_version:
         before = _collision_rate(read, serving)
@@ -101,14 +106,16 @@ def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None =
         if rate - before > gate.max_collision_rate_increase:
             raise GateFailed(f"ds={ds}: codebook {codebook_version} collides more than the serving codebook {serving} "
                              f"({rate:.3f} vs {before:.3f} before de-duplication), beyond "
-                             f"gate.max_collision_rate_increase={gate.max_collision_rate_increase}; not publishing.")
+                             f"gate.max_collision_rate_increase={gate.max_collision_rate_increase}; not publishing.",
+                             gate="collision_rate_increase")
     metrics = _eval_metrics(read, ds)
     drift = metrics.get(("encoder", "drift_mean_cosine"))
     if drift is not None:
         measured["drift_mean_cosine"] = drift
         if drift < gate.min_drift_cosine:
             raise GateFailed(f"ds={ds}: users' vectors moved to a mean cosine of {drift:.3f} with yesterday's under "
-                             f"the same model, below gate.min_drift_cosine={gate.min_drift_cosine}; not publishing.")
+                             f"the same model, below gate.min_drift_cosine={gate.min_drift_cosine}; not publishing.",
+                             gate="drift")
     k = cfg.evaluate.k
     today, previous = metrics.get(("encoder", f"hr_at_{k}")), _previous_hr(read, ds, k)
     if today is not None and previous is not None and previous[1] > 0:
@@ -116,7 +123,8 @@ def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None =
         measured.update(hr_at_k=today, hr_at_k_previous=previous[1], hr_drop=drop)
         if drop > gate.max_hr_drop:
             raise GateFailed(f"ds={ds}: next-day HR@{k} fell from {previous[1]:.4f} ({previous[0]}) to {today:.4f}, "
-                             f"a drop of {drop:.0%}, above gate.max_hr_drop={gate.max_hr_drop:.0%}; not publishing.")
+                             f"a drop of {drop:.0%}, above gate.max_hr_drop={gate.max_hr_drop:.0%}; not publishing.",
+                             gate="hr_drop")
     return {"model_version": model_version, "codebook_version": codebook_version}
 
 
@@ -126,7 +134,8 @@ def _one_model_version(read, ds: str) -> str:
     items = set(read(ITEM_EMBEDDINGS, where={"ds": ds}, columns=["model_version"]).column(0).to_pylist())
     if len(users) != 1 or users != items:
         raise GateFailed(f"ds={ds}: user vectors come from model version(s) {sorted(users)} and item vectors from "
-                         f"{sorted(items)}; rerun the embed step so both come from one model.")
+                         f"{sorted(items)}; rerun the embed step so both come from one model.",
+                         gate="one_model_version")
     return users.pop()
 
 
@@ -148,7 +157,7 @@ def _codebook_coverage(read, ds: str) -> tuple[int, float]:
     """(newest codebook version, its collision rate) after checking every item of ds has a SID in it."""
     books = read(CODEBOOKS, columns=["codebook_version"])
     if books.num_rows == 0:
-        raise FactoryError(f"ds={ds}: no codebook yet; run the semantic_ids step first.")
+        raise GateFailed(f"ds={ds}: no codebook yet; run the semantic_ids step first.", gate="complete_outputs")
     version = pc.max(books.column(0)).as_py()
     tokens = read(ITEM_TOKENS, where={"codebook_version": version}, columns=["item_id", "tokens"])
     items = read(ITEMS, columns=["item_id", "first_seen_ds"])
@@ -156,7 +165,7 @@ def _codebook_coverage(read, ds: str) -> tuple[int, float]:
     missing = due - set(tokens.column("item_id").to_pylist())
     if missing:
         raise GateFailed(f"ds={ds}: {len(missing)} of {len(due)} items have no SID in codebook {version} "
-                         f"(e.g. {sorted(missing)[0]}); rerun the semantic_ids step.")
+                         f"(e.g. {sorted(missing)[0]}); rerun the semantic_ids step.", gate="sid_coverage")
     return version, _collision_rate(read, version)
 
 
@@ -194,8 +203,8 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         versions = pinned_versions(cfg)
         try:
             chosen = check_gates(cfg, ds, measured, versions)
-        except FactoryError as refused:
-            step.params(gate_decision="refused", gate_reason=str(refused))
+        except GateFailed as refused:
+            step.params(gate_decision="refused", gate=refused.gate, gate_reason=str(refused))
             step.note(f"not published: {refused}")
             raise
         finally:

@@ -20,6 +20,11 @@
   today's assignment a sid.refit_* threshold is breached that the codebook met when it was built;
   `refit_drift` says which; one already breached at build time would only churn SIDs if refitted).
   A rerun of the day a codebook was built (or of an earlier day) reuses it: no new version.
+* A forced refit (--force-codebook-rebuild, DAG param) always refits, also on a day that already
+  built a codebook; the codebook's params and the MLflow run say `forced` (and the run key that forced
+  it). Two exceptions, each said in one sentence: a retry of the same invocation (an Airflow task
+  retry: same run key) reuses the codebook its first attempt built, and a forced refit of a day before
+  the newest codebook's build day fails (an older codebook would be put on top of a newer one).
 * The collision policy (sid.collision_policy, jobs/steps/sid_lookup.py) decides what a bare code resolves
   to; with "popular" the step logs the day's resolution (from the events of ds) as an artifact.
 """
@@ -148,8 +153,11 @@ def latest_codebook(cfg: FactoryConfig) -> Codebook | None:
     return Codebook(version, rows.column("built_ds")[0].as_py(), centroids, json.loads(rows.column("params")[0].as_py() or "{}"))
 
 
-def scheduled_refit(cfg: FactoryConfig, ds: str, latest: Codebook | None, force: bool, dim: int) -> str | None:
-    """Why the day refits before any assignment (None: assign against `latest`, then check drift)."""
+def scheduled_refit(cfg: FactoryConfig, ds: str, latest: Codebook | None, force: bool, dim: int,
+                    run_key: str = "") -> str | None:
+    """Why the day refits before any assignment (None: assign against `latest`, then check drift).
+
+    force: "forced" whenever it can be honoured; FactoryError (one sentence) when it cannot."""
     if latest is None:
         return "no_codebook"
     quantizer = latest.params.get("quantizer", latest.params)
@@ -157,10 +165,17 @@ def scheduled_refit(cfg: FactoryConfig, ds: str, latest: Codebook | None, force:
             or latest.centroids[0].shape[1] != dim
             or latest.params.get("fuse_collaborative_weight", 0.0) != cfg.sid.fuse_collaborative_weight):
         return "config_changed"
+    if force:
+        if latest.built_ds > ds:
+            raise FactoryError(
+                f"ds={ds}: cannot force a codebook refit: the newest codebook (version {latest.version}) was built "
+                f"for a later day, {latest.built_ds}, and a refit for {ds} would put an older codebook on top of it; "
+                f"force the refit on {latest.built_ds} or later.")
+        if run_key and latest.built_ds == ds and latest.params.get("forced_by") == run_key:
+            return None  # a retry of the invocation that already refitted (it may have crashed before its tokens)
+        return "forced"
     if latest.built_ds >= ds:  # a rerun of the build day, or of an earlier day: keep what downstream already uses
         return None
-    if force:
-        return "forced"
     if (parse_ds(ds) - parse_ds(latest.built_ds)).days >= cfg.sid.refit_every_days:
         return "cadence"
     return None
@@ -261,15 +276,17 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force_refit: bo
         step.params(**dataclasses.asdict(qcfg), text_encoder=TEXT_ENCODER, refit_every_days=cfg.sid.refit_every_days,
                     collision_policy=cfg.sid.collision_policy, fuse_collaborative_weight=cfg.sid.fuse_collaborative_weight,
                     refit_stickiness=cfg.sid.refit_stickiness, vector_dim=vectors.shape[1])
-        reason = scheduled_refit(cfg, ds, latest, force_refit, vectors.shape[1])
+        reason = scheduled_refit(cfg, ds, latest, force_refit, vectors.shape[1], step.run_key)
+        if force_refit and reason is None:
+            step.note(f"forced refit already done by this run ({step.run_key}): codebook version {latest.version}")
         existing = version_tokens(cfg, latest.version) if latest else {}
         if reason is None:
             reason = _assign_between_refits(cfg, ds, step, items, vectors, latest, existing)
         if reason is not None:
-            version = _refit(cfg, ds, step, items, vectors, latest, existing, reason)
+            version = _refit(cfg, ds, step, items, vectors, latest, existing, reason, forced=force_refit)
         else:
             version = latest.version
-        step.params(refit_reason=reason or "none")
+        step.params(refit_reason=reason or "none", force_refit=force_refit)
         _log_quality(cfg, step, version, items)
         return step.result
 
@@ -307,7 +324,7 @@ def _assign_between_refits(cfg: FactoryConfig, ds: str, step, items: pa.Table, v
 
 
 def _refit(cfg: FactoryConfig, ds: str, step, items: pa.Table, vectors: np.ndarray, latest: Codebook | None,
-           existing: dict, reason: str) -> int:
+           existing: dict, reason: str, forced: bool = False) -> int:
     qcfg = quantizer_config(cfg)
     version = latest.version + 1 if latest else 1
     shapes = [c.shape[0] for c in latest.centroids] if latest else []
@@ -322,6 +339,8 @@ def _refit(cfg: FactoryConfig, ds: str, step, items: pa.Table, vectors: np.ndarr
     params = {"quantizer": dataclasses.asdict(qcfg), "refit_reason": reason, "build_quality": build_quality,
               "vector_dim": int(vectors.shape[1]), "fuse_collaborative_weight": cfg.sid.fuse_collaborative_weight,
               "refit_stickiness": cfg.sid.refit_stickiness}
+    if forced:  # the run key that forced it: a retry of that invocation finds its refit done
+        params["forced_by"] = step.run_key
     step.wrote(CODEBOOKS, delta.upsert(cfg, CODEBOOKS, codebook_rows(version, ds, quantizer, params))[0])
     new_rows = token_rows(version, ds, items, tokens)
     step.wrote(ITEM_TOKENS, delta.upsert(cfg, ITEM_TOKENS, new_rows)[0])

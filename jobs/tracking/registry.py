@@ -13,6 +13,7 @@ import logging
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from jobs.config import FactoryConfig
 from jobs.tracking.runs import configure_mlflow
@@ -38,34 +39,54 @@ class RegisteredEncoder:
 
 
 def load_alias(cfg: FactoryConfig, alias: str = CHAMPION) -> RegisteredEncoder | None:
-    """The registered encoder behind `alias`, or None if there is none yet."""
-    configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(cfg.mlflow.registered_model, alias)
-    except MlflowException:
+    """The registered encoder behind `alias`, or None if the registered model or the alias does not
+    exist yet. Any other registry error (a locked store, a server restarting) propagates: read as
+    "no champion", it would let train register a new champion without the regression gate."""
+    number = alias_version(cfg, alias)
+    if number is None:
         return None
+    version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, number)
     model = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}/{version.version}", map_location="cpu")
     model.eval()
     return RegisteredEncoder(str(version.version), model, dict(version.tags))
 
 
+def alias_version(cfg: FactoryConfig, alias: str) -> str | None:
+    """The version number `alias` points at, or None if the registered model or the alias does not exist."""
+    configure_mlflow(cfg)
+    # The alias is looked up on the registered model: a missing alias is simply absent there (asked
+    # directly, the store answers INVALID_PARAMETER_VALUE, a code that also means other things).
+    try:
+        registered = mlflow.MlflowClient().get_registered_model(cfg.mlflow.registered_model)
+    except MlflowException as err:
+        if is_missing(err):
+            return None
+        raise
+    version = registered.aliases.get(alias)
+    return None if version is None else str(version)
+
+
 def find_version_trained_on(cfg: FactoryConfig, ds: str) -> RegisteredEncoder | None:
-    """A version already trained for ds (so a rerun of the day reuses it instead of retraining)."""
+    """A version already trained for ds (so a rerun of the day reuses it instead of retraining).
+
+    A search over a registered model that does not exist yet finds nothing; a registry error propagates
+    (read as "not trained today", it would train and register a second model for the day)."""
     configure_mlflow(cfg)
     client = mlflow.MlflowClient()
-    try:
-        versions = client.search_model_versions(
-            f"name = '{cfg.mlflow.registered_model}' and tag.trained_ds = '{ds}'", order_by=["version_number DESC"]
-        )
-    except MlflowException:
-        return None
+    versions = client.search_model_versions(
+        f"name = '{cfg.mlflow.registered_model}' and tag.trained_ds = '{ds}'", order_by=["version_number DESC"]
+    )
     if not versions:
         return None
     version = versions[0]
     model = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}/{version.version}", map_location="cpu")
     model.eval()
     return RegisteredEncoder(str(version.version), model, dict(version.tags))
+
+
+def is_missing(err: MlflowException) -> bool:
+    """True when the registry answered "no such registered model / version" (not a store failure)."""
+    return err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
 def register(cfg: FactoryConfig, model: UserEncoder, tags: dict[str, str], alias: str) -> str:

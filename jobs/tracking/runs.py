@@ -32,6 +32,10 @@ TAG_DS = "factory.ds"
 TAG_RUN_KEY = "factory.run_key"
 TAG_KIND = "factory.kind"
 TAG_STEP = "factory.step"
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view; the factory's and the
+# benchmarks' runs are model training: metrics, params, artifacts, registered models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass
@@ -52,9 +56,10 @@ class StepResult:
 class StepRun:
     """Handle a step uses to record what it reads, writes and measures."""
 
-    def __init__(self, cfg: FactoryConfig, result: StepResult):
+    def __init__(self, cfg: FactoryConfig, result: StepResult, run_key: str = ""):
         self.cfg = cfg
         self.result = result
+        self.run_key = run_key  # the invocation (DAG run id): an Airflow retry of the step has the same one
 
     def params(self, **values) -> None:
         self.result.params.update({k: str(v) for k, v in values.items()})
@@ -84,9 +89,12 @@ def configure_mlflow(cfg: FactoryConfig) -> str:
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
     mlflow.set_registry_uri(cfg.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_uri)
+    if experiment is None:
+        return mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_uri,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # an experiment created before the tag was set
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def new_run_key() -> str:
@@ -95,7 +103,8 @@ def new_run_key() -> str:
 
 
 def parent_run_id(cfg: FactoryConfig, ds: str, run_key: str) -> str:
-    """The parent run of (ds, run_key), created on first use."""
+    """The parent run of (ds, run_key), created (RUNNING) on first use; jobs.tracking.day_runs ends it
+    with the day's outcome."""
     experiment_id = configure_mlflow(cfg)
     found = mlflow.search_runs(
         [experiment_id],
@@ -109,7 +118,6 @@ def parent_run_id(cfg: FactoryConfig, ds: str, run_key: str) -> str:
         experiment_id, run_name=f"ds={ds}",
         tags={TAG_DS: ds, TAG_RUN_KEY: run_key, TAG_KIND: "day"},
     )
-    client.set_terminated(run.info.run_id)
     return run.info.run_id
 
 
@@ -119,7 +127,7 @@ def track_step(cfg: FactoryConfig, ds: str, step: str, run_key: str | None = Non
     run_key = run_key or run_key_from_env() or new_run_key()
     experiment_id = configure_mlflow(cfg)
     parent = parent_run_id(cfg, ds, run_key)
-    step_run = StepRun(cfg, StepResult(step=step, ds=ds))
+    step_run = StepRun(cfg, StepResult(step=step, ds=ds), run_key)
     started = time.perf_counter()
     tags = {TAG_DS: ds, TAG_RUN_KEY: run_key, TAG_KIND: "step", TAG_STEP: step}
     # System metrics (CPU, memory, disk) are sampled in a background thread every 10 s.

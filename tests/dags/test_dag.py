@@ -60,3 +60,27 @@ def test_an_infrastructure_error_is_left_to_the_task_retries(dag, monkeypatch):
 
     with pytest.raises(ConcurrentWriteError):
         _run_task_with(dag, monkeypatch, "features", ConcurrentWriteError("user_sequences changed meanwhile"))
+
+
+def _poke(dag, monkeypatch, landing) -> bool:
+    task = dag.get_task("wait_for_drops")
+    monkeypatch.setitem(task.python_callable.__globals__, "get_current_context", lambda: {"ds": "2026-01-02"})
+    monkeypatch.setenv("FACTORY__PATHS__LANDING_URI", str(landing))
+    return task.python_callable().is_done
+
+
+def test_the_sensor_waits_while_a_drop_is_missing_and_is_done_once_both_landed(dag, monkeypatch, tmp_path):
+    (tmp_path / "events" / "ds=2026-01-02").mkdir(parents=True)
+    assert _poke(dag, monkeypatch, tmp_path) is False  # the catalog drop has not landed yet
+    (tmp_path / "catalog" / "ds=2026-01-02").mkdir(parents=True)
+    assert _poke(dag, monkeypatch, tmp_path) is True
+
+
+@pytest.mark.parametrize("landing", ["no-such-landing", "a-file", "nosuchscheme://bucket/landing"])
+def test_the_sensor_fails_at_once_on_a_misconfigured_landing_instead_of_waiting(dag, monkeypatch, tmp_path, landing):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = landing if "://" in landing else tmp_path / landing
+    with pytest.raises(AirflowFailException, match="landing_uri"):
+        _poke(dag, monkeypatch, uri)

@@ -50,6 +50,7 @@ from jobs.lakehouse.tables import (
 )
 from jobs.steps import catalog, ingest, publish
 from jobs.steps.index import build_index, index_uri, write_index
+from jobs.tracking.runs import StepResult
 from tests import REPO
 
 DS = "2026-01-01"
@@ -461,11 +462,11 @@ def test_a_step_that_lost_a_write_race_is_rerun(lake_cfg, monkeypatch):
             calls.append(ds)
             if len(calls) == 1:
                 raise ConcurrentWriteError("item_vocab: another run added conflicting rows")
-            return "done"
+            return StepResult("index", ds, notes=["done"])
 
     monkeypatch.setattr(pipeline, "preflight", lambda cfg, step, ds: None)
     monkeypatch.setattr(pipeline, "step_function", lambda step: FlakyStep.run)
-    assert pipeline.run_step("index", DS, lake_cfg) == "done" and len(calls) == 2
+    assert pipeline.run_step("index", DS, lake_cfg).notes == ["done"] and len(calls) == 2
 
 
 def test_cli_prints_an_unreachable_mlflow_as_one_line(tmp_path):

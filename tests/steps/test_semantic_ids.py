@@ -95,9 +95,42 @@ def test_rerun_of_the_build_day_writes_no_new_version_and_no_table_commit(make_c
     add_items(cfg, D1, catalog(60))
     semantic_ids.run(D1, cfg)
     tables_before = [delta.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)]
-    again = semantic_ids.run(D1, cfg, force_refit=True)  # forced or not: the build day keeps its codebook
+    again = semantic_ids.run(D1, cfg)
     assert again.params["refit_reason"] == "none" and versions(cfg) == [1]
     assert [delta.current_version(cfg, spec) for spec in (CODEBOOKS, ITEM_TOKENS)] == tables_before
+
+
+def test_forced_refit_on_a_day_that_already_built_a_codebook_refits_and_says_so(make_cfg):
+    cfg = make_cfg()
+    add_items(cfg, D1, catalog(60))
+    semantic_ids.run(D1, cfg)
+    forced = semantic_ids.run(D1, cfg, run_key="manual__second", force_refit=True)
+    assert forced.params["refit_reason"] == "forced" and forced.params["force_refit"] == "True"
+    assert versions(cfg) == [1, 2]
+    book = semantic_ids.latest_codebook(cfg)
+    assert (book.version, book.built_ds, book.params["refit_reason"], book.params["forced_by"]) == (
+        2, D1, "forced", "manual__second")
+    assert len(set(sids(cfg, 2).values())) == 60
+
+
+def test_a_retry_of_the_invocation_that_forced_a_refit_reuses_its_codebook(make_cfg):
+    cfg = make_cfg()
+    add_items(cfg, D1, catalog(60))
+    semantic_ids.run(D1, cfg)
+    semantic_ids.run(D2, cfg, run_key="scheduled__d2", force_refit=True)
+    retry = semantic_ids.run(D2, cfg, run_key="scheduled__d2", force_refit=True)  # an Airflow task retry
+    assert retry.params["refit_reason"] == "none" and versions(cfg) == [1, 2]
+    assert any("already done by this run" in note for note in retry.notes)
+
+
+def test_a_forced_refit_of_a_day_before_the_newest_codebook_fails_with_the_reason(make_cfg):
+    cfg = make_cfg()
+    add_items(cfg, D1, catalog(60))
+    semantic_ids.run(D1, cfg)
+    semantic_ids.run(D2, cfg, force_refit=True)
+    with pytest.raises(FactoryError, match=f"built for a later day, {D2}"):
+        semantic_ids.run(D1, cfg, force_refit=True)
+    assert versions(cfg) == [1, 2]
 
 
 def test_day_without_a_due_refit_assigns_new_and_edited_items_and_keeps_every_other_sid(make_cfg):
