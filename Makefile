@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: demo test test-slow faults bench install mlflow-ui airflow-standalone compose-config clean
+.PHONY: demo test test-slow test-cluster faults bench install mlflow-ui airflow-standalone compose-config clean
 
 install: $(STAMP)
 
@@ -23,10 +23,15 @@ demo: $(STAMP)
 # ruff (pinned in the dev extra; configured in pyproject.toml) first: a lint error fails in seconds.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not cluster"
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The generated tiny world on a real local cluster (`factory cluster up`: Spark standalone master +
+# worker, Ray head + second node) against the embedded run (tests/test_cluster.py). .ci/run runs it.
+test-cluster: $(STAMP)
+	$(BIN)/pytest -q -s -m cluster tests/test_cluster.py
 
 # Scripted fault scenarios (kill -9 mid-write, concurrent runs, backfill, gates, bad input) on a tiny
 # world under .state/faults; results go into docs/reliability.md. About an hour on 2 shared cores.

@@ -34,6 +34,9 @@ lake_app = typer.Typer(help="Lake maintenance.", no_args_is_help=True, add_compl
 app.add_typer(sid_app, name="sid")
 app.add_typer(lake_app, name="lake")
 app.add_typer(bench_app, name="bench")
+cluster_app = typer.Typer(help="A local Spark standalone cluster and a two-node Ray on this machine (addresses from the config).",
+                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(cluster_app, name="cluster")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
@@ -304,6 +307,32 @@ def airflow(ctx: typer.Context, config: ConfigOption = None) -> None:
     cfg = _config(config)
     completed = airflow_command(cfg, list(ctx.args), check=False)
     raise typer.Exit(completed.returncode)
+
+
+@cluster_app.command("up")
+def cluster_up(config: ConfigOption = None) -> None:
+    """Start a Spark master + worker and a Ray head + second node on 127.0.0.1; wait until they are ready."""
+    from jobs.runtime import local_cluster
+
+    state = local_cluster.up(_config(config), progress=lambda line: console.print(line, highlight=False))
+    print(json.dumps(state))
+
+
+@cluster_app.command("down")
+def cluster_down(config: ConfigOption = None) -> None:
+    """Stop exactly the processes `factory cluster up` started (pids under <state_dir>/cluster)."""
+    from jobs.runtime import local_cluster
+
+    stopped = local_cluster.down(_config(config))
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "no local cluster was running", highlight=False)
+
+
+@cluster_app.command("status")
+def cluster_status(config: ConfigOption = None) -> None:
+    """The local cluster's processes, the Spark master's alive workers and Ray's alive nodes (JSON)."""
+    from jobs.runtime import local_cluster
+
+    print(json.dumps(local_cluster.status(_config(config))))
 
 
 @app.command("mlflow-ui")

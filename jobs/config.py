@@ -90,6 +90,9 @@ class RayConfig:
     address: str = ""  # "" = start a local Ray; "auto" or ray://host:10001 for a cluster
     num_cpus: int = 0  # local Ray only; 0 = all cores
     train_workers: int = 1
+    # Ray Train's placement of the workers: "PACK" (fewest nodes) or "SPREAD" (one per node where it can;
+    # the local cluster uses it so its two workers run on its two nodes).
+    train_placement: str = "PACK"
     # Inference (step embed). On 2 cores an actor pool of two 1-CPU actors deadlocks: the upstream
     # read task never gets a CPU. Two actors of 0.5 CPU each leave a CPU for reads, and each runs one
     # torch thread: two single-threaded processes use both cores without intra-op synchronisation,
@@ -101,6 +104,32 @@ class RayConfig:
     inference_tokens_per_forward: int = 4096  # rows x padded width per model call (rows sorted by length)
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
     log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
+
+
+    def __post_init__(self) -> None:
+        _one_of("ray.train_placement", self.train_placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        if self.train_workers < 1:
+            raise ConfigError(f"ray.train_workers must be >= 1; got {self.train_workers!r}.")
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig:
+    """`factory cluster up` (jobs/runtime/local_cluster.py): a Spark standalone master + one worker and a
+    Ray head + a second Ray node on this machine. The master's and the head's ports come from
+    spark.master ("spark://127.0.0.1:PORT") and ray.address ("127.0.0.1:PORT"); the rest from here."""
+
+    spark_webui_port: int = 8181  # the master's web UI and JSON status (http://127.0.0.1:PORT/json/)
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"  # >= spark.executor.memory (set it in [spark.extra_conf])
+    ray_node_cpus: int = 2  # logical CPUs per Ray node (two nodes): room for train workers and Ray Data reads
+    ray_object_store_mb: int = 256  # per node
+    ray_port_base: int = 26400  # each node's other Ray ports: base + 20 * node + 0..19 (never Ray's defaults)
+    ray_temp_dir: str = ""  # default /tmp/factory-ray-<head port> (unix socket paths must stay short)
+
+    def __post_init__(self) -> None:
+        if self.spark_worker_cores < 1 or self.ray_node_cpus < 1 or self.ray_object_store_mb < 78:
+            raise ConfigError("local_cluster.spark_worker_cores and ray_node_cpus must be >= 1 and "
+                              "ray_object_store_mb >= 78 (Ray's minimum).")
 
 
 @dataclass(frozen=True)
@@ -192,6 +221,10 @@ class IndexConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     k: int = 10
+    # A seeded sample of the users with an embedding on ds-1 and plays on ds (jobs/steps/evaluate.py):
+    # at most this many reach the driver for the faiss search; 0 = all of them.
+    max_users: int = 100_000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +293,7 @@ class FactoryConfig:
     lake: LakeConfig = field(default_factory=LakeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    local_cluster: LocalClusterConfig = field(default_factory=LocalClusterConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -39,7 +39,7 @@ STEPS = (
     Step("embed", services=("ray",)),
     Step("semantic_ids", flags=(FORCE_CODEBOOK_REBUILD,)),
     Step("index"),
-    Step("evaluate"),
+    Step("evaluate", services=("spark",)),
     Step("publish"),
     Step("generative"),  # optional (generative.enabled); when off it only records that it was disabled
 )
