@@ -18,6 +18,10 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from jobs.runtime.quiet import quiet_third_parties  # noqa: E402
+
+quiet_third_parties()  # the suite's own output stays as calm as the CLI's (jobs/runtime/quiet.py)
+
 
 @pytest.fixture
 def one_torch_thread():

@@ -27,6 +27,7 @@ import typer
 
 from jobs.config import ConfigError, FactoryConfig, configure_logging, with_overrides
 from jobs.errors import FactoryError
+from jobs.runtime.quiet import quiet_third_parties
 
 RESULTS = Path("benchmarks/results")
 SUMMARY_KEYS = ("figure", "value", "unit", "bar", "met", "detail")
@@ -148,6 +149,7 @@ def flat_metrics(prefix: str, value, out: dict | None = None) -> dict:
 def setup_logging(with_time: bool = False) -> None:
     """Logging of a benchmark command: $FACTORY_LOG_LEVEL (default WARNING), optionally timestamped."""
     configure_logging(("%(asctime)s " if with_time else "") + "%(levelname)s %(name)s: %(message)s")
+    quiet_third_parties()
 
 
 def parse_ints(text: str, name: str) -> list[int]:

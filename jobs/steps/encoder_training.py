@@ -192,15 +192,19 @@ class TrainingRun:
         self.state = LoopState()
         self.best_weights = _copy(encoder.state_dict())
         self.marks: dict[float, dict] = {}  # clock minute -> selected weights at that minute
+        self._on_step: Callable[[TrainingRun], None] = lambda run: None
         counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
         counts[0] = 0
         self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1)))  # sampler q (popularity)
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
-        """Train until early stop, time budget or max_epochs; call on_epoch after each epoch."""
+    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None,
+            on_step: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
+        """Train until early stop, time budget or max_epochs; call on_step after each optimiser step
+        and on_epoch after each epoch."""
         loop, st = self.loop, self.state
+        self._on_step = on_step
         torch.set_num_threads(loop.threads)
         if len(self.data.inputs) < self.world:
             raise ValueError("TrainingData has fewer training sequences than workers; nothing to train on.")
@@ -224,6 +228,10 @@ class TrainingRun:
             on_epoch(self)
         return st
 
+    def planned_steps(self) -> int:
+        """Optimiser steps in max_epochs (an early stop or the clock may end the run before)."""
+        return self.loop.max_epochs * math.ceil(len(self.data.inputs) / self.loop.batch_size)
+
     def _epoch(self, started: float) -> tuple[list[float], int, int, bool]:
         """One pass over the data: (losses, sequences, positions, ran out of time). `started` is the
         perf_counter() at which the training clock would read 0."""
@@ -245,6 +253,7 @@ class TrainingRun:
             sequences, tokens = sequences + len(rows), tokens + int(all_lengths[rows].sum())
             st.step += 1
             st.elapsed = self._agreed(time.perf_counter() - started)
+            self._on_step(self)
             if loop.minutes and st.elapsed >= 60 * loop.minutes:
                 return losses, sequences, tokens, True
             if self._next_mark() is not None and st.elapsed >= 60 * self._next_mark():
