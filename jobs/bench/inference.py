@@ -45,6 +45,7 @@ from jobs.steps import embed
 from jobs.steps.user_predictor import flat_lists
 from jobs.tracking import registry
 from jobs.tracking.memory import RssSampler
+from jobs.tracking.progress import progress
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 DS = "2026-01-02"
@@ -212,7 +213,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
         _, tiny = write_day(cfg, TINY_DS, day0.slice(0, 8))  # 8 users: the job's fixed cost (actor start-up)
         times: dict[str, list[float]] = {"ray": [], "ray_fixed": [], "loop": [], "loop_1_thread": []}
         outputs: dict[str, pa.Table] = {}
-        with RssSampler(interval=0.1) as rss:
+        with RssSampler(interval=0.1) as rss, progress("inference reps", total=reps, unit="reps") as bar:
             for rep in range(reps):
                 for name, job in (("ray_fixed", lambda: embed.embed_users(cfg, tiny, champion)),
                                   ("ray", lambda: embed.embed_users(cfg, files, champion)),
@@ -225,6 +226,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
                 say(f"  rep {rep + 1}/{reps}: " + ", ".join(
                     f"{k} {v[-1]:.2f} s" + ("" if k == "ray_fixed" else f" ({users / v[-1]:,.0f} users/s)")
                     for k, v in times.items()))
+                bar.advance(1)
         same = np.allclose(np.stack(outputs["ray"].column("embedding").to_numpy(zero_copy_only=False)),
                            np.stack(outputs["loop"].column("embedding").to_numpy(zero_copy_only=False)), atol=1e-5)
         rows = cfg.ray.inference_tokens_per_forward  # tokens per model call = rows of the GEMMs

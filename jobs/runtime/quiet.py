@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -48,9 +49,12 @@ DROPPED_MESSAGES = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
         "Failed to query Ray Train Controller actor state",),
 }
-# (action, message prefix, category, module regex) for warnings.filterwarnings and PYTHONWARNINGS.
+# (message prefix, category, module that warns or "") ignored here, in child processes (PYTHONWARNINGS)
+# and by pytest (tests/conftest.py).
 IGNORED_WARNINGS = [
-    ("ignore", "Could not import graphviz", UserWarning, ""),  # Airflow's CLI; the factory renders no graphs
+    ("Could not import graphviz", UserWarning, ""),  # Airflow's CLI; the factory renders no graphs
+    # Ray Data copies its DataContext attribute by attribute, deprecated ones included, on every job.
+    ("", DeprecationWarning, "ray.data.context"),
 ]
 
 
@@ -78,13 +82,19 @@ def quiet_loggers() -> None:
 
 
 def quiet_warnings() -> None:
-    for action, message, category, module in IGNORED_WARNINGS:
-        warnings.filterwarnings(action, message=message, category=category, module=module)
+    for message, category, module in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category,
+                                module=re.escape(module) + r"\Z" if module else "")
+
+
+def warning_filter_specs() -> list[str]:
+    """IGNORED_WARNINGS in the `action:message:category:module` form of -W, PYTHONWARNINGS and pytest."""
+    return [f"ignore:{message}:{category.__name__}:{module}" for message, category, module in IGNORED_WARNINGS]
 
 
 def child_warning_filters() -> str:
     """IGNORED_WARNINGS as a PYTHONWARNINGS value for child processes (Airflow, MLflow UI)."""
-    return ",".join(f"{action}:{message}:{category.__name__}" for action, message, category, _ in IGNORED_WARNINGS)
+    return ",".join(warning_filter_specs())
 
 
 def quiet_ray_worker() -> None:

@@ -19,6 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
+from jobs.runtime.compute import device_name, uses_gpu
 from jobs.runtime.quiet import RUN_CONFIG_LOG_LEVEL
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps.encoder_training import (
@@ -108,7 +109,9 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
             "data": ray.put(data), "init_state": None if init_state is None else ray.put(init_state),
             "encoder": dataclasses.asdict(encoder_cfg), "loop": dataclasses.asdict(loop),
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+        # [compute].device: a GPU per worker (Ray Train's prepare_model moves the model to it).
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=uses_gpu(cfg.compute),
+                                     resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(
             name=run_name, storage_path=cfg.ray_storage_uri,
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # every checkpoint carries the full history
@@ -134,6 +137,7 @@ def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEnco
     encoder = UserEncoder(encoder_cfg)
     if init_state is not None:
         encoder.load_state_dict(init_state)
+    encoder.to(device_name(cfg.compute))
     run = TrainingRun(encoder, data, loop)
     run_with_progress(run)
     with tempfile.TemporaryDirectory(prefix=f"{run_name}_") as folder:

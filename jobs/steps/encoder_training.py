@@ -75,6 +75,7 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     lengths = (inputs != 0).sum(1)
     order = np.argsort(lengths, kind="stable")
     plain = np.zeros(len(targets), dtype=np.int64)
@@ -82,9 +83,9 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         longest = max(int(lengths[rows].max()), 1)
-        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]),
-                                      torch.from_numpy(events[rows, -longest:]))  # (B, D)
-        scores, wanted = model.scores(users), torch.from_numpy(targets[rows])  # (B, V + 1), (B,)
+        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]).to(device),
+                                      torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
+        scores, wanted = model.scores(users), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
         plain[rows] = target_ranks(scores, wanted)
         if filtered is not None:
             filtered[rows] = target_ranks(scores, wanted, exclude=[seen[i] for i in rows])
@@ -109,7 +110,8 @@ def validation_metrics(model: UserEncoder, data: TrainingData, rank: int = 0, wo
         sums += [hit_rate_at_k(filtered, K), ndcg_at_k(filtered, K)]
     if world == 1:
         return dict(zip(names, sums))
-    totals = torch.tensor([len(rows)] + [v * len(rows) for v in sums], dtype=torch.float64)
+    totals = torch.tensor([len(rows)] + [v * len(rows) for v in sums], dtype=torch.float64,
+                          device=next(model.parameters()).device)  # NCCL reduces GPU tensors only
     torch.distributed.all_reduce(totals)
     return {name: float(total / totals[0]) for name, total in zip(names, totals[1:])}
 
@@ -187,6 +189,7 @@ class TrainingRun:
             raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
         self.encoder, self.model, self.data, self.loop = encoder, model or encoder, data, loop
         self.rank, self.world = rank, world
+        self.device = next(encoder.parameters()).device  # where Ray Train's prepare_model put it ([compute].device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
         self.rng = np.random.default_rng(loop.seed)  # the same on every worker: see run()
         self.state = LoopState()
@@ -195,7 +198,7 @@ class TrainingRun:
         self._on_step: Callable[[TrainingRun], None] = lambda run: None
         counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
         counts[0] = 0
-        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1)))  # sampler q (popularity)
+        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1))).to(self.device)  # sampler q
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -262,11 +265,12 @@ class TrainingRun:
 
     def _step(self, rows: np.ndarray, longest: int) -> float:
         d = self.data
-        inputs = torch.from_numpy(d.inputs[rows, -longest:])  # (B, T) trimmed to the longest
-        targets = torch.from_numpy(d.targets[rows, -longest:])
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
+        inputs = torch.from_numpy(d.inputs[rows, -longest:]).to(self.device)  # (B, T) trimmed to the longest
+        targets = torch.from_numpy(d.targets[rows, -longest:]).to(self.device)
+        events = torch.from_numpy(d.input_events[rows, -longest:]).to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
         with autocast:
-            hidden = self.model(inputs, torch.from_numpy(d.input_events[rows, -longest:]))  # (B, T, D)
+            hidden = self.model(inputs, events)  # (B, T, D)
             if self.loop.loss == "sampled":
                 negatives = torch.multinomial(self.log_q.exp(), self.loop.sampled_negatives, replacement=True)
                 loss = sampled_softmax_loss(self.encoder, hidden.float(), targets, negatives, self.log_q)
@@ -282,7 +286,7 @@ class TrainingRun:
         """The slowest worker's clock, so every worker takes the same budget decisions."""
         if self.world == 1:
             return seconds
-        value = torch.tensor([seconds], dtype=torch.float64)
+        value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return float(value.item())
 
