@@ -11,7 +11,8 @@ under the day's parent run (tag `factory.run_key` = this DAG run's id).
 Params: `force_retrain` trains a new encoder even if the champion is fresh;
 `force_codebook_rebuild` refits the semantic-ID codebooks.
 
-Retries (2, exponential backoff) cover infrastructure failures; a day refused by a gate (too much
+`wait_for_drops` waits (reschedule mode, 6 h) only for a drop that has not landed; a misconfigured
+landing fails it at once. Retries (2, exponential backoff) cover infrastructure failures; a day refused by a gate (too much
 quarantine, an empty or oversize drop, a model or codebook that fails publish's checks) fails at
 once without retries, with the reason as the task's error (docs/reliability.md).
 """
