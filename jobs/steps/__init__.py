@@ -36,7 +36,7 @@ STEPS = (
     Step("ingest"),
     Step("features", services=("spark",)),
     Step("train", services=("ray",), flags=(FORCE_RETRAIN,)),
-    Step("embed", services=("ray",)),
+    Step("embed", services=("ray", "spark")),
     Step("semantic_ids", flags=(FORCE_CODEBOOK_REBUILD,)),
     Step("index"),
     Step("evaluate", services=("spark",)),
