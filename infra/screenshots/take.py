@@ -11,9 +11,9 @@ with headless Chromium (Debian's `chromium` package) into docs/img/:
   mlflow-registry.png        the registered user encoder with its aliases (champion, challenger if any)
   airflow-backfill-grid.png  the DAG's grid with the backfill's runs
 
-and checks each page in the browser's rendered DOM (`chromium --dump-dom` after the page's scripts
-ran) for what a user looks for there (run names, the alias, the DAG and its tasks). Exit 1 with one
-line per failed check. Run by hand (several minutes: the backfill reruns the days); not in .ci/run.
+and checks each page's rendered text (read over Chromium's DevTools protocol once the page's
+scripts ran) for what a user looks for there (run names, the alias, the DAG and its tasks). Exit 1
+with one line per failed check. Run by hand (several minutes: the backfill reruns the days); not in .ci/run.
 
     python infra/screenshots/take.py [--mlflow-port 5055] [--airflow-port 8089] [--no-backfill]
 """
@@ -21,15 +21,16 @@ line per failed check. Run by hand (several minutes: the backfill reruns the day
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mlflow-port", type=int, default=5055)
     parser.add_argument("--airflow-port", type=int, default=8089)
+    parser.add_argument("--browser-port", type=int, default=9333, help="Chromium's DevTools port.")
     parser.add_argument("--no-backfill", action="store_true", help="Use the Airflow runs there are.")
     parser.add_argument("--wait-minutes", type=float, default=40.0, help="Longest wait for the backfill.")
     args = parser.parse_args(argv)
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     IMAGES.mkdir(parents=True, exist_ok=True)
     env = {**airflow_env(cfg), "AIRFLOW__API__PORT": str(args.airflow_port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}  # the browser needs no login
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the browser needs no login
+           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}  # only the backfill's runs, no run for today
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="screenshots-") as logs:
         mlflow_cmd = [str(Path(sys.executable).parent / "factory"), "mlflow-ui", "--port", str(args.mlflow_port)]
@@ -71,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(f"{airflow_url}/api/v2/monitor/health", "Airflow's API server", Path(logs) / "airflow.log")
             if not args.no_backfill:
                 backfill(cfg, env, args.wait_minutes * 60)
-            failures += mlflow_pages(cfg, mlflow_url)
-            failures += airflow_pages(airflow_url)
+            browser = Browser(args.browser_port, str(Path(logs) / "chromium"))
+            try:
+                failures += mlflow_pages(cfg, mlflow_url, browser)
+                failures += airflow_pages(airflow_url, browser)
+            finally:
+                browser.close()
     for failure in failures:
         print(f"check failed: {failure}", file=sys.stderr)
     return 1 if failures else 0
@@ -153,7 +160,7 @@ def backfill_runs(env: dict) -> dict[str, str]:
 
 # --- the pages ------------------------------------------------------------------------------------------
 
-def mlflow_pages(cfg: FactoryConfig, url: str) -> list[str]:
+def mlflow_pages(cfg: FactoryConfig, url: str, browser: Browser) -> list[str]:
     """Screenshots of the day's runs, a step run's metrics and artifacts, and the registry."""
     import mlflow
 
@@ -164,46 +171,104 @@ def mlflow_pages(cfg: FactoryConfig, url: str) -> list[str]:
     if not runs:
         return [f"no embed step run in the MLflow experiment {cfg.mlflow.experiment}"]
     step = runs[0]
-    ds = step.data.tags["factory.ds"]
-    parent = client.get_run(step.data.tags["mlflow.parentRunId"])
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    ds, parent_id = step.data.tags["factory.ds"], step.data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id)
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     exp, run = experiment.experiment_id, step.info.run_id
-    day_filter = urllib.request.quote(f"tags.`factory.ds` = '{ds}'")
+    # The runs table keeps its UI state in the browser's localStorage: expand the day's parent run.
+    browser.open(f"{url}/#/", [])
+    key = f"MLflowLocalStorage-1.1-ExperimentPage-{exp}-ReactComponentState"
+    browser.evaluate(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps({'runsExpanded': {parent_id: True}}))})")
+    day_filter = urllib.parse.quote(f"tags.`factory.ds` = '{ds}'")
     failures = []
-    failures += page(f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}", "mlflow-day-runs.png",
-                     [parent.info.run_name] + [c.info.run_name for c in children[:3]])
-    failures += page(f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
-                     [step.info.run_name, "users_embedded"])
-    plot = next((a.path for a in client.list_artifacts(run) if a.path.endswith(".png")), "")
-    failures += page(f"{url}/#/experiments/{exp}/runs/{run}/artifacts/{plot}", "mlflow-step-artifacts.png",
-                     [step.info.run_name, plot.rsplit("/", 1)[-1] or "png"])
-    failures += page(f"{url}/#/models/{cfg.mlflow.registered_model}", "mlflow-registry.png",
-                     [cfg.mlflow.registered_model, "champion"])
+    failures += page(browser, f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}", "mlflow-day-runs.png",
+                     [parent.info.run_name] + [c.info.run_name for c in children])
+    failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
+                     [step.info.run_name, "users_embedded", "items_embedded"])
+    plot = next((a.path for a in client.list_artifacts(run, "plots") if a.path.endswith(".png")), "")
+    failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/artifacts/{plot}", "mlflow-step-artifacts.png",
+                     [step.info.run_name, plot.rsplit("/", 1)[-1] or "a .png plot"])
+    aliases = client.get_registered_model(cfg.mlflow.registered_model).aliases
+    failures += page(browser, f"{url}/#/models/{cfg.mlflow.registered_model}", "mlflow-registry.png",
+                     [cfg.mlflow.registered_model, *aliases])
     return failures
 
 
-def airflow_pages(url: str) -> list[str]:
-    return page(f"{url}/dags/{DAG_ID}", "airflow-backfill-grid.png", [DAG_ID, "embed", "semantic_ids"])
+def airflow_pages(url: str, browser: Browser) -> list[str]:
+    from jobs.steps import STEP_NAMES
+
+    return page(browser, f"{url}/dags/{DAG_ID}", "airflow-backfill-grid.png", [DAG_ID, *STEP_NAMES])
 
 
-def page(url: str, image: str, expected: list[str]) -> list[str]:
-    """Screenshot `url` into docs/img/`image` and check its rendered DOM shows every `expected` text."""
+def page(browser: Browser, url: str, image: str, expected: list[str]) -> list[str]:
+    """Open `url`, wait until its rendered text shows every `expected` name (or 90 s), screenshot it
+    into docs/img/`image`; a name still missing is a failed check."""
+    text = browser.open(url, expected)
     path = IMAGES / image
-    chromium(["--screenshot=" + str(path), f"--window-size={WINDOW}", url])
+    browser.screenshot(path)
     shrink(path)
-    dom = chromium(["--dump-dom", url]).stdout
-    text = re.sub(r"<[^>]+>", " ", dom)
-    missing = [name for name in expected if name and name not in text]
+    missing = [name for name in expected if name not in text]
     print(f"{image}: {path.stat().st_size // 1024} KB, {'checked' if not missing else 'MISSING ' + ', '.join(missing)}",
           file=sys.stderr)
     return [f"{image} ({url}) does not show {', '.join(missing)}"] if missing else []
 
 
-def chromium(args: list[str]) -> subprocess.CompletedProcess:
-    """Headless Chromium; pages are single-page apps, so their scripts get time to render first."""
-    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--virtual-time-budget=20000", "--run-all-compositor-stages-before-draw", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: open a page, wait for its scripts to
+    render what we expect, read its text, take a screenshot."""
+
+    def __init__(self, port: int, profile: str):
+        from websockets.sync.client import connect
+
+        self.process = subprocess.Popen(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={WINDOW}",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as answer:
+                    pages = [t for t in json.load(answer) if t["type"] == "page"]
+                if pages:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("error: headless chromium did not start (apt-get install chromium).")
+            time.sleep(1)
+        self.socket, self.calls = connect(pages[0]["webSocketDebuggerUrl"], max_size=None), 0
+        self.call("Page.enable")
+
+    def call(self, method: str, **params) -> dict:
+        self.calls += 1
+        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.calls:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, expected: list[str], seconds: float = 90) -> str:
+        self.call("Page.navigate", url=url)
+        deadline, text = time.monotonic() + seconds, ""
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            if all(name in text for name in expected):
+                time.sleep(3)  # charts and images finish drawing
+                break
+        return self.evaluate("document.body ? document.body.innerText : ''") or text
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.socket.close()
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
 
 
 def shrink(path: Path) -> None:
