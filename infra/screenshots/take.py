@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--airflow-port", type=int, default=8089)
     parser.add_argument("--browser-port", type=int, default=9333, help="Chromium's DevTools port.")
     parser.add_argument("--no-backfill", action="store_true", help="Use the Airflow runs there are.")
+    parser.add_argument("--out", type=Path, default=IMAGES, help="Folder of the pictures (default docs/img).")
     parser.add_argument("--wait-minutes", type=float, default=40.0, help="Longest wait for the backfill.")
     args = parser.parse_args(argv)
     quiet_third_parties()
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(cfg.mlflow_tracking_uri.removeprefix("sqlite:///")).is_file() or not cfg.airflow_home.is_dir():
         print(f"error: no finished demo under {cfg.state_dir}; run `make demo` first.", file=sys.stderr)
         return 1
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     env = {**airflow_env(cfg), "AIRFLOW__API__PORT": str(args.airflow_port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.airflow_port}/execution/",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the browser needs no login
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(f"{airflow_url}/api/v2/monitor/health", "Airflow's API server", Path(logs) / "airflow.log")
             if not args.no_backfill:
                 backfill(cfg, env, args.wait_minutes * 60)
-            browser = Browser(args.browser_port, str(Path(logs) / "chromium"))
+            browser = Browser(args.browser_port, str(Path(logs) / "chromium"), args.out)
             try:
                 failures += mlflow_pages(cfg, mlflow_url, browser)
                 failures += airflow_pages(airflow_url, browser)
@@ -128,10 +129,13 @@ def airflow_json(env: dict, *args: str) -> list[dict]:
 
 
 def backfill(cfg: FactoryConfig, env: dict, seconds: float) -> None:
-    """Backfill the demo's days through the scheduler unless the DB has backfill runs already."""
-    from jobs.synthetic.generate import generated_days
+    """Backfill the demo's days (those with an events drop) through the scheduler unless the DB has
+    backfill runs already."""
+    from jobs.lakehouse.landing import drop_days
 
-    days = generated_days(cfg.generator)
+    days = drop_days(cfg, "events")
+    if not days:
+        raise SystemExit(f"error: no events drops under {cfg.landing_uri}; run `make demo` first.")
     deadline = time.monotonic() + 300
     while not any(d.get("dag_id") == DAG_ID for d in airflow_json(env, "dags", "list")):
         if time.monotonic() > deadline:
@@ -204,7 +208,7 @@ def page(browser: Browser, url: str, image: str, expected: list[str]) -> list[st
     """Open `url`, wait until its rendered text shows every `expected` name (or 90 s), screenshot it
     into docs/img/`image`; a name still missing is a failed check."""
     text = browser.open(url, expected)
-    path = IMAGES / image
+    path = browser.out / image
     browser.screenshot(path)
     shrink(path)
     missing = [name for name in expected if name not in text]
@@ -217,9 +221,10 @@ class Browser:
     """Headless Chromium driven over the DevTools protocol: open a page, wait for its scripts to
     render what we expect, read its text, take a screenshot."""
 
-    def __init__(self, port: int, profile: str):
+    def __init__(self, port: int, profile: str, out: Path):
         from websockets.sync.client import connect
 
+        self.out = out
         self.process = subprocess.Popen(
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={WINDOW}",
              f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
