@@ -62,7 +62,7 @@ def mlflow_store(tmp_path_factory) -> dict[str, str]:
     return store
 
 
-def hashed_unit_vectors(texts: list[str], batch_size: int, dim: int = 16) -> np.ndarray:
+def hashed_unit_vectors(texts: list[str], batch_size: int, dim: int = 16, **_) -> np.ndarray:
     """A stand-in for MiniLM: one random unit vector per distinct text, seeded by the text."""
     x = np.array([np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)).standard_normal(dim)
                   for t in texts], np.float32).reshape(-1, dim)

@@ -50,6 +50,16 @@ class PlainProgress:
                 f"{format_seconds(elapsed)} elapsed, ETA {format_seconds(eta)}")
 
 
+class NoProgress:
+    """For work too small to report: advance and note do nothing."""
+
+    def advance(self, amount: float = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
 class RichProgress:
     """A rich bar with ETA; same `advance` as PlainProgress."""
 
@@ -78,8 +88,12 @@ def format_seconds(seconds: float) -> str:
 
 @contextlib.contextmanager
 def progress(description: str, total: float, unit: str = "", stream: TextIO | None = None,
-             tty: bool | None = None) -> Iterator[PlainProgress | RichProgress]:
-    """A progress reporter for `total` units of work (see the module doc); `tty` forces the kind."""
+             tty: bool | None = None, min_total: float = 0) -> Iterator[PlainProgress | RichProgress | NoProgress]:
+    """A progress reporter for `total` units of work (see the module doc); `tty` forces the kind.
+    Below `min_total` units it reports nothing (a day's few new texts need no bar)."""
+    if total < min_total:
+        yield NoProgress()
+        return
     stream = stream or sys.stderr
     if tty is None:
         tty = bool(getattr(stream, "isatty", lambda: False)())

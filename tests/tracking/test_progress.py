@@ -38,3 +38,11 @@ def test_on_a_terminal_progress_is_a_rich_bar_with_its_notes():
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (4.4, 185, 3720, float("nan"))] == ["4s", "3m05s", "1h02m", "?"]
+
+
+def test_work_below_min_total_reports_nothing():
+    out = io.StringIO()
+    with progress("encoding", total=8, stream=out, min_total=100) as bar:
+        bar.advance(8)
+        bar.note("hidden")
+    assert out.getvalue() == ""
