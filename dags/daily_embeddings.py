@@ -45,6 +45,9 @@ def step_task(step: str):
         from jobs.config import load_config  # heavy imports at run time, not at parse time
         from jobs.errors import GateFailed, UnsafePath
         from jobs.pipeline import run_step as run
+        from jobs.runtime.quiet import quiet_third_parties
+
+        quiet_third_parties()  # Spark, Ray and py4j chatter stays out of the task log (jobs/runtime/quiet.py)
 
         context = get_current_context()
         params = context["params"]

@@ -23,14 +23,21 @@ from jobs.config import ConfigError, FactoryConfig, configure_logging, load_conf
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.faults.cli import faults as faults_command
+from jobs.runtime.quiet import quiet_third_parties
 from jobs.steps import FORCE_CODEBOOK_REBUILD, FORCE_RETRAIN, STEP_NAMES
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 sid_app = typer.Typer(help="Semantic-ID lookups: item <-> SID, and valid next tokens under a prefix.",
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+lake_app = typer.Typer(help="Lake maintenance.", no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False)
 app.add_typer(sid_app, name="sid")
+app.add_typer(lake_app, name="lake")
 app.add_typer(bench_app, name="bench")
+cluster_app = typer.Typer(help="A local Spark standalone cluster and a two-node Ray on this machine (addresses from the config).",
+                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(cluster_app, name="cluster")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
@@ -39,6 +46,7 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
 
 def _config(path: Path | None) -> FactoryConfig:
     configure_logging()
+    quiet_third_parties()
     return load_config(path)
 
 
@@ -164,6 +172,30 @@ def tables() -> None:
     print(tables_markdown())
 
 
+@lake_app.command("vacuum")
+def lake_vacuum(
+    table: Annotated[list[str] | None, typer.Option("--table", help="Table name (repeatable; default: every table).")] = None,
+    retention_hours: Annotated[int, typer.Option(help="Keep unreferenced files younger than this: a running "
+                                                      "writer's, or an old version's that readers time-travel to.")] = 168,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files, delete nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete files no table version references any more: partitions replaced since, and the files of
+    writers killed before their commit (never visible to readers)."""
+    from jobs.lakehouse import commit
+    from jobs.lakehouse.tables import ALL_TABLES, TABLES_BY_NAME
+
+    cfg = _config(config)
+    unknown = sorted(set(table or ()) - set(TABLES_BY_NAME))
+    if unknown:
+        _fail(f"no table named {', '.join(unknown)}; tables: {', '.join(TABLES_BY_NAME)}")
+    for spec in [TABLES_BY_NAME[name] for name in table] if table else ALL_TABLES:
+        files = commit.vacuum(cfg, spec, retention_hours, dry_run)
+        print(f"{spec.name}: {len(files)} file(s) {'to delete' if dry_run else 'deleted'}")
+        for path in files:
+            print(f"  {path}")
+
+
 @app.command()
 def neighbours(
     user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000042.")],
@@ -279,6 +311,32 @@ def airflow(ctx: typer.Context, config: ConfigOption = None) -> None:
     raise typer.Exit(completed.returncode)
 
 
+@cluster_app.command("up")
+def cluster_up(config: ConfigOption = None) -> None:
+    """Start a Spark master + worker and a Ray head + second node on 127.0.0.1; wait until they are ready."""
+    from jobs.runtime import local_cluster
+
+    state = local_cluster.up(_config(config), progress=lambda line: console.print(line, highlight=False))
+    print(json.dumps(state))
+
+
+@cluster_app.command("down")
+def cluster_down(config: ConfigOption = None) -> None:
+    """Stop exactly the processes `factory cluster up` started (pids under <state_dir>/cluster)."""
+    from jobs.runtime import local_cluster
+
+    stopped = local_cluster.down(_config(config))
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "no local cluster was running", highlight=False)
+
+
+@cluster_app.command("status")
+def cluster_status(config: ConfigOption = None) -> None:
+    """The local cluster's processes, the Spark master's alive workers and Ray's alive nodes (JSON)."""
+    from jobs.runtime import local_cluster
+
+    print(json.dumps(local_cluster.status(_config(config))))
+
+
 @app.command("mlflow-ui")
 def mlflow_ui(config: ConfigOption = None, port: int = 5000) -> None:
     """Open the MLflow UI over the local store on http://127.0.0.1:PORT."""
@@ -304,6 +362,7 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """Entry point (argv: the arguments after `factory`, default sys.argv): usage errors are click's;
     errors a user can fix print one line and exit 1."""
+    quiet_third_parties()
     try:
         app(args=argv, prog_name="factory")
     except (FactoryError, ConfigError) as err:

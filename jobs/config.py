@@ -74,11 +74,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
     storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
-
-    def __post_init__(self) -> None:
-        _one_of("lake.engine", self.engine, ("delta-rs", "delta-spark"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,9 @@ class RayConfig:
     address: str = ""  # "" = start a local Ray; "auto" or ray://host:10001 for a cluster
     num_cpus: int = 0  # local Ray only; 0 = all cores
     train_workers: int = 1
+    # Ray Train's placement of the workers: "PACK" (fewest nodes) or "SPREAD" (one per node where it can;
+    # the local cluster uses it so its two workers run on its two nodes).
+    train_placement: str = "PACK"
     # Inference (step embed). On 2 cores an actor pool of two 1-CPU actors deadlocks: the upstream
     # read task never gets a CPU. Two actors of 0.5 CPU each leave a CPU for reads, and each runs one
     # torch thread: two single-threaded processes use both cores without intra-op synchronisation,
@@ -105,6 +104,47 @@ class RayConfig:
     inference_tokens_per_forward: int = 4096  # rows x padded width per model call (rows sorted by length)
     storage_uri: str = ""  # Ray Train checkpoints; default <state_dir>/ray (shared storage on a cluster)
     log_to_driver: bool = False  # show workers' output (e.g. per-epoch training progress) in the driver
+
+
+    def __post_init__(self) -> None:
+        _one_of("ray.train_placement", self.train_placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        if self.train_workers < 1:
+            raise ConfigError(f"ray.train_workers must be >= 1; got {self.train_workers!r}.")
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig:
+    """`factory cluster up` (jobs/runtime/local_cluster.py): a Spark standalone master + one worker and a
+    Ray head + a second Ray node on this machine. The master's and the head's ports come from
+    spark.master ("spark://127.0.0.1:PORT") and ray.address ("127.0.0.1:PORT"); the rest from here."""
+
+    spark_webui_port: int = 8181  # the master's web UI and JSON status (http://127.0.0.1:PORT/json/)
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"  # >= spark.executor.memory (set it in [spark.extra_conf])
+    ray_node_cpus: int = 2  # logical CPUs per Ray node (two nodes): room for train workers and Ray Data reads
+    ray_object_store_mb: int = 256  # per node
+    ray_port_base: int = 26400  # each node's other Ray ports: base + 20 * node + 0..19 (never Ray's defaults)
+    ray_temp_dir: str = ""  # default /tmp/factory-ray-<head port> (unix socket paths must stay short)
+
+    def __post_init__(self) -> None:
+        if self.spark_worker_cores < 1 or self.ray_node_cpus < 1 or self.ray_object_store_mb < 78:
+            raise ConfigError("local_cluster.spark_worker_cores and ray_node_cpus must be >= 1 and "
+                              "ray_object_store_mb >= 78 (Ray's minimum).")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where the models run: training (Ray Train's use_gpu), user inference (the embed step's actors,
+    one GPU each) and the item-text encoder (jobs/runtime/compute.py resolves "auto")."""
+
+    device: str = "cpu"  # "cpu", "cuda", or "auto" (cuda where torch sees a GPU in the driver)
+    # Precision of inference (user vectors and item-text vectors). "bf16" is refused at run time if
+    # it moves the vectors below cosine 0.999 of fp32 (measured on the day's first batch).
+    inference_dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _one_of("compute.device", self.device, ("cpu", "cuda", "auto"))
+        _one_of("compute.inference_dtype", self.inference_dtype, ("fp32", "bf16"))
 
 
 @dataclass(frozen=True)
@@ -119,6 +159,8 @@ class MlflowConfig:
 class FeaturesConfig:
     max_seq_len: int = 50
     window_days: int = 30
+    incremental: bool = True  # update yesterday's sequences with today's events (jobs.steps.features)
+    full_rebuild_every_days: int = 7  # re-read the whole window every N days (by ds), checking the increments; 0 = never
 
 
 @dataclass(frozen=True)
@@ -194,6 +236,10 @@ class IndexConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     k: int = 10
+    # A seeded sample of the users with an embedding on ds-1 and plays on ds (jobs/steps/evaluate.py):
+    # at most this many reach the driver for the faiss search; 0 = all of them.
+    max_users: int = 100_000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,6 +308,8 @@ class FactoryConfig:
     lake: LakeConfig = field(default_factory=LakeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    local_cluster: LocalClusterConfig = field(default_factory=LocalClusterConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -26,6 +26,8 @@ from jobs.synthetic.worlds import ScaleWorld, config_toml
 from jobs.tracking.runs import day_summary
 
 PER_USER_STEPS = ("ingest", "features", "embed", "evaluate")  # their cost should grow with users
+DRIVER_FLAT_STEPS = ("ingest", "features", "train", "embed", "evaluate")  # their driver must not grow with users
+DRIVER_FLAT_BAR = 1.5  # driver peak at the largest world / at the one 10x smaller
 
 
 def run_world(world: ScaleWorld, root: Path, progress=print) -> dict:
@@ -91,3 +93,22 @@ def linearity(results: list[dict]) -> dict:
     return {"steps": list(PER_USER_STEPS), "fit_fixed_seconds": float(fixed), "fit_ms_per_user": float(1000 * per_user),
             "marginal": marginal,
             "points": [{"users": int(u), "seconds": float(t), "ms_per_user": 1000 * t / u} for u, t in zip(users, seconds)]}
+
+
+def driver_peaks(results: list[dict]) -> list[dict]:
+    """Driver peak RSS per step on the steady day, largest world against the one 10x smaller.
+
+    The rows of the big tables move through Spark and Ray, so a step's driver (the `factory run`
+    process) must stay flat as users grow: ratio <= DRIVER_FLAT_BAR.
+    """
+    by_users = {r["world"]["users"]: r["days"][-1]["steps"] for r in results}
+    pairs = [(u, u // 10) for u in sorted(by_users) if u // 10 in by_users]
+    rows = []
+    for big, small in pairs:
+        for step in DRIVER_FLAT_STEPS:
+            peak_big = by_users[big].get(step, {}).get("peak_rss_driver_mb")
+            peak_small = by_users[small].get(step, {}).get("peak_rss_driver_mb")
+            if peak_big and peak_small:
+                rows.append({"step": step, "users": big, "baseline_users": small, "peak_mb": peak_big,
+                             "baseline_peak_mb": peak_small, "ratio": peak_big / peak_small})
+    return rows

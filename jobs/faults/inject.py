@@ -1,17 +1,19 @@
 """Fault injection: pause a Delta write before its commit, so a scenario can kill -9 the process there;
 or make the model registry fail as a locked or restarting store does.
 
-Set only by the fault harness, never by production code: `pause_before_commit` replaces the one hook
-the lakehouse exposes, jobs.lakehouse.delta.write_payload, in the current process. For a CLI run in a
+Set only by the fault harness, never by production code: `pause_before_commit` replaces the two hooks
+the lakehouse exposes, in the current process: jobs.lakehouse.delta.write_payload (the Arrow path) and
+jobs.lakehouse.commit.before_commit (engines' files committed by the driver). For a CLI run in a
 child process a scenario starts
 
     python -m jobs.faults.inject --pause items,events [--marker FILE] [--seconds 600] -- run --ds D ...
 
 which installs the pause and then runs `factory run --ds D ...` in that same process.
 
-The pause sits inside delta-rs's write of the named tables, before the last batch reaches it and so
-before the commit (after its first data files when the data is large enough for delta-rs to flush
-some early).
+On the Arrow path the pause sits inside delta-rs's write of the named tables, before the last batch
+reaches it and so before the commit (after its first data files when the data is large enough for
+delta-rs to flush some early). On the commit path it sits after every data file is written and before
+the one commit.
 
     python -m jobs.faults.inject --registry-unavailable -- run --ds D --step train
 
@@ -30,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+from deltalake.transaction import AddAction
 
-from jobs.lakehouse import delta
+from jobs.lakehouse import commit, delta
 from jobs.lakehouse.tables import TableSpec
 
 
@@ -57,7 +60,12 @@ def pause_before_commit(pause: Pause) -> None:
         # target_file_size=1: delta-rs flushes each batch to its own file, so files exist before the pause.
         return pa.RecordBatchReader.from_batches(data.schema, _pausing_batches(spec, data, pause)), {"target_file_size": 1}
 
+    def pausing_commit(spec: TableSpec, actions: list[AddAction]) -> None:
+        if spec.name in pause.tables:
+            _pause(spec, pause)
+
     delta.write_payload = pausing_payload
+    commit.before_commit = pausing_commit
 
 
 REGISTRY_LOOKUPS = ("get_registered_model", "get_model_version_by_alias", "search_model_versions")
@@ -82,14 +90,18 @@ def registry_unavailable_command(*cli_args: str) -> list[str]:
     return [sys.executable, "-m", "jobs.faults.inject", "--registry-unavailable", "--", *cli_args]
 
 
-def _pausing_batches(spec: TableSpec, data: pa.Table, pause: Pause) -> Iterator[pa.RecordBatch]:
-    batches = data.to_batches(max_chunksize=max(1, data.num_rows // 4 or 1))
-    yield from batches[:-1]
+def _pause(spec: TableSpec, pause: Pause) -> None:
     if pause.marker:
         Path(pause.marker).write_text(f"{spec.name} {os.getpid()}\n")
     print(f"FACTORY_FAULT paused inside the write of {spec.name} before its commit (pid {os.getpid()})",
           file=sys.stderr, flush=True)
     time.sleep(pause.seconds)
+
+
+def _pausing_batches(spec: TableSpec, data: pa.Table, pause: Pause) -> Iterator[pa.RecordBatch]:
+    batches = data.to_batches(max_chunksize=max(1, data.num_rows // 4 or 1))
+    yield from batches[:-1]
+    _pause(spec, pause)
     yield from batches[-1:]
 
 

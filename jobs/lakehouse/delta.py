@@ -5,8 +5,11 @@ project cannot assume; delta-rs is a PyPI wheel and writes standard Delta tables
 DuckDB or delta-spark open unchanged. Spark and Ray read a consistent snapshot through
 `snapshot_files` (the Parquet files of one table version) and hand their output back as Arrow.
 
-`lake.engine = "delta-spark"` sends the same writes through Spark's Delta writer instead
-(jobs.lakehouse.delta_spark), for clusters where Delta's jars are installed. Reads always use delta-rs.
+This module is the Arrow path, for the small tables (TableSpec.scale == "small"): the rows pass through
+the driver. The large tables' files are written by Spark executors or Ray actors and only their
+metadata is committed here (jobs.lakehouse.commit). There is no Spark Delta writer (delta-spark):
+its jars come only from Maven, which cannot be reached here, so it could never run or be tested,
+and the commit protocol gives distributed writes without it.
 
 Every write is idempotent for its key: `replace_partition` is Delta's replaceWhere (a predicate
 overwrite in one atomic commit), `upsert` is a MERGE that changes nothing when nothing changed,
@@ -37,7 +40,6 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from jobs.config import FactoryConfig
 from jobs.errors import ConcurrentWriteError, FactoryError, UnsafePath
-from jobs.lakehouse import delta_spark
 from jobs.lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ def _conform(spec: TableSpec, data: pa.Table) -> pa.Table:
     return data.select(spec.schema.names).cast(spec.schema)
 
 
-def _predicate(spec: TableSpec, where: dict[str, str]) -> str:
+def partition_predicate(spec: TableSpec, where: dict[str, str]) -> str:
     """SQL for `column = 'value' AND ...`; values are partition values, checked so none can leave
     its partition folder or break out of the string literal."""
     for column, value in where.items():
@@ -154,7 +156,7 @@ def _predicate(spec: TableSpec, where: dict[str, str]) -> str:
     return " AND ".join(f"{column} = '{value}'" for column, value in where.items())
 
 
-def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> T:
+def with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> T:
     """Run a whole write (open the latest snapshot, write files, commit) until it commits.
 
     delta-rs raises CommitFailedError when a concurrent writer committed first and the two
@@ -180,7 +182,7 @@ def _with_commit_retries(spec: TableSpec, what: str, write: Callable[[], T]) -> 
 
 def _create_table(cfg: FactoryConfig, spec: TableSpec, payload, options: dict) -> int:
     """The first write of a table creates it with `payload`; a concurrent creator makes this fail
-    ("already exists") and _with_commit_retries redo the write against the new table."""
+    ("already exists") and with_commit_retries redo the write against the new table."""
     write_deltalake(table_uri(cfg, spec), payload, mode="error", partition_by=list(spec.partition_by) or None,
                     storage_options=cfg.lake.storage_options or None, **options)
     return current_version(cfg, spec)
@@ -192,14 +194,11 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
     A rerun of the same day writes the same rows again: content is unchanged, never appended twice.
     Returns the new table version.
     """
-    predicate = _predicate(spec, where)
+    predicate = partition_predicate(spec, where)
     bad = [row for row in data.select(list(where)).to_pylist() if row != where] if data.num_rows else []
     if bad:
         raise ValueError(f"{spec.name}: rows outside the replaced partition {where}: {bad[:1]}")
     data = _conform(spec, data)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.replace_partition(cfg, spec, data, table_uri(cfg, spec), predicate)
-        return current_version(cfg, spec)
 
     def write() -> int:
         table = open_table(cfg, spec)
@@ -210,7 +209,7 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
         )
         return table.version() if table is not None else current_version(cfg, spec)
 
-    return _with_commit_retries(spec, f"replacing partition {where}", write)
+    return with_commit_retries(spec, f"replacing partition {where}", write)
 
 
 def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
@@ -225,9 +224,6 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
     data = _conform(spec, data)
     if data.num_rows == 0 and open_table(cfg, spec) is not None:
         return current_version(cfg, spec)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.append(cfg, spec, data, table_uri(cfg, spec))
-        return current_version(cfg, spec)
     unique = (*spec.key, *spec.unique)
 
     def write() -> int:
@@ -240,7 +236,7 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
                         source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
         return table.version()
 
-    version = _with_commit_retries(spec, "appending new keys", write)
+    version = with_commit_retries(spec, "appending new keys", write)
     stored = {tuple(row[c] for c in unique) for row in read(cfg, spec, columns=list(unique), version=version).to_pylist()}
     missing = [row for row in data.select(list(unique)).to_pylist() if tuple(row.values()) not in stored]
     if missing:
@@ -260,9 +256,6 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
     of `also_when` is a further update clause for matched rows the first one did not take.
     Creates the table on first use. Returns (version, merge metrics)."""
     data = _conform(spec, data)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.upsert(cfg, spec, data, table_uri(cfg, spec), update_when, preserve)
-        return current_version(cfg, spec), {}
     updates = {c: f"s.{c}" for c in spec.schema.names if c not in preserve and c not in spec.key}
     updates.update(set_expressions or {})
     on = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
@@ -279,7 +272,7 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
         metrics = merge.when_not_matched_insert_all().execute()
         return table.version(), metrics
 
-    return _with_commit_retries(spec, "merging", write)
+    return with_commit_retries(spec, "merging", write)
 
 
 def history(cfg: FactoryConfig, spec: TableSpec, limit: int | None = None) -> list[dict]:

@@ -1,7 +1,8 @@
 """One SparkSession per process, configured from [spark], and snapshot reads of Delta tables.
 
 Spark's fixed costs (JVM start, ~10 s) are paid once per process: every step in the process shares
-the session. Tables are read as the Parquet files of one Delta version (see jobs.lakehouse.delta.snapshot_files).
+the session. Tables are read as the Parquet files of one Delta version (see jobs.lakehouse.delta.snapshot_files);
+large tables are written by the executors and committed by the driver (jobs.lakehouse.commit).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.config import FactoryConfig
-from jobs.lakehouse import delta
+from jobs.lakehouse import commit, delta
 from jobs.lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ def _session(master: str, driver_memory: str, shuffle_partitions: int, extra: tu
         # ds folders must stay strings ("2026-01-01"), not be inferred as dates.
         .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Executors write Delta data files: timestamps as Parquet TIMESTAMP_MICROS (Delta's type), not INT96.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
     )
@@ -61,6 +65,23 @@ def read_snapshot(cfg: FactoryConfig, spec: TableSpec, where_in: dict[str, list[
         return version, spark.createDataFrame(spec.schema.empty_table())
     frame = spark.read.option("basePath", delta.table_uri(cfg, spec)).parquet(*files)
     return version, frame.select(*spec.schema.names)
+
+
+def write_files(cfg: FactoryConfig, frame: DataFrame, spec: TableSpec, partition: dict[str, str]) -> commit.WriterFolder:
+    """The executors write `frame`'s rows of `partition` as Parquet files into a fresh writer folder of
+    the table (partition columns not fixed by `partition` as hive folders); nothing is committed yet."""
+    folder = commit.writer_folder(cfg, spec, partition)
+    rest = [c for c in spec.partition_by if c not in partition]
+    writer = frame.select(*folder.columns, *rest).write.mode("errorifexists")
+    uri = folder.uri.replace("s3://", "s3a://", 1) if folder.uri.startswith("s3://") else folder.uri  # Spark's S3 client
+    (writer.partitionBy(*rest) if rest else writer).parquet(uri)
+    return folder
+
+
+def write_partition(cfg: FactoryConfig, frame: DataFrame, spec: TableSpec, partition: dict[str, str]) -> int:
+    """Replace `partition` of the table with `frame` (whose rows all belong to it): executors write the
+    files, the driver commits their metadata in one transaction. Returns the new table version."""
+    return commit.commit_replace(cfg, write_files(cfg, frame, spec, partition))
 
 
 def to_arrow(frame: DataFrame, spec: TableSpec) -> pa.Table:

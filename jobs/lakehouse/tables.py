@@ -6,6 +6,7 @@ Steps read and write through `jobs.lakehouse.delta` with these specs; no step bu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 
@@ -22,6 +23,12 @@ class TableSpec:
     owner: str  # the step that writes it
     doc: str
     unique: tuple[str, ...] = ()  # columns that must stay unique besides the key (appends check them too)
+    # How the table grows, and so how it is written. "per_user" / "per_event" tables grow with the
+    # platform: engines write their files and the driver commits metadata only (jobs.lakehouse.commit);
+    # no step collects their rows. "small" tables pass through the driver as Arrow (jobs.lakehouse.delta)
+    # while they hold fewer than `small_below` rows (docs/architecture.md, "Which tables are small").
+    scale: Literal["per_user", "per_event", "small"] = "small"
+    small_below: int | None = None  # the row count at which a "small" table stops being small
 
     def uri(self, lake_uri: str) -> str:
         """Where the table lives under a lake root (a path or an object-store URI)."""
@@ -37,6 +44,7 @@ EVENTS = TableSpec(
     ]),
     key=("event_id",), partition_by=("ds",), owner="ingest",
     doc="Validated listening events of one day; one row per raw event line that passed every rule.",
+    scale="per_event",
 )
 
 QUARANTINE = TableSpec(
@@ -48,6 +56,7 @@ QUARANTINE = TableSpec(
     ]),
     key=("source_file", "line_number"), partition_by=("ds", "source"), owner="ingest",
     doc="Every raw line that failed validation, byte-exact (raw_bytes), with the first failed rule.",
+    scale="per_event",
 )
 
 ITEMS = TableSpec(
@@ -60,6 +69,7 @@ ITEMS = TableSpec(
     ]),
     key=("item_id",), partition_by=(), owner="catalog",
     doc="The catalog of tracks and episodes, upserted by MERGE from each day's catalog drop.",
+    scale="small", small_below=2_000_000,
 )
 
 ITEM_VOCAB = TableSpec(
@@ -67,6 +77,7 @@ ITEM_VOCAB = TableSpec(
     pa.schema([("item_id", pa.string()), ("item_idx", pa.int32()), ("first_seen_ds", pa.string())]),
     key=("item_id",), partition_by=(), owner="features",
     doc="Dense integer id per item (1..N, 0 is padding), append-only: an id is never reassigned.",
+    scale="small", small_below=20_000_000,
     unique=("item_idx",),
 )
 
@@ -79,6 +90,7 @@ USER_SEQUENCES = TableSpec(
     ]),
     key=("user_id",), partition_by=("ds",), owner="features",
     doc="Each user's most recent plays/skips (oldest first) over the rolling window ending at ds.",
+    scale="per_user",
 )
 
 USER_EMBEDDINGS = TableSpec(
@@ -86,6 +98,7 @@ USER_EMBEDDINGS = TableSpec(
     pa.schema([("user_id", pa.string()), ("embedding", VECTOR), ("model_version", pa.string()), ("ds", pa.string())]),
     key=("user_id",), partition_by=("ds",), owner="embed",
     doc="L2-normalised user vectors computed from data up to ds.",
+    scale="per_user",
 )
 
 ITEM_EMBEDDINGS = TableSpec(
@@ -96,6 +109,7 @@ ITEM_EMBEDDINGS = TableSpec(
     ]),
     key=("item_id",), partition_by=("ds",), owner="embed",
     doc="L2-normalised item vectors in the same space as the users (the encoder's tied output table).",
+    scale="small", small_below=5_000_000,
 )
 
 CONTENT_VECTORS = TableSpec(
@@ -103,6 +117,7 @@ CONTENT_VECTORS = TableSpec(
     pa.schema([("text_hash", pa.string()), ("vector", VECTOR), ("encoder", pa.string()), ("encoded_ds", pa.string())]),
     key=("text_hash",), partition_by=(), owner="semantic_ids",
     doc="Cache of text-encoder vectors by hash of the item text, so a day encodes only new or edited items.",
+    scale="small", small_below=1_000_000,
 )
 
 CODEBOOKS = TableSpec(
@@ -113,6 +128,7 @@ CODEBOOKS = TableSpec(
     ]),
     key=("codebook_version", "level", "code"), partition_by=(), owner="semantic_ids",
     doc="Residual k-means centroids per level; a refit appends a new codebook_version.",
+    scale="small", small_below=1_000_000,
 )
 
 ITEM_TOKENS = TableSpec(
@@ -123,6 +139,7 @@ ITEM_TOKENS = TableSpec(
     ]),
     key=("codebook_version", "item_id"), partition_by=(), owner="semantic_ids",
     doc="Semantic ID per item and codebook version: level codes plus a final de-duplication token.",
+    scale="small", small_below=20_000_000,
 )
 
 EVAL_METRICS = TableSpec(
@@ -133,6 +150,7 @@ EVAL_METRICS = TableSpec(
     ]),
     key=("ds", "method", "metric"), partition_by=("ds",), owner="evaluate",
     doc="Next-day metrics: embeddings of embeddings_ds scored against the plays of ds.",
+    scale="small", small_below=1_000_000,
 )
 
 PUBLISH = TableSpec(
@@ -143,6 +161,7 @@ PUBLISH = TableSpec(
     ]),
     key=("ds",), partition_by=(), owner="publish",
     doc="What downstream readers use: for each published ds, the model, codebook, index and table versions.",
+    scale="small", small_below=1_000_000,
 )
 
 ALL_TABLES: tuple[TableSpec, ...] = (
@@ -161,7 +180,9 @@ def tables_markdown() -> str:
                   f"- key: {', '.join(spec.key)}",
                   *([f"- also unique: {', '.join(spec.unique)}"] if spec.unique else []),
                   f"- partitioned by: {', '.join(spec.partition_by) or 'not partitioned'}",
-                  f"- written by step: `{spec.owner}`", "",
+                  f"- written by step: `{spec.owner}`",
+                  f"- scale: {spec.scale}" + (f" (through the driver below {spec.small_below:,} rows)" if spec.small_below
+                                              else " (engines write the files, the driver commits metadata)"), "",
                   "| column | type |", "|---|---|"]
         lines += [f"| {field.name} | {field.type} |" for field in spec.schema]
         lines.append("")

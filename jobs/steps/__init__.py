@@ -36,10 +36,10 @@ STEPS = (
     Step("ingest"),
     Step("features", services=("spark",)),
     Step("train", services=("ray",), flags=(FORCE_RETRAIN,)),
-    Step("embed", services=("ray",)),
+    Step("embed", services=("ray", "spark")),
     Step("semantic_ids", flags=(FORCE_CODEBOOK_REBUILD,)),
     Step("index"),
-    Step("evaluate"),
+    Step("evaluate", services=("spark",)),
     Step("publish"),
     Step("generative"),  # optional (generative.enabled); when off it only records that it was disabled
 )

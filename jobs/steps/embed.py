@@ -1,35 +1,50 @@
 """Step `embed` (Ray Data): embed the day's users with the champion; write item vectors too.
 
-Users come from the day's user_sequences files (one Delta version), flow through a pool of
-`UserEmbeddingPredictor` actors (the model is loaded once per actor), and land in user_embeddings.
-Item vectors are the champion's normalised item table, so users and items share one hypersphere.
+Users come from the day's user_sequences files (one Delta version) and flow through a pool of
+`UserEmbeddingWriter` actors (jobs/steps/embedding_writer.py; the model is loaded once per actor),
+which write the user_embeddings Parquet files themselves and return only (path, rows); the driver
+commits the day's files in one Delta transaction (jobs.lakehouse.commit). Item vectors are the
+champion's normalised item table (a small table: the Arrow path), so users and items share one
+hypersphere.
 
 Incremental days: when yesterday's user_embeddings partition was computed by today's champion, a
 user whose model input (the item_idx and event_type lists of user_sequences) is identical to
-yesterday's keeps yesterday's vector, copied from that partition; only the other users are
-inferred. Any other case (new champion, yesterday missing or mixed versions) recomputes everyone.
+yesterday's keeps yesterday's vector: Spark finds those users (a join of the two days' sequences),
+its executors copy their rows from yesterday's partition into a writer folder, and write the other
+users' sequences to a staging folder that the actors embed. Any other case (new champion, yesterday
+missing or mixed versions) embeds everyone. No per-user row passes through the driver.
+
+`embed_users` and `embed_day` are the in-memory forms the inference benchmark compares (they return
+Arrow tables); the step itself uses `embed_day_to_folders`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
+from pyspark.sql import functions as F
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds, shift
 from jobs.errors import FactoryError
-from jobs.lakehouse import delta
+from jobs.lakehouse import commit, delta
+from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps.embedding_writer import UserEmbeddingWriter
 from jobs.steps.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredictor, flat_lists
 from jobs.tracking import plots, registry
 from jobs.tracking.runs import StepResult, track_step
@@ -81,6 +96,72 @@ def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: regi
     if not tables:
         return OUTPUT_SCHEMA.empty_table()
     return pa.concat_tables(tables).sort_by("user_id")
+
+
+def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: registry.RegisteredEncoder,
+                    folder: commit.WriterFolder) -> int:
+    """Embed the users of `source` (Parquet files or a folder) on Ray: the actors write the vectors into
+    `folder` and return only (path, rows) per file. Returns the rows written."""
+    ensure_ray(cfg)
+    dataset = ray.data.read_parquet(source).select_columns(INPUT_COLUMNS)
+    dataset = dataset.repartition(target_num_rows_per_block=cfg.ray.inference_batch_size)
+    written = dataset.map_batches(
+        UserEmbeddingWriter, fn_constructor_kwargs={"folder_uri": folder.uri, **predictor_kwargs(cfg, champion)},
+        batch_size=cfg.ray.inference_batch_size, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=actor_count(cfg)), num_cpus=cfg.ray.actor_num_cpus,
+    )
+    # Bounded: one (path, rows) row per file, i.e. per inference batch.
+    return sum(int(row["rows"]) for row in written.take_all())
+
+
+def embed_day_to_folders(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[str],
+                         champion: registry.RegisteredEncoder) -> tuple[list[commit.WriterFolder], dict[str, int], str]:
+    """Every user of ds's user_sequences embedded into writer folders of user_embeddings, uncommitted:
+    (folders, {users_inferred, users_carried_forward}, why this plan). The same plan as embed_day."""
+    yesterday = shift(ds, -1)
+    _, previous = read_snapshot(cfg, USER_EMBEDDINGS, {"ds": [yesterday]})
+    versions = sorted(r[0] for r in previous.select("model_version").distinct().limit(2).collect())  # <= 2 rows
+    inferred = commit.writer_folder(cfg, USER_EMBEDDINGS, {"ds": ds})
+    if versions != [champion.version]:
+        why = (f"full: no user_embeddings for {yesterday}" if not versions else
+               f"full: {yesterday} was embedded by model version(s) {versions}, champion is {champion.version}")
+        return [inferred], {"users_inferred": embed_to_folder(cfg, files, champion, inferred),
+                            "users_carried_forward": 0}, why
+    _, today = read_snapshot(cfg, USER_SEQUENCES, {"ds": [ds]}, sequences_version)
+    _, before = read_snapshot(cfg, USER_SEQUENCES, {"ds": [yesterday]})
+    today = today.select(*INPUT_COLUMNS)
+    same = today.alias("t").join(before.select(*INPUT_COLUMNS).alias("b"), "user_id").where(
+        (F.col("t.item_idx") == F.col("b.item_idx")) & (F.col("t.event_type") == F.col("b.event_type"))).select("user_id")
+    carried_rows = previous.join(same, "user_id", "left_semi")
+    carried = write_files(cfg, carried_rows, USER_EMBEDDINGS, {"ds": ds})  # executors copy yesterday's rows
+    staging = f"{cfg.lake_uri.rstrip('/')}/_staging/embed-{uuid.uuid4().hex}"
+    try:
+        today.join(carried_rows.select("user_id"), "user_id", "left_anti").write.parquet(staging)
+        changed = [f"{staging}/{name}" for name in _parquet_names(staging)]
+        users_inferred = embed_to_folder(cfg, changed, champion, inferred) if changed else 0
+    finally:
+        _remove_folder(staging)
+    why = f"incremental: model version {champion.version} also embedded {yesterday}"
+    return [inferred, carried], {"users_inferred": users_inferred, "users_carried_forward": _rows(carried)}, why
+
+
+def _parquet_names(folder_uri: str) -> list[str]:
+    """The Parquet files Spark wrote into a folder that hold rows (Spark may write an empty one)."""
+    fs, base = pafs.FileSystem.from_uri(folder_uri if "://" in folder_uri else f"file://{folder_uri}")
+    infos = fs.get_file_info(pafs.FileSelector(base))
+    return sorted(i.base_name for i in infos if i.base_name.endswith(".parquet")
+                  and pq.read_metadata(i.path, filesystem=fs).num_rows)
+
+
+def _remove_folder(folder_uri: str) -> None:
+    fs, base = pafs.FileSystem.from_uri(folder_uri if "://" in folder_uri else f"file://{folder_uri}")
+    if fs.get_file_info(base).type != pafs.FileType.NotFound:
+        fs.delete_dir(base)
+
+
+def _rows(folder: commit.WriterFolder) -> int:
+    """Rows in a writer folder's files, from their footers."""
+    return sum(json.loads(action.stats)["numRecords"] for action in commit.file_actions(folder))
 
 
 def unchanged_inputs(today: pa.Table, before: pa.Table) -> np.ndarray:
@@ -151,6 +232,13 @@ def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa
     ).append_column("model_version", pa.array([champion.version] * known.num_rows, pa.string()))
 
 
+def plot_sample(cfg: FactoryConfig, ds: str, version: int, size: int = 2000) -> pa.Table:
+    """Up to `size` of ds's user_embeddings rows, the ones with the smallest hash of user_id (Spark;
+    only those rows reach the driver)."""
+    _, users = read_snapshot(cfg, USER_EMBEDDINGS, {"ds": [ds]}, version)
+    return users.orderBy(F.xxhash64("user_id"), "user_id").limit(size).select("user_id", "embedding").toArrow()
+
+
 def sphere_plot(cfg: FactoryConfig, users: pa.Table, items: pa.Table, folder: Path, ds: str, version: str) -> Path:
     """Up to 2,000 users, tracks and episodes each, projected together (the talk's shared-sphere picture)."""
     rng = np.random.default_rng(0)
@@ -186,19 +274,21 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         step.params(model_version=champion.version, actors=cfg.ray.inference_actors,
                     batch_size=cfg.ray.inference_batch_size, threads=kwargs["threads"],
                     tokens_per_forward=kwargs["tokens_per_forward"])
-        users, counts, plan = embed_day(cfg, ds, version, files, champion)
+        folders, counts, plan = embed_day_to_folders(cfg, ds, version, files, champion)
         log.info("ds=%s %s: %s", ds, plan, counts)
         step.params(plan=plan)
-        if users.num_rows == 0:
+        embedded = counts["users_inferred"] + counts["users_carried_forward"]
+        if embedded == 0:
             raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
-        users = users.append_column("ds", pa.array([ds] * users.num_rows, pa.string()))
-        step.wrote(USER_EMBEDDINGS, delta.replace_partition(cfg, USER_EMBEDDINGS, users, {"ds": ds}))
+        written = commit.commit_replace(cfg, folders, where={"ds": ds})  # one transaction: the whole day or nothing
+        step.wrote(USER_EMBEDDINGS, written)
         items = item_vectors(cfg, champion)
         items = items.append_column("ds", pa.array([ds] * items.num_rows, pa.string()))
         step.wrote(ITEM_EMBEDDINGS, delta.replace_partition(cfg, ITEM_EMBEDDINGS, items, {"ds": ds}))
         with tempfile.TemporaryDirectory() as folder:
+            users = plot_sample(cfg, ds, written)
             step.artifact(sphere_plot(cfg, users, items, Path(folder), ds, champion.version), "plots")
         vocab_size = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"]).num_rows
-        step.metrics(users_embedded=users.num_rows, **counts, items_embedded=items.num_rows,
+        step.metrics(users_embedded=embedded, **counts, items_embedded=items.num_rows,
                      items_without_embedding=vocab_size - items.num_rows)
         return step.result

@@ -75,6 +75,7 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     lengths = (inputs != 0).sum(1)
     order = np.argsort(lengths, kind="stable")
     plain = np.zeros(len(targets), dtype=np.int64)
@@ -82,9 +83,9 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         longest = max(int(lengths[rows].max()), 1)
-        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]),
-                                      torch.from_numpy(events[rows, -longest:]))  # (B, D)
-        scores, wanted = model.scores(users), torch.from_numpy(targets[rows])  # (B, V + 1), (B,)
+        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]).to(device),
+                                      torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
+        scores, wanted = model.scores(users), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
         plain[rows] = target_ranks(scores, wanted)
         if filtered is not None:
             filtered[rows] = target_ranks(scores, wanted, exclude=[seen[i] for i in rows])
@@ -95,23 +96,33 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
 def validation_metrics(model: UserEncoder, data: TrainingData, rank: int = 0, world: int = 1) -> dict[str, float]:
     """HR@10 / NDCG@10 of the held-out items ranked against the whole catalog (and seen-filtered).
 
-    With world > 1 (inside Ray Train) each worker ranks every world-th user and the sums are
-    all-reduced, so all workers get the same numbers for a 1/world share of the work.
+    With world > 1 (inside Ray Train) every worker holds the same validation users, ranks every
+    world-th of them and the per-metric sums are all-reduced with the count (a worker with no users
+    contributes zeros), so all workers get the same numbers for a 1/world share of the work.
     """
+    names = ["val_hr10", "val_ndcg10"] + (["val_hr10_seen_filtered", "val_ndcg10_seen_filtered"] if data.val_seen else [])
     if len(data.val_targets) == 0:
-        return {"val_hr10": 0.0, "val_ndcg10": 0.0}
+        return dict.fromkeys(names, 0.0)
     rows = np.arange(rank, len(data.val_targets), world)
-    seen = [data.val_seen[i] for i in rows] if data.val_seen else ()
-    plain, filtered = rank_targets(model, data.val_inputs[rows], data.val_events[rows], data.val_targets[rows], seen)
-    names, sums = ["val_hr10", "val_ndcg10"], [hit_rate_at_k(plain, K), ndcg_at_k(plain, K)]
-    if filtered is not None:
-        names += ["val_hr10_seen_filtered", "val_ndcg10_seen_filtered"]
-        sums += [hit_rate_at_k(filtered, K), ndcg_at_k(filtered, K)]
+    sums = np.zeros(len(names))
+    if len(rows):
+        seen = [data.val_seen[i] for i in rows] if data.val_seen else ()
+        plain, filtered = rank_targets(model, data.val_inputs[rows], data.val_events[rows], data.val_targets[rows], seen)
+        ranked = [plain, plain] + ([filtered, filtered] if filtered is not None else [])
+        sums = np.array([metric(r, K) * len(rows) for metric, r in zip([hit_rate_at_k, ndcg_at_k] * 2, ranked)])
     if world == 1:
-        return dict(zip(names, sums))
-    totals = torch.tensor([len(rows)] + [v * len(rows) for v in sums], dtype=torch.float64)
+        return {name: float(total / len(rows)) for name, total in zip(names, sums)}
+    totals = torch.tensor([len(rows), *sums], dtype=torch.float64,
+                          device=next(model.parameters()).device)  # NCCL reduces GPU tensors only
     torch.distributed.all_reduce(totals)
     return {name: float(total / totals[0]) for name, total in zip(names, totals[1:])}
+
+
+def training_shard(data: TrainingData, rank: int, world: int) -> TrainingData:
+    """Worker `rank`'s share of the training sequences (every world-th; shares may differ by one);
+    the validation users stay whole on every worker (see validation_metrics)."""
+    return dataclasses.replace(data, inputs=data.inputs[rank::world], input_events=data.input_events[rank::world],
+                               targets=data.targets[rank::world])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +189,8 @@ class TrainingRun:
     """One training run of the encoder: the loop, the selected weights and the resume state.
 
     No Ray in here: `train_loop_per_worker` wraps it; tests and notebooks can call run() directly.
-    With world > 1 the workers hold equal shards, step in lockstep and agree on the clock.
+    With world > 1 each worker holds its own shard of the training sequences (sizes may differ),
+    the workers step in lockstep (the same number of steps per epoch) and take rank 0's clock.
     """
 
     def __init__(self, encoder: UserEncoder, data: TrainingData, loop: LoopConfig,
@@ -187,33 +199,39 @@ class TrainingRun:
             raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
         self.encoder, self.model, self.data, self.loop = encoder, model or encoder, data, loop
         self.rank, self.world = rank, world
+        self.device = next(encoder.parameters()).device  # where Ray Train's prepare_model put it ([compute].device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
-        self.rng = np.random.default_rng(loop.seed)  # the same on every worker: see run()
+        self.rng = np.random.default_rng(loop.seed + rank)  # batches of this worker's shard
         self.state = LoopState()
         self.best_weights = _copy(encoder.state_dict())
         self.marks: dict[float, dict] = {}  # clock minute -> selected weights at that minute
+        self._on_step: Callable[[TrainingRun], None] = lambda run: None
         counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
         counts[0] = 0
-        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1)))  # sampler q (popularity)
+        counts = self._summed(counts)  # over every worker's shard: the same sampler everywhere
+        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1))).to(self.device)  # sampler q
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
-        """Train until early stop, time budget or max_epochs; call on_epoch after each epoch."""
+    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None,
+            on_step: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
+        """Train until early stop, time budget or max_epochs; call on_step after each optimiser step
+        and on_epoch after each epoch."""
         loop, st = self.loop, self.state
+        self._on_step = on_step
         torch.set_num_threads(loop.threads)
-        if len(self.data.inputs) < self.world:
-            raise ValueError("TrainingData has fewer training sequences than workers; nothing to train on.")
+        if self._summed([len(self.data.inputs)])[0] < 1:
+            raise ValueError("TrainingData has no training sequences (on any worker); nothing to train on.")
         started = time.perf_counter() - st.elapsed
         while not st.stop_reason and st.epoch < loop.max_epochs:
             epoch_started = time.perf_counter()
-            losses, sequences, tokens, out_of_time = self._epoch(started)
-            train_seconds = time.perf_counter() - epoch_started
+            totals, out_of_time = self._epoch(started)
+            train_seconds = self._agreed(time.perf_counter() - epoch_started)
             st.epoch += 1
             record = self._evaluate(kind="epoch")
-            record.update(train_loss=float(np.mean(losses)), epoch_train_seconds=train_seconds,
-                          train_sequences_per_s=sequences / train_seconds * self.world,
-                          train_tokens_per_s=tokens / train_seconds * self.world)
+            loss_sum, targets, sequences, tokens = self._summed(totals)
+            record.update(train_loss=float(loss_sum / max(targets, 1)), epoch_train_seconds=train_seconds,
+                          train_sequences_per_s=sequences / train_seconds, train_tokens_per_s=tokens / train_seconds)
             if out_of_time:
                 st.stop_reason = "time_budget"
             elif st.stale >= loop.patience:
@@ -224,40 +242,69 @@ class TrainingRun:
             on_epoch(self)
         return st
 
-    def _epoch(self, started: float) -> tuple[list[float], int, int, bool]:
-        """One pass over the data: (losses, sequences, positions, ran out of time). `started` is the
-        perf_counter() at which the training clock would read 0."""
+    def planned_steps(self) -> int:
+        """Optimiser steps of this worker in max_epochs (an early stop or the clock may end the run before)."""
+        return self.loop.max_epochs * math.ceil(len(self.data.inputs) / max(1, self.loop.batch_size // self.world))
+
+    def _epoch(self, started: float) -> tuple[list[float], bool]:
+        """One pass over this worker's data: ([loss x targets, targets, sequences, positions] of this
+        worker, ran out of time). `started` is the perf_counter() at which the training clock would read 0.
+
+        With world > 1 every worker holds its own shard (sizes may differ) and draws batches of
+        batch_size // world from it; all take the global number of steps (the largest shard's), a
+        worker out of batches joining with a zero-weight step. Each step's loss is the sum over the
+        targets of all workers divided by their global count (DDP averages gradients: x world), and
+        rank 0's clock, broadcast in the same collective, makes every budget decision.
+        """
         loop, st = self.loop, self.state
-        all_lengths = (self.data.inputs != 0).sum(1)
-        steps_per_epoch = math.ceil(len(all_lengths) / loop.batch_size)
-        # Every worker draws the same global batches (same rng) and takes its slice of each, so
-        # workers step in lockstep on sequences of similar length (bucketing across workers).
-        batches = [b for b in length_buckets(all_lengths, loop.batch_size, self.rng) if len(b) >= self.world]
-        losses, sequences, tokens = [], 0, 0
+        lengths = (self.data.inputs != 0).sum(1)
+        batches = length_buckets(lengths, max(1, loop.batch_size // self.world), self.rng) if len(lengths) else []
+        steps_per_epoch = int(self._summed([len(batches)], op="max")[0])
+        totals = [0.0, 0, 0, 0]  # loss x targets, targets, sequences, positions
         self.model.train()
-        for batch in batches:
-            rows = batch[self.rank::self.world]
+        for index in range(steps_per_epoch):
+            rows = batches[index] if index < len(batches) else None
+            count = int((self.data.targets[rows] != 0).sum()) if rows is not None else 0
+            global_count, st.elapsed = self._step_totals(count, time.perf_counter() - started)
+            if loop.minutes and st.elapsed >= 60 * loop.minutes and index > 0:
+                return totals, True
+            if self._next_mark() is not None and st.elapsed >= 60 * self._next_mark():
+                self._evaluate(kind="mark")
             progress = max(st.step / (loop.max_epochs * steps_per_epoch),
                            st.elapsed / (60 * loop.minutes) if loop.minutes else 0.0)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(loop, st.step, progress)
-            losses.append(self._step(rows, max(int(all_lengths[rows].max()), 1)))
-            sequences, tokens = sequences + len(rows), tokens + int(all_lengths[rows].sum())
+            weight = 1.0 if self.world == 1 else count / max(global_count, 1) * self.world
+            loss = self._step(rows, weight)
             st.step += 1
-            st.elapsed = self._agreed(time.perf_counter() - started)
-            if loop.minutes and st.elapsed >= 60 * loop.minutes:
-                return losses, sequences, tokens, True
-            if self._next_mark() is not None and st.elapsed >= 60 * self._next_mark():
-                self._evaluate(kind="mark")
-        return losses, sequences, tokens, False
+            if rows is not None:
+                totals = [totals[0] + loss * count, totals[1] + count, totals[2] + len(rows),
+                          totals[3] + int(lengths[rows].sum())]
+            self._on_step(self)
+        st.elapsed = self._agreed(time.perf_counter() - started)
+        out_of_time = bool(loop.minutes and st.elapsed >= 60 * loop.minutes)
+        return totals, out_of_time
 
-    def _step(self, rows: np.ndarray, longest: int) -> float:
+    def _step(self, rows: np.ndarray | None, weight: float) -> float:
+        """One optimiser step on `rows` of this worker's data, its loss scaled by `weight` for the
+        gradient; rows=None (this worker is out of batches) steps on a stand-in row with weight 0."""
         d = self.data
-        inputs = torch.from_numpy(d.inputs[rows, -longest:])  # (B, T) trimmed to the longest
-        targets = torch.from_numpy(d.targets[rows, -longest:])
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
+        if rows is None:
+            rows, weight = np.zeros(1, dtype=np.int64), 0.0
+        if len(d.inputs):
+            longest = max(int((d.inputs[rows] != 0).sum(1).max()), 1)
+            inputs = torch.from_numpy(d.inputs[rows, -longest:]).to(self.device)  # (B, T) trimmed to the longest
+            targets = torch.from_numpy(d.targets[rows, -longest:]).to(self.device)
+            events = torch.from_numpy(d.input_events[rows, -longest:]).to(self.device)
+        else:  # an empty shard: one real-looking row (item 1 -> item 1), weight 0
+            inputs, targets, events = (torch.ones(1, 1, dtype=torch.int64, device=self.device),
+                                       torch.ones(1, 1, dtype=torch.int64, device=self.device),
+                                       torch.zeros(1, 1, dtype=torch.int64, device=self.device))
+        if not bool((targets != 0).any()):  # a stand-in row without a target: predict its own item
+            targets = inputs.clone()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
         with autocast:
-            hidden = self.model(inputs, torch.from_numpy(d.input_events[rows, -longest:]))  # (B, T, D)
+            hidden = self.model(inputs, events)  # (B, T, D)
             if self.loop.loss == "sampled":
                 negatives = torch.multinomial(self.log_q.exp(), self.loop.sampled_negatives, replacement=True)
                 loss = sampled_softmax_loss(self.encoder, hidden.float(), targets, negatives, self.log_q)
@@ -265,17 +312,33 @@ class TrainingRun:
                 history = inputs if self.loop.mask_history_in_loss else None
                 loss = full_softmax_loss(self.encoder, hidden, targets, history=history)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if weight == 1.0 else loss * weight).backward()
         self.optimizer.step()
         return loss.item()
 
+    def _step_totals(self, count: int, seconds: float) -> tuple[int, float]:
+        """(targets of this step over all workers, rank 0's training clock): one all-reduce per step."""
+        if self.world == 1:
+            return count, seconds
+        value = torch.tensor([count, seconds if self.rank == 0 else 0.0], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(value)
+        return int(value[0].item()), float(value[1].item())
+
     def _agreed(self, seconds: float) -> float:
-        """The slowest worker's clock, so every worker takes the same budget decisions."""
+        """Rank 0's clock, broadcast: every worker takes the same budget decisions at the same step."""
         if self.world == 1:
             return seconds
-        value = torch.tensor([seconds], dtype=torch.float64)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(value, src=0)
         return float(value.item())
+
+    def _summed(self, values, op: str = "sum") -> np.ndarray:
+        """Element-wise sum (or max) of `values` over the workers, as float64."""
+        if self.world == 1:
+            return np.asarray(values, dtype=np.float64)
+        tensor = torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+        return tensor.cpu().numpy()
 
     def _next_mark(self) -> float | None:
         pending = [m for m in self.loop.mark_minutes if m not in self.marks]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -25,14 +24,15 @@ from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
+from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps.encoder_fit import fit, log_history
 from jobs.steps.encoder_training import (
     TrainingData,
-    build_training_data,
     loop_config,
     validation_metrics,
     weights_are_finite,
 )
+from jobs.steps.train_data import TrainInput, read_train_input
 from jobs.tracking import registry
 from jobs.tracking.runs import StepResult, StepRun, track_step
 from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
@@ -50,27 +50,25 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         champion = registry.load_alias(cfg, registry.CHAMPION)
         if not force and _keeps_serving(cfg, ds, champion, step):
             return step.result
-        sequences, num_items = _read_day(cfg, ds, step)
+        train_input, num_items = _read_day(cfg, ds, step)
         t = cfg.train
         encoder_cfg = UserEncoderConfig(
             num_items=num_items, max_len=cfg.features.max_seq_len, d_model=t.d_model, n_layers=t.n_layers,
             n_heads=t.n_heads, dropout=t.dropout, temperature=t.temperature,
         )
-        if 0 < t.max_users < sequences.num_rows:
-            sampled = np.random.default_rng(t.seed).choice(sequences.num_rows, t.max_users, replace=False)
-            sequences = sequences.take(np.sort(sampled))
-        data = build_training_data(sequences, cfg.features.max_seq_len, t.seed)
+        data = train_input.validation  # the validation users only; training rows stay on the cluster
         init_state = None
         if champion is not None and dataclasses.replace(champion.model.cfg, num_items=num_items) == encoder_cfg:
             torch.manual_seed(t.seed)
             init_state = expand_item_table(champion.model.state_dict(), num_items)
         loop = loop_config(t)
         step.params(**dataclasses.asdict(encoder_cfg), **{f"loop_{k}": v for k, v in dataclasses.asdict(loop).items()},
-                    warm_start_from=champion.version if init_state else "none", training_users=sequences.num_rows,
-                    train_examples=len(data.inputs),
-                    validation_users=len(data.val_targets), workers=cfg.ray.train_workers)
-        fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop)
+                    warm_start_from=champion.version if init_state else "none", training_users=train_input.users,
+                    day_users=train_input.day_users, validation_users=len(data.val_targets))
+        fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop,
+                     dataset=train_input.dataset, held_out=train_input.held_out)
         log_history(fitted.history)
+        step.params(**fitted.placement)  # train_workers, train_nodes (where Ray Train ran), train_examples
         new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
         promote, reason = _gate(cfg, fitted.model, champion, data, new, step)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
@@ -97,16 +95,17 @@ def _keeps_serving(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEnc
     return False
 
 
-def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[pa.Table, int]:
-    """(the day's user_sequences: item_idx and event_type, the vocabulary's largest item id)."""
-    sequences_version = delta.current_version(cfg, USER_SEQUENCES)
-    sequences = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=["item_idx", "event_type"])
-    vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"])
+def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, int]:
+    """(the day's sampled users as a Ray Dataset + the validation users, the vocabulary's largest item id)."""
+    sequences_version, files = delta.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
+    vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"])  # one int column per item: small
     step.read(USER_SEQUENCES, sequences_version)
     step.read(ITEM_VOCAB, delta.current_version(cfg, ITEM_VOCAB))
-    if sequences.num_rows == 0:
+    if not files:
         raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
-    return sequences, int(pa.compute.max(vocab.column("item_idx")).as_py())
+    ensure_ray(cfg)
+    train_input = read_train_input(files, cfg.features.max_seq_len, cfg.train.seed, cfg.train.max_users)
+    return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
 
 def _gate(cfg: FactoryConfig, model: UserEncoder, champion: registry.RegisteredEncoder | None, data: TrainingData,

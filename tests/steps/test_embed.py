@@ -249,3 +249,38 @@ def test_actors_leave_a_cpu_for_the_read_tasks(monkeypatch, tmp_path, cpus, acto
             embed.actor_count(cfg)
     else:
         assert embed.actor_count(cfg) == expected
+
+
+def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tmp_path, one_torch_thread):
+    """embed_day_to_folders: the day's rows reach the table only through files the Ray actors and
+    Spark's executors wrote (the driver commits their metadata), equal to the in-memory embed_day's."""
+    import ray
+
+    from jobs.lakehouse import commit
+
+    started = not ray.is_initialized()
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "8",
+                                 "ray.inference_threads": "1"})
+    champion = registry.RegisteredEncoder("3", model(), {})
+    day0, day1 = two_days()
+    results = {}
+    try:
+        for ds, table in ((shift(DS, -1), day0), (DS, day1)):
+            version, files = write_sequences(cfg, ds, table)
+            folders, counts, plan = embed.embed_day_to_folders(cfg, ds, version, files, champion)
+            commit.commit_replace(cfg, folders, where={"ds": ds})
+            results[ds] = (delta.read(cfg, USER_EMBEDDINGS, where={"ds": ds}).sort_by("user_id"), counts, plan)
+    finally:
+        if started:
+            ray.shutdown()
+    yesterday, counts0, plan0 = results[shift(DS, -1)]
+    today, counts1, plan1 = results[DS]
+    assert plan0.startswith("full") and counts0 == {"users_inferred": 20, "users_carried_forward": 0}
+    assert plan1.startswith("incremental") and counts1 == {"users_inferred": 2, "users_carried_forward": 18}
+    assert today.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(20)]
+    for i in range(20):
+        assert (today.column("embedding")[i] == yesterday.column("embedding")[i]) == (i not in (2, 5)), i
+    full = predictor(champion.model)(day1.sort_by("user_id"))
+    np.testing.assert_allclose(np.stack(today.column("embedding").to_numpy(zero_copy_only=False)),
+                               np.stack(full.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
+    assert not list((tmp_path / "lake" / "_staging").glob("*"))  # the changed users' staging files are gone
