@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: demo test test-slow test-cluster faults bench install mlflow-ui airflow-standalone compose-config clean
+.PHONY: demo test test-slow test-cluster faults bench install mlflow-ui airflow-standalone screenshots compose-config clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ mlflow-ui: $(STAMP)
 
 airflow-standalone: $(STAMP)
 	$(BIN)/factory airflow standalone
+
+# Screenshots of the MLflow and Airflow UIs over a finished `make demo` into docs/img/, each page
+# checked in headless Chromium (apt-get install chromium). Backfills the demo's days through Airflow
+# first (several minutes). By hand only, not in .ci/run. SCREENSHOTS_ARGS="--no-backfill" skips it.
+screenshots: $(STAMP)
+	$(BIN)/python infra/screenshots/take.py $(SCREENSHOTS_ARGS)
 
 compose-config:
 	docker-compose -f docker-compose.yml --env-file infra/compose.env.example config --quiet && echo "docker-compose.yml is valid"

@@ -11,7 +11,8 @@ under the day's parent run (tag `factory.run_key` = this DAG run's id).
 Params: `force_retrain` trains a new encoder even if the champion is fresh;
 `force_codebook_rebuild` refits the semantic-ID codebooks.
 
-Retries (2, exponential backoff) cover infrastructure failures; a day refused by a gate (too much
+`wait_for_drops` waits (reschedule mode, 6 h) only for a drop that has not landed; a misconfigured
+landing fails it at once. Retries (2, exponential backoff) cover infrastructure failures; a day refused by a gate (too much
 quarantine, an empty or oversize drop, a model or codebook that fails publish's checks) fails at
 once without retries, with the reason as the task's error (docs/reliability.md).
 """
@@ -44,6 +45,9 @@ def step_task(step: str):
         from jobs.config import load_config  # heavy imports at run time, not at parse time
         from jobs.errors import GateFailed, UnsafePath
         from jobs.pipeline import run_step as run
+        from jobs.runtime.quiet import quiet_third_parties
+
+        quiet_third_parties()  # Spark, Ray and py4j chatter stays out of the task log (jobs/runtime/quiet.py)
 
         context = get_current_context()
         params = context["params"]

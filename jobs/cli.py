@@ -23,6 +23,7 @@ from jobs.config import ConfigError, FactoryConfig, configure_logging, load_conf
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.faults.cli import faults as faults_command
+from jobs.runtime.quiet import quiet_third_parties
 from jobs.steps import FORCE_CODEBOOK_REBUILD, FORCE_RETRAIN, STEP_NAMES
 
 app = typer.Typer(help="Daily embedding factory: user/item embeddings and semantic IDs from listening logs.",
@@ -45,6 +46,7 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
 
 def _config(path: Path | None) -> FactoryConfig:
     configure_logging()
+    quiet_third_parties()
     return load_config(path)
 
 
@@ -360,6 +362,7 @@ def demo(
 def main(argv: list[str] | None = None) -> None:
     """Entry point (argv: the arguments after `factory`, default sys.argv): usage errors are click's;
     errors a user can fix print one line and exit 1."""
+    quiet_third_parties()
     try:
         app(args=argv, prog_name="factory")
     except (FactoryError, ConfigError) as err:

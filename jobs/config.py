@@ -74,11 +74,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    engine: str = "delta-rs"  # or "delta-spark" where Delta's Spark jars are installed
     storage_options: dict[str, str] = field(default_factory=dict)  # delta-rs object-store options
-
-    def __post_init__(self) -> None:
-        _one_of("lake.engine", self.engine, ("delta-rs", "delta-spark"))
 
 
 @dataclass(frozen=True)
@@ -137,6 +133,21 @@ class LocalClusterConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where the models run: training (Ray Train's use_gpu), user inference (the embed step's actors,
+    one GPU each) and the item-text encoder (jobs/runtime/compute.py resolves "auto")."""
+
+    device: str = "cpu"  # "cpu", "cuda", or "auto" (cuda where torch sees a GPU in the driver)
+    # Precision of inference (user vectors and item-text vectors). "bf16" is refused at run time if
+    # it moves the vectors below cosine 0.999 of fp32 (measured on the day's first batch).
+    inference_dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _one_of("compute.device", self.device, ("cpu", "cuda", "auto"))
+        _one_of("compute.inference_dtype", self.inference_dtype, ("fp32", "bf16"))
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = ""  # default: sqlite:///<state_dir>/mlflow.db
     artifact_uri: str = ""  # default: <state_dir>/mlartifacts
@@ -148,6 +159,8 @@ class MlflowConfig:
 class FeaturesConfig:
     max_seq_len: int = 50
     window_days: int = 30
+    incremental: bool = True  # update yesterday's sequences with today's events (jobs.steps.features)
+    full_rebuild_every_days: int = 7  # re-read the whole window every N days (by ds), checking the increments; 0 = never
 
 
 @dataclass(frozen=True)
@@ -296,6 +309,7 @@ class FactoryConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     local_cluster: LocalClusterConfig = field(default_factory=LocalClusterConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -26,6 +26,7 @@ from jobs.lakehouse.landing import drop_days
 from jobs.lakehouse.tables import EVENTS
 from jobs.steps import FLAGS, STEP_NAMES, STEPS_BY_NAME
 from jobs.tracking import day_runs
+from jobs.tracking.progress import progress
 from jobs.tracking.runs import StepResult, new_run_key
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,14 @@ def run_day(ds: str, cfg: FactoryConfig, steps: list[str] | None = None, run_key
 
 
 def backfill(first: str, last: str, cfg: FactoryConfig, **kwargs) -> dict[str, list[StepResult]]:
-    """Run every day of [first, last] in order (what `airflow backfill create` does, without Airflow)."""
-    return {ds: run_day(ds, cfg, **kwargs) for ds in day_range(first, last)}
+    """Run every day of [first, last] in order (what `airflow backfill create` does, without Airflow),
+    with a progress bar over the days."""
+    days, results = day_range(first, last), {}
+    with progress(f"backfill {first}..{last}", total=len(days), unit="days") as bar:
+        for ds in days:
+            results[ds] = run_day(ds, cfg, **kwargs)
+            bar.advance(1)
+    return results
 
 
 # --- preflight: one clear sentence per invocation mistake -------------------------------------

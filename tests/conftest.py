@@ -18,6 +18,18 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from jobs.runtime.quiet import quiet_third_parties  # noqa: E402
+
+quiet_third_parties()  # the suite's own output stays as calm as the CLI's (jobs/runtime/quiet.py)
+
+
+def pytest_configure(config):
+    """pytest shows every DeprecationWarning unless told otherwise: the known ones are told here."""
+    from jobs.runtime.quiet import warning_filter_specs
+
+    for spec in warning_filter_specs():
+        config.addinivalue_line("filterwarnings", spec)
+
 
 @pytest.fixture
 def one_torch_thread():
@@ -50,7 +62,7 @@ def mlflow_store(tmp_path_factory) -> dict[str, str]:
     return store
 
 
-def hashed_unit_vectors(texts: list[str], batch_size: int, dim: int = 16) -> np.ndarray:
+def hashed_unit_vectors(texts: list[str], batch_size: int, dim: int = 16, **_) -> np.ndarray:
     """A stand-in for MiniLM: one random unit vector per distinct text, seeded by the text."""
     x = np.array([np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest()[:8], 16)).standard_normal(dim)
                   for t in texts], np.float32).reshape(-1, dim)

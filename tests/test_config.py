@@ -44,9 +44,9 @@ def test_table_keys_from_environment_keep_their_case(monkeypatch):
     assert cfg.spark.extra_conf == {"spark.executor.memory": "4g"}
 
 
-def test_engine_must_be_a_known_one():
-    with pytest.raises(ConfigError, match="lake.engine must be one of"):
-        load_config(overrides={"lake.engine": "parquet"})
+def test_the_removed_delta_spark_engine_switch_is_an_unknown_key():
+    with pytest.raises(ConfigError, match="Unknown key.*engine"):
+        load_config(overrides={"lake.engine": "delta-spark"})
 
 
 def test_negative_training_sample_or_budget_is_rejected(tmp_path):

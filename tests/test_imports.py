@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
                    "jobs.synthetic", "jobs.bench", "models"},
     "jobs.faults": {BASE, "jobs.lakehouse", "jobs.tracking", "jobs.runtime", "jobs.steps", "jobs.pipeline",
                     "jobs.synthetic", "jobs.faults", "jobs.cli"},  # inject runs the CLI with a pause installed
-    "dags": {BASE, "jobs.lakehouse", "jobs.steps", "jobs.pipeline", "airflow"},
+    "dags": {BASE, "jobs.lakehouse", "jobs.steps", "jobs.pipeline", "jobs.runtime", "airflow"},
     "jobs": set(),  # jobs/__init__.py: a docstring only
 }
 ALLOWED_AIRFLOW = {"dags", "jobs.runtime"}  # nothing else imports Airflow (the runtime only starts it as a process)

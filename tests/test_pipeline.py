@@ -166,6 +166,8 @@ def test_run_step_passes_each_step_only_the_flags_it_takes(monkeypatch):
 
     monkeypatch.setattr(pipeline, "preflight", lambda cfg, step, ds: None)
     monkeypatch.setattr(pipeline, "step_function", fake_step)
+    for name in ("step_started", "step_succeeded", "step_failed", "invocation_ended"):  # no MLflow here
+        monkeypatch.setattr(pipeline.day_runs, name, lambda *args, **kwargs: None)
     for step in ("train", "semantic_ids", "embed"):
         pipeline.run_step(step, "2026-01-02", None, force_retrain=True, force_codebook_rebuild=False)
     assert calls == {"train": {"force": True}, "semantic_ids": {"force_refit": False}, "embed": {}}

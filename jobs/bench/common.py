@@ -27,6 +27,7 @@ import typer
 
 from jobs.config import ConfigError, FactoryConfig, configure_logging, with_overrides
 from jobs.errors import FactoryError
+from jobs.runtime.quiet import quiet_third_parties
 
 RESULTS = Path("benchmarks/results")
 SUMMARY_KEYS = ("figure", "value", "unit", "bar", "met", "detail")
@@ -89,6 +90,56 @@ class LoadSampler:
                         "(2 on 2 cores), anything above that was other processes competing for the cores"}
 
 
+# --- the GEMM roofline -------------------------------------------------------------------------------
+
+GEMM_RUNS = 5  # timed runs per rate; the best is the roofline (a busy moment only slows a run down)
+
+
+def gemm_rate(d: int, rows: int, threads: int, ffn: int | None = None, runs: int = GEMM_RUNS,
+              seconds: float = 1.0) -> dict:
+    """fp32 GFLOP/s of torch.mm at one transformer block's shapes (rows x d @ d x 3d, d x d, d x ffn;
+    rows x ffn @ ffn x d; ffn defaults to 4d), FLOP-weighted as in the model, on `threads` threads,
+    and of a 2048³ square product for reference.
+
+    Each of `runs` runs times passes for `seconds` and takes their median; the rate is the best run
+    (measured again in every benchmark section, at that section's shapes and threads), and every run
+    is kept with the spread (max - min) / max, so a roofline measured on a busy machine shows it.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ffn = ffn or 4 * d
+        shapes = [(rows, d, 3 * d), (rows, d, d), (rows, d, ffn), (rows, ffn, d)]
+        pairs = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in shapes]  # weights (out, in) as nn.Linear
+
+        def one_pass() -> None:
+            for a, w in pairs:
+                torch.mm(a, w.t())
+
+        big = torch.randn(2048, 2048)
+        model_runs = [_rate(one_pass, sum(2 * m * k * n for m, k, n in shapes), seconds) for _ in range(runs)]
+        square_runs = [_rate(lambda: torch.mm(big, big), 2 * 2048**3, seconds) for _ in range(max(1, runs // 2))]
+    finally:
+        torch.set_num_threads(before)
+    best = max(model_runs)
+    return {"model_shapes_gflops": best, "model_shapes_runs_gflops": model_runs,
+            "model_shapes_spread": (best - min(model_runs)) / best, "square_2048_gflops": max(square_runs),
+            "square_2048_runs_gflops": square_runs, "d": d, "ffn": ffn, "rows": rows, "threads": threads, "runs": runs}
+
+
+def _rate(fn: Callable[[], None], flops: float, seconds: float) -> float:
+    """GFLOP/s of fn (`flops` per call): the median call over `seconds` after one warm-up call."""
+    fn()
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return flops / float(np.median(times)) / 1e9
+
+
 # --- results: the summary rows and the one writer ------------------------------------------------
 
 def summary_row(figure: str, value: float | int | None, unit: str = "", bar: str = "", met: bool | None = None,
@@ -148,6 +199,7 @@ def flat_metrics(prefix: str, value, out: dict | None = None) -> dict:
 def setup_logging(with_time: bool = False) -> None:
     """Logging of a benchmark command: $FACTORY_LOG_LEVEL (default WARNING), optionally timestamped."""
     configure_logging(("%(asctime)s " if with_time else "") + "%(levelname)s %(name)s: %(message)s")
+    quiet_third_parties()
 
 
 def parse_ints(text: str, name: str) -> list[int]:

@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import torch
 
-from jobs.bench.common import machine, summary_row
+from jobs.bench.common import gemm_rate, machine, summary_row
 from jobs.config import FactoryConfig, load_config
 from jobs.days import shift
 from jobs.errors import FactoryError
@@ -45,6 +44,7 @@ from jobs.steps import embed
 from jobs.steps.user_predictor import flat_lists
 from jobs.tracking import registry
 from jobs.tracking.memory import RssSampler
+from jobs.tracking.progress import progress
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 DS = "2026-01-02"
@@ -105,40 +105,6 @@ def encoder_flops(cfg: UserEncoderConfig, lengths: np.ndarray) -> tuple[np.ndarr
     block = 24 * n * d * d + 2 * d * n * (n + 1)
     last = 4 * n * d * d + 20 * d * d + 4 * d * n
     return (layers - 1) * block + last, layers * block
-
-
-def gemm_rate(d: int, rows: int, threads: int, seconds: float = 2.0) -> dict:
-    """fp32 GFLOP/s of torch.mm at one block's shapes (rows x d @ d x 3d, d x d, d x 4d; rows x 4d @
-    4d x d), FLOP-weighted as in the model, and of a 2048³ square product, on `threads` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _gemm_rate(d, rows, threads, seconds)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _gemm_rate(d: int, rows: int, threads: int, seconds: float) -> dict:
-    shapes = [(rows, d, 3 * d), (rows, d, d), (rows, d, 4 * d), (rows, 4 * d, d)]
-    pairs = [(torch.randn(m, k), torch.randn(n, k)) for m, k, n in shapes]  # weights stored (out, in) as nn.Linear
-
-    def one_pass() -> None:
-        for a, w in pairs:
-            torch.mm(a, w.t())
-
-    def rate(fn, flops: float) -> float:
-        fn()
-        runs, start = [], time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t)
-        return flops / statistics.median(runs) / 1e9
-
-    big = torch.randn(2048, 2048)
-    return {"model_shapes_gflops": rate(one_pass, sum(2 * m * k * n for m, k, n in shapes)),
-            "square_2048_gflops": rate(lambda: torch.mm(big, big), 2 * 2048**3),
-            "rows": rows, "threads": threads}
 
 
 # --- the two ways to run it ------------------------------------------------------------------------
@@ -212,7 +178,7 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
         _, tiny = write_day(cfg, TINY_DS, day0.slice(0, 8))  # 8 users: the job's fixed cost (actor start-up)
         times: dict[str, list[float]] = {"ray": [], "ray_fixed": [], "loop": [], "loop_1_thread": []}
         outputs: dict[str, pa.Table] = {}
-        with RssSampler(interval=0.1) as rss:
+        with RssSampler(interval=0.1) as rss, progress("inference reps", total=reps, unit="reps") as bar:
             for rep in range(reps):
                 for name, job in (("ray_fixed", lambda: embed.embed_users(cfg, tiny, champion)),
                                   ("ray", lambda: embed.embed_users(cfg, files, champion)),
@@ -225,9 +191,11 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
                 say(f"  rep {rep + 1}/{reps}: " + ", ".join(
                     f"{k} {v[-1]:.2f} s" + ("" if k == "ray_fixed" else f" ({users / v[-1]:,.0f} users/s)")
                     for k, v in times.items()))
+                bar.advance(1)
         same = np.allclose(np.stack(outputs["ray"].column("embedding").to_numpy(zero_copy_only=False)),
                            np.stack(outputs["loop"].column("embedding").to_numpy(zero_copy_only=False)), atol=1e-5)
         rows = cfg.ray.inference_tokens_per_forward  # tokens per model call = rows of the GEMMs
+        # Best of GEMM_RUNS runs each, measured here (per encoder config) at this config's shapes and threads.
         gemm = {"threads_1": gemm_rate(encoder.d_model, rows, 1), f"threads_{cores}": gemm_rate(encoder.d_model, rows, cores)}
         # The cores' GEMM rate: the better of one process with `cores` threads and `cores` single-threaded
         # processes (assumed to scale linearly: an upper bound, so the roofline is not flattered).
@@ -318,7 +286,9 @@ def summary_rows(result: dict) -> list[dict]:
             summary_row(f"{name}: Ray / 1-thread loop time", per_core, "x", "≤ 1.2", per_core <= 1.2,
                         f"{ray:,.0f} vs {r['loop_1_thread_users_per_s']:,.0f} users/s"),
             summary_row(f"{name}: Ray / GEMM roofline", r["ray_share_of_roofline"], "share", "≥ 0.5",
-                        r["ray_share_of_roofline"] >= 0.5, f"{ray:,.0f} of {roof:,.0f} users/s"),
+                        r["ray_share_of_roofline"] >= 0.5, f"{ray:,.0f} of {roof:,.0f} users/s; GEMM "
+                        f"{r['gemm_gflops_cores']:.0f} GFLOP/s, best of {gemm_runs(r)} runs, spread "
+                        f"{max(g['model_shapes_spread'] for g in r['gemm'].values()):.0%}"),
             summary_row(f"{name}: 1-thread loop / 1-thread roofline", one_thread, "share", "≥ 0.5", one_thread >= 0.5),
             summary_row(f"{name}: full recompute / {inc['active_share']:.0%}-active incremental day, time",
                         inc["full_over_incremental_time"], "x",
@@ -328,6 +298,10 @@ def summary_rows(result: dict) -> list[dict]:
                         detail=f"driver {r['peak_rss_mib_driver']:,} MiB"),
         ]
     return rows
+
+
+def gemm_runs(run: dict) -> int:
+    return min(g.get("runs", 1) for g in run["gemm"].values())
 
 
 def render_markdown(result: dict) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.bench.common import benchmark_run, flat_metrics, machine, summary_row, write_result
+from jobs.bench.text_encoding import text_encoder_rows
 from jobs.config import FactoryConfig
 
 
@@ -49,8 +50,10 @@ SMOKE = Sizes(inference=((2_000, "64:2:50"),), feature_events=(20_000, 40_000), 
 def sid_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
     """Quantiser build time at 100k / 1M items; MiniLM items/s cold, cached, and on a day with 3% new texts."""
     from jobs.bench.sid import TextCache, build_speed
+    from jobs.bench.text_encoding import text_encoder_roofline
     from jobs.config import GeneratorConfig
     from jobs.steps.catalog import item_text
+    from jobs.steps.text_encoder import EncodeStats
     from jobs.synthetic.catalog import build_catalog
 
     progress(f"sid: quantiser build at {', '.join(f'{n:,}' for n in sizes.quantiser_items)} items (3 x 256)")
@@ -62,9 +65,12 @@ def sid_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callabl
     cache = TextCache(cfg.sid.encode_batch_size)
     cache(texts[:8])  # load the model outside the timing
     progress(f"sid: encoding {n:,} generated item texts cold, then again from the cache")
+    cache.stats = EncodeStats()  # the cold pass only
     started = time.perf_counter()
     cache(texts[8:])
     cold = (n - 8) / (time.perf_counter() - started)
+    progress("sid: the GEMM roofline at the text encoder's shapes")
+    text_encoder = text_encoder_roofline(cache.stats)
     started = time.perf_counter()
     cache(texts)
     cached = n / (time.perf_counter() - started)
@@ -73,7 +79,8 @@ def sid_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callabl
     cache(texts[n * 3 // 100:] + edited)
     day = n / (time.perf_counter() - started)
     return {"quantiser": builds, "encode": {"items": n, "cold_items_per_s": cold, "cached_items_per_s": cached,
-                                            "day_with_3pct_new_items_per_s": day, "cache_speedup_on_a_day": day / cold}}
+                                            "day_with_3pct_new_items_per_s": day, "cache_speedup_on_a_day": day / cold,
+                                            "text_encoder": text_encoder}}
 
 
 def e2e_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
@@ -167,6 +174,7 @@ def summary_rows(sections: dict) -> list[dict]:
         rows.append(summary_row("MiniLM encode, cold", enc["cold_items_per_s"], "items/s"))
         rows.append(summary_row("MiniLM encode, a day with 3% new texts (cache): speed-up vs cold", enc["cache_speedup_on_a_day"],
                                 "x", detail=f"{enc['day_with_3pct_new_items_per_s']:.0f} items/s"))
+        rows += text_encoder_rows(enc.get("text_encoder"))
     if "e2e" in sections:
         e2e = sections["e2e"]
         for day in e2e["days"]:

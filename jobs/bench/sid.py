@@ -36,8 +36,10 @@ import numpy as np
 
 from jobs.bench.common import LoadSampler, benchmark_run, flat_metrics, machine, summary_row, write_result
 from jobs.bench.sid_catalogs import ItemCatalog
+from jobs.bench.text_encoding import text_encoder_roofline, text_encoder_rows
 from jobs.config import FactoryConfig, GeneratorConfig, load_config
 from jobs.steps import semantic_ids
+from jobs.steps.text_encoder import EncodeStats
 from models import sid_metrics
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig
 
@@ -51,13 +53,14 @@ class TextCache:
 
     def __init__(self, batch_size: int = 256):
         self.batch_size, self.vectors, self.encoded, self.encode_seconds = batch_size, {}, 0, 0.0
+        self.stats = EncodeStats()  # tokens, padding and FLOPs of what it encoded
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         hashes = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
         missing = {h: t for h, t in zip(hashes, texts) if h not in self.vectors}
         if missing:
             started = time.perf_counter()
-            encoded = semantic_ids.encode_texts(list(missing.values()), self.batch_size)
+            encoded = semantic_ids.encode_texts(list(missing.values()), self.batch_size, stats=self.stats)
             self.encode_seconds += time.perf_counter() - started
             self.encoded += len(missing)
             self.vectors.update(zip(missing, encoded))
@@ -194,7 +197,8 @@ def run_benchmark(catalog: ItemCatalog, *, levels: list[int], codes: int = 256, 
         cache = TextCache(cfg.sid.encode_batch_size)
         vectors = cache(catalog.texts)
         cold = {"items": len(catalog.texts), "seconds": cache.encode_seconds,
-                "items_per_s": len(catalog.texts) / max(cache.encode_seconds, 1e-9)}
+                "items_per_s": len(catalog.texts) / max(cache.encode_seconds, 1e-9),
+                "text_encoder": text_encoder_roofline(cache.stats)}
         t = time.perf_counter()
         cache(catalog.texts)  # every text is cached now: hashing + lookup only
         cached_seconds = time.perf_counter() - t
@@ -287,6 +291,7 @@ def summary_rows(result: dict) -> list[dict]:
     enc = result["encoding"]
     rows.append(summary_row("sid: text encoding, cold", enc["cold"]["items_per_s"], "texts/s",
                             detail=f"{enc['cached']['items_per_s']:.0f} texts/s from the cache"))
+    rows += text_encoder_rows(enc["cold"].get("text_encoder"))
     return rows
 
 

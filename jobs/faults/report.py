@@ -45,7 +45,8 @@ def _merge_rows(previous: str, partial: str) -> str:
 
     old, new = rows(previous), rows(partial)
     merged = [new.get(name, line) for name, line in old.items()] + [line for name, line in new.items() if name not in old]
-    summary = previous.splitlines()[0]
+    first, *rest = previous.splitlines()
+    runs = [first, *(line for line in rest if line.startswith("Re-run on"))]  # the full run's line, earlier partial runs
     rerun = partial.splitlines()[0].replace("Observed on", "Re-run on", 1) + " Its rows replace the earlier ones."
     header = [line for line in partial.splitlines() if line.startswith("| scenario") or line.startswith("|---")]
-    return "\n".join([summary, "", rerun, "", *header, *merged])
+    return "\n\n".join([*runs, rerun, "\n".join([*header, *merged])])

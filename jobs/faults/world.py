@@ -107,11 +107,13 @@ class FaultWorld:
         self.days = [shift(self.cfg.generator.start_date, i) for i in range(self.cfg.generator.days)]
 
     def env(self, **extra: str) -> dict[str, str]:
-        """The environment of a CLI run: none of the caller's FACTORY settings, the world's overrides, `extra`."""
-        return child_environment("FACTORY", **env_overrides(self.overrides), PYSPARK_PYTHON=sys.executable,
-                                 PYSPARK_DRIVER_PYTHON=sys.executable, FACTORY_LOG_LEVEL="WARNING",
-                                 COLUMNS="1000",  # one error sentence stays on one line
-                                 **extra)
+        """The environment of a CLI run: none of the caller's FACTORY settings, the world's overrides, then
+        `extra` (which wins over an override of the same setting, e.g. FACTORY__TRAIN__D_MODEL)."""
+        settings = {**env_overrides(self.overrides), "PYSPARK_PYTHON": sys.executable,
+                    "PYSPARK_DRIVER_PYTHON": sys.executable, "FACTORY_LOG_LEVEL": "WARNING",
+                    "COLUMNS": "1000",  # one error sentence stays on one line
+                    **extra}
+        return child_environment("FACTORY", **settings)
 
     def command(self, *args: str, pause: Pause | None = None) -> list[str]:
         """`factory ARGS` as a child process; with `pause`, one whose Delta writes pause before their commit."""

@@ -187,11 +187,11 @@ def _folders(folders: WriterFolder | Sequence[WriterFolder]) -> list[WriterFolde
 
 def _commit(cfg: FactoryConfig, spec: TableSpec, table: DeltaTable | None, actions: list[AddAction],
             mode: str, where: dict[str, str] | None) -> int:
-    """One commit of `actions`; returns the version it became (found by a token in its commit info:
+    """One commit of `actions`; returns the version it became (found by an id in its commit info:
     delta-rs may land a commit after non-conflicting concurrent ones, and does not say where)."""
     before_commit(spec, actions)
-    token = uuid.uuid4().hex
-    properties = CommitProperties(custom_metadata={COMMIT_ID_KEY: token})
+    commit_id = uuid.uuid4().hex
+    properties = CommitProperties(custom_metadata={COMMIT_ID_KEY: commit_id})
     if table is None:  # the first commit creates the table; a concurrent creator makes it fail ("already exists")
         create_table_with_add_actions(delta.table_uri(cfg, spec), DeltaSchema.from_arrow(spec.schema), actions,
                                       mode="error", partition_by=list(spec.partition_by) or None,
@@ -201,7 +201,7 @@ def _commit(cfg: FactoryConfig, spec: TableSpec, table: DeltaTable | None, actio
         table.create_write_transaction(actions, mode=mode, schema=table.schema(), partition_by=list(spec.partition_by) or None,
                                        partition_filters=filters, commit_properties=properties)
     latest = delta.open_table(cfg, spec)
-    return next((entry["version"] for entry in latest.history(50) if entry.get(COMMIT_ID_KEY) == token), latest.version())
+    return next((entry["version"] for entry in latest.history(50) if entry.get(COMMIT_ID_KEY) == commit_id), latest.version())
 
 
 def commit_replace(cfg: FactoryConfig, folders: WriterFolder | Sequence[WriterFolder],
@@ -247,6 +247,25 @@ def commit_append(cfg: FactoryConfig, folders: WriterFolder | Sequence[WriterFol
         if "already exists" in str(err) or type(err).__name__ == "CommitFailedError":
             raise ConcurrentWriteError(f"{spec.name}: a concurrent writer committed first ({err}); rerun the step.") from err
         raise
+
+
+def committed_rows(cfg: FactoryConfig, spec: TableSpec, where: dict[str, str], version: int | None = None) -> int:
+    """Rows of the partition `where` in a table version (default latest), summed from the log's file
+    statistics (numRecords): no data file is read, only a footer where a file has no statistics."""
+    table = delta.open_table(cfg, spec, version)
+    if table is None:
+        return 0
+    files = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    rows = 0
+    for entry in files:
+        if any(entry.get(f"partition.{column}") != value for column, value in where.items()):
+            continue
+        if entry.get("num_records") is None:
+            fs, base = _filesystem(delta.table_uri(cfg, spec))
+            rows += pq.read_metadata(f"{base}/{unquote(entry['path'])}", filesystem=fs).num_rows
+        else:
+            rows += entry["num_records"]
+    return rows
 
 
 def vacuum(cfg: FactoryConfig, spec: TableSpec, retention_hours: int = VACUUM_RETENTION_HOURS,

@@ -5,8 +5,11 @@ project cannot assume; delta-rs is a PyPI wheel and writes standard Delta tables
 DuckDB or delta-spark open unchanged. Spark and Ray read a consistent snapshot through
 `snapshot_files` (the Parquet files of one table version) and hand their output back as Arrow.
 
-`lake.engine = "delta-spark"` sends the same writes through Spark's Delta writer instead
-(jobs.lakehouse.delta_spark), for clusters where Delta's jars are installed. Reads always use delta-rs.
+This module is the Arrow path, for the small tables (TableSpec.scale == "small"): the rows pass through
+the driver. The large tables' files are written by Spark executors or Ray actors and only their
+metadata is committed here (jobs.lakehouse.commit). There is no Spark Delta writer (delta-spark):
+its jars come only from Maven, which cannot be reached here, so it could never run or be tested,
+and the commit protocol gives distributed writes without it.
 
 Every write is idempotent for its key: `replace_partition` is Delta's replaceWhere (a predicate
 overwrite in one atomic commit), `upsert` is a MERGE that changes nothing when nothing changed,
@@ -37,7 +40,6 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from jobs.config import FactoryConfig
 from jobs.errors import ConcurrentWriteError, FactoryError, UnsafePath
-from jobs.lakehouse import delta_spark
 from jobs.lakehouse.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -197,9 +199,6 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
     if bad:
         raise ValueError(f"{spec.name}: rows outside the replaced partition {where}: {bad[:1]}")
     data = _conform(spec, data)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.replace_partition(cfg, spec, data, table_uri(cfg, spec), predicate)
-        return current_version(cfg, spec)
 
     def write() -> int:
         table = open_table(cfg, spec)
@@ -224,9 +223,6 @@ def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:
     """
     data = _conform(spec, data)
     if data.num_rows == 0 and open_table(cfg, spec) is not None:
-        return current_version(cfg, spec)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.append(cfg, spec, data, table_uri(cfg, spec))
         return current_version(cfg, spec)
     unique = (*spec.key, *spec.unique)
 
@@ -260,9 +256,6 @@ def upsert(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, update_when: str
     of `also_when` is a further update clause for matched rows the first one did not take.
     Creates the table on first use. Returns (version, merge metrics)."""
     data = _conform(spec, data)
-    if cfg.lake.engine == "delta-spark":
-        delta_spark.upsert(cfg, spec, data, table_uri(cfg, spec), update_when, preserve)
-        return current_version(cfg, spec), {}
     updates = {c: f"s.{c}" for c in spec.schema.names if c not in preserve and c not in spec.key}
     updates.update(set_expressions or {})
     on = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)

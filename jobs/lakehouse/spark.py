@@ -73,7 +73,8 @@ def write_files(cfg: FactoryConfig, frame: DataFrame, spec: TableSpec, partition
     folder = commit.writer_folder(cfg, spec, partition)
     rest = [c for c in spec.partition_by if c not in partition]
     writer = frame.select(*folder.columns, *rest).write.mode("errorifexists")
-    (writer.partitionBy(*rest) if rest else writer).parquet(folder.uri)
+    uri = folder.uri.replace("s3://", "s3a://", 1) if folder.uri.startswith("s3://") else folder.uri  # Spark's S3 client
+    (writer.partitionBy(*rest) if rest else writer).parquet(uri)
     return folder
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jobs.config import FactoryConfig, child_environment
 from jobs.errors import FactoryError
+from jobs.runtime.quiet import quiet_third_parties
 
 DAG_ID = "daily_embeddings"
 
@@ -50,6 +51,7 @@ def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
 
 def airflow_command(cfg: FactoryConfig, args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run `airflow <args>` with the factory's environment; migrate the metadata DB first."""
+    quiet_third_parties()  # its environment defaults reach Airflow and the tasks it runs
     env = airflow_env(cfg)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = str(Path(sys.executable).parent / "airflow")

@@ -14,11 +14,21 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
+from jobs.runtime.compute import device_name, uses_gpu
+from jobs.runtime.quiet import RUN_CONFIG_LOG_LEVEL
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps.encoder_training import (
     SELECTION_METRICS,
@@ -32,6 +42,7 @@ from jobs.steps.encoder_training import (
     save_checkpoint,
     training_shard,
 )
+from jobs.tracking.progress import progress
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 
@@ -59,7 +70,7 @@ def train_loop_per_worker(config: dict) -> None:
             resume_from_checkpoint(run, folder)
     placement = {"train_workers": world, "train_nodes": _nodes(world),
                  "train_examples": int(run._summed([len(data.inputs)])[0])}
-    run.run(on_epoch=lambda run: _report(run, placement))
+    run_with_progress(run, on_epoch=lambda run: _report(run, placement))
 
 
 def _nodes(world: int) -> int:
@@ -72,11 +83,26 @@ def _nodes(world: int) -> int:
     return len(set(nodes))
 
 
+def run_with_progress(run: TrainingRun, on_epoch=lambda run: None) -> None:
+    """run.run() with a progress bar over its optimiser steps on rank 0 (lines per ~10% in a Ray
+    worker or a log; they reach the terminal when [ray].log_to_driver is on, as in the benchmark)."""
+    if run.rank != 0:
+        run.run(on_epoch=on_epoch)
+        return
+    with progress("training", total=run.planned_steps(), unit="steps") as bar:
+        bar.advance(run.state.step)  # a resumed run starts where its checkpoint was
+
+        def epoch_line(run: TrainingRun) -> None:
+            record = run.state.history[-1]
+            shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
+            bar.note(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}")
+            on_epoch(run)
+
+        run.run(on_epoch=epoch_line, on_step=lambda run: bar.advance(1))
+
+
 def _report(run: TrainingRun, placement: dict[str, int]) -> None:
     record = {**{k: v for k, v in run.state.history[-1].items() if isinstance(v, (int, float))}, **placement}
-    if run.rank == 0:  # progress line: reaches the terminal when [ray].log_to_driver is on (the benchmark)
-        shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", *SELECTION_METRICS) if k in record)
-        print(f"epoch {run.state.epoch} at {run.state.elapsed / 60:.1f} min: {shown}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if run.rank == 0:
@@ -122,12 +148,14 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
         },
         datasets=None if dataset is None else _worker_parts(dataset, workers),
         dataset_config=DataConfig(datasets_to_split=[]),  # split by _worker_parts
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus},
+        # [compute].device: a GPU per worker (Ray Train's prepare_model moves the model to it).
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=uses_gpu(cfg.compute), resources_per_worker={"CPU": cpus},
                                      placement_strategy=cfg.ray.train_placement),
         run_config=RunConfig(
             name=run_name, storage_path=cfg.ray_storage_uri,
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # every checkpoint carries the full history
             failure_config=FailureConfig(max_failures=2),
+            logging_config=LoggingConfig(log_level=RUN_CONFIG_LOG_LEVEL),  # Ray Train's INFO lines off the console
         ),
     )
     result = trainer.fit()
@@ -157,8 +185,9 @@ def fit_in_process(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEnco
     encoder = UserEncoder(encoder_cfg)
     if init_state is not None:
         encoder.load_state_dict(init_state)
+    encoder.to(device_name(cfg.compute))
     run = TrainingRun(encoder, data, loop)
-    run.run()
+    run_with_progress(run)
     with tempfile.TemporaryDirectory(prefix=f"{run_name}_") as folder:
         save_checkpoint(run, folder)
         model, marks, state = load_training_checkpoint(folder, encoder_cfg)

@@ -75,6 +75,7 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     lengths = (inputs != 0).sum(1)
     order = np.argsort(lengths, kind="stable")
     plain = np.zeros(len(targets), dtype=np.int64)
@@ -82,9 +83,9 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         longest = max(int(lengths[rows].max()), 1)
-        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]),
-                                      torch.from_numpy(events[rows, -longest:]))  # (B, D)
-        scores, wanted = model.scores(users), torch.from_numpy(targets[rows])  # (B, V + 1), (B,)
+        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]).to(device),
+                                      torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
+        scores, wanted = model.scores(users), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
         plain[rows] = target_ranks(scores, wanted)
         if filtered is not None:
             filtered[rows] = target_ranks(scores, wanted, exclude=[seen[i] for i in rows])
@@ -111,7 +112,8 @@ def validation_metrics(model: UserEncoder, data: TrainingData, rank: int = 0, wo
         sums = np.array([metric(r, K) * len(rows) for metric, r in zip([hit_rate_at_k, ndcg_at_k] * 2, ranked)])
     if world == 1:
         return {name: float(total / len(rows)) for name, total in zip(names, sums)}
-    totals = torch.tensor([len(rows), *sums], dtype=torch.float64)
+    totals = torch.tensor([len(rows), *sums], dtype=torch.float64,
+                          device=next(model.parameters()).device)  # NCCL reduces GPU tensors only
     torch.distributed.all_reduce(totals)
     return {name: float(total / totals[0]) for name, total in zip(names, totals[1:])}
 
@@ -197,21 +199,26 @@ class TrainingRun:
             raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
         self.encoder, self.model, self.data, self.loop = encoder, model or encoder, data, loop
         self.rank, self.world = rank, world
+        self.device = next(encoder.parameters()).device  # where Ray Train's prepare_model put it ([compute].device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
         self.rng = np.random.default_rng(loop.seed + rank)  # batches of this worker's shard
         self.state = LoopState()
         self.best_weights = _copy(encoder.state_dict())
         self.marks: dict[float, dict] = {}  # clock minute -> selected weights at that minute
+        self._on_step: Callable[[TrainingRun], None] = lambda run: None
         counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
         counts[0] = 0
         counts = self._summed(counts)  # over every worker's shard: the same sampler everywhere
-        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1)))  # sampler q (popularity)
+        self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1))).to(self.device)  # sampler q
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
-        """Train until early stop, time budget or max_epochs; call on_epoch after each epoch."""
+    def run(self, on_epoch: Callable[[TrainingRun], None] = lambda run: None,
+            on_step: Callable[[TrainingRun], None] = lambda run: None) -> LoopState:
+        """Train until early stop, time budget or max_epochs; call on_step after each optimiser step
+        and on_epoch after each epoch."""
         loop, st = self.loop, self.state
+        self._on_step = on_step
         torch.set_num_threads(loop.threads)
         if self._summed([len(self.data.inputs)])[0] < 1:
             raise ValueError("TrainingData has no training sequences (on any worker); nothing to train on.")
@@ -234,6 +241,10 @@ class TrainingRun:
             st.elapsed = self._agreed(time.perf_counter() - started)
             on_epoch(self)
         return st
+
+    def planned_steps(self) -> int:
+        """Optimiser steps of this worker in max_epochs (an early stop or the clock may end the run before)."""
+        return self.loop.max_epochs * math.ceil(len(self.data.inputs) / max(1, self.loop.batch_size // self.world))
 
     def _epoch(self, started: float) -> tuple[list[float], bool]:
         """One pass over this worker's data: ([loss x targets, targets, sequences, positions] of this
@@ -269,6 +280,7 @@ class TrainingRun:
             if rows is not None:
                 totals = [totals[0] + loss * count, totals[1] + count, totals[2] + len(rows),
                           totals[3] + int(lengths[rows].sum())]
+            self._on_step(self)
         st.elapsed = self._agreed(time.perf_counter() - started)
         out_of_time = bool(loop.minutes and st.elapsed >= 60 * loop.minutes)
         return totals, out_of_time
@@ -281,15 +293,16 @@ class TrainingRun:
             rows, weight = np.zeros(1, dtype=np.int64), 0.0
         if len(d.inputs):
             longest = max(int((d.inputs[rows] != 0).sum(1).max()), 1)
-            inputs = torch.from_numpy(d.inputs[rows, -longest:])  # (B, T) trimmed to the longest
-            targets = torch.from_numpy(d.targets[rows, -longest:])
-            events = torch.from_numpy(d.input_events[rows, -longest:])
+            inputs = torch.from_numpy(d.inputs[rows, -longest:]).to(self.device)  # (B, T) trimmed to the longest
+            targets = torch.from_numpy(d.targets[rows, -longest:]).to(self.device)
+            events = torch.from_numpy(d.input_events[rows, -longest:]).to(self.device)
         else:  # an empty shard: one real-looking row (item 1 -> item 1), weight 0
-            inputs, targets, events = (torch.ones(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.int64),
-                                       torch.zeros(1, 1, dtype=torch.int64))
+            inputs, targets, events = (torch.ones(1, 1, dtype=torch.int64, device=self.device),
+                                       torch.ones(1, 1, dtype=torch.int64, device=self.device),
+                                       torch.zeros(1, 1, dtype=torch.int64, device=self.device))
         if not bool((targets != 0).any()):  # a stand-in row without a target: predict its own item
             targets = inputs.clone()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
         with autocast:
             hidden = self.model(inputs, events)  # (B, T, D)
             if self.loop.loss == "sampled":
@@ -307,7 +320,7 @@ class TrainingRun:
         """(targets of this step over all workers, rank 0's training clock): one all-reduce per step."""
         if self.world == 1:
             return count, seconds
-        value = torch.tensor([count, seconds if self.rank == 0 else 0.0], dtype=torch.float64)
+        value = torch.tensor([count, seconds if self.rank == 0 else 0.0], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(value)
         return int(value[0].item()), float(value[1].item())
 
@@ -315,7 +328,7 @@ class TrainingRun:
         """Rank 0's clock, broadcast: every worker takes the same budget decisions at the same step."""
         if self.world == 1:
             return seconds
-        value = torch.tensor([seconds], dtype=torch.float64)
+        value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
         torch.distributed.broadcast(value, src=0)
         return float(value.item())
 
@@ -323,9 +336,9 @@ class TrainingRun:
         """Element-wise sum (or max) of `values` over the workers, as float64."""
         if self.world == 1:
             return np.asarray(values, dtype=np.float64)
-        tensor = torch.tensor(np.asarray(values, dtype=np.float64))
+        tensor = torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
-        return tensor.numpy()
+        return tensor.cpu().numpy()
 
     def _next_mark(self) -> float | None:
         pending = [m for m in self.loop.mark_minutes if m not in self.marks]

@@ -8,25 +8,32 @@ drop with fewer than gate.min_raw_lines lines (an empty day) is refused before a
 so a good earlier run of the day is not wiped by an upstream outage; a day whose quarantine share
 is above gate.max_quarantine_share fails after writing the evidence, and publish refuses it.
 
-Validation is plain Python over bytes, not Spark: it must see the undecoded bytes of every line
-(non-UTF-8 rows are kept byte-exact), and per-line JSON parsing is cheap next to the features job.
-Files of a drop are independent, so a cluster can shard them across workers.
+Validation runs on the Spark executors, one task per drop file (`mapInArrow`), calling the same
+per-line Python rules (validate_line): they must see the undecoded bytes of every line (non-UTF-8
+rows are kept byte-exact), which Spark's text reader would replace. The duplicate-event rule works
+across tasks: the lines that passed are shuffled on event_id and the first in drop order is kept.
+Executors write events and quarantine (jobs.lakehouse.commit); the driver holds the catalog's rules,
+file paths and counts, never rows. raw = clean + quarantined is checked from the commits' statistics.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
 
 from jobs.config import FactoryConfig
 from jobs.days import day_bounds_ms, parse_ds
 from jobs.errors import DropRefused, QuarantineShareExceeded
-from jobs.lakehouse import delta
+from jobs.lakehouse import commit, delta
 from jobs.lakehouse.landing import check_drop_size, drop_files, read_lines
+from jobs.lakehouse.spark import read_snapshot, spark_session, write_partition
 from jobs.lakehouse.tables import EVENTS, ITEMS, QUARANTINE
 from jobs.steps.raw_line import Rejected, check_id, check_int64, parse_object
 from jobs.tracking import plots
@@ -104,39 +111,32 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
     """Validate the events drop of ds; replace the ds partitions of events and quarantine."""
     parse_ds(ds)
     with track_step(cfg, ds, "ingest", run_key) as step:
-        item_types, items_version = known_items(cfg, ds)
+        item_types, items_version = known_items(cfg, ds)  # items is a small table: the rules travel to the tasks
         step.read(ITEMS, items_version)
         rules = DayRules(ds, *day_bounds_ms(ds), item_types)
         files = drop_files(cfg, "events", ds)
         step.metrics(drop_bytes=check_drop_size(cfg, "events", ds, files), drop_files=len(files))
-        clean, rejected, seen_ids, raw_lines = CleanEvents(ds), [], set(), 0
-        for path in files:
-            for number, line in read_lines(cfg, path):
-                raw_lines += 1
-                try:
-                    event = validate_line(line, rules)
-                    if event["event_id"] in seen_ids:
-                        raise Rejected("duplicate_event", f"event_id {event['event_id']} already seen on {ds}")
-                    seen_ids.add(event["event_id"])
-                    clean.append(event)
-                except Rejected as rejection:
-                    rejected.append(_quarantine_row(ds, path, number, line, rejection))
-        if raw_lines < cfg.gate.min_raw_lines:
-            step.params(gate_decision="refused", gate_reason="empty day" if raw_lines == 0 else "too few lines")
-            raise DropRefused(
-                f"ds={ds}: the events drop has {raw_lines} line(s) in {len(files)} file(s), fewer than "
-                f"gate.min_raw_lines={cfg.gate.min_raw_lines}; nothing was written. Check the upstream export, "
-                f"or set gate.min_raw_lines=0 if the day really had no traffic.", gate="min_raw_lines",
-            )
-
-        step.wrote(EVENTS, delta.replace_partition(cfg, EVENTS, clean.table(), {"ds": ds}))
-        quarantine = pa.Table.from_pylist(rejected, schema=QUARANTINE.schema)
-        step.wrote(QUARANTINE, delta.replace_partition(cfg, QUARANTINE, quarantine, {"ds": ds, "source": "events"}))
-
-        _check_nothing_lost(cfg, ds, raw_lines)
-        reasons = Counter(row["reason"] for row in rejected)
-        share = len(rejected) / raw_lines if raw_lines else 0.0
-        step.metrics(raw_lines=raw_lines, clean_rows=len(clean), quarantined_rows=len(rejected),
+        validated = validated_lines(cfg, rules, files).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            raw_lines = validated.count()
+            if raw_lines < cfg.gate.min_raw_lines:
+                step.params(gate_decision="refused", gate_reason="empty day" if raw_lines == 0 else "too few lines")
+                raise DropRefused(
+                    f"ds={ds}: the events drop has {raw_lines} line(s) in {len(files)} file(s), fewer than "
+                    f"gate.min_raw_lines={cfg.gate.min_raw_lines}; nothing was written. Check the upstream export, "
+                    f"or set gate.min_raw_lines=0 if the day really had no traffic.", gate="min_raw_lines",
+                )
+            clean, quarantine = split_duplicates(validated, ds)
+            step.wrote(EVENTS, write_partition(cfg, clean, EVENTS, {"ds": ds}))
+            quarantine_version = write_partition(cfg, quarantine, QUARANTINE, {"ds": ds, "source": "events"})
+            step.wrote(QUARANTINE, quarantine_version)
+        finally:
+            validated.unpersist()
+        clean_rows, quarantined_rows = _check_nothing_lost(cfg, ds, raw_lines)
+        _, written = read_snapshot(cfg, QUARANTINE, where_in={"ds": [ds], "source": ["events"]}, version=quarantine_version)
+        reasons = {row["reason"]: row["count"] for row in written.groupBy("reason").count().collect()}  # one row per rule
+        share = quarantined_rows / raw_lines if raw_lines else 0.0
+        step.metrics(raw_lines=raw_lines, clean_rows=clean_rows, quarantined_rows=quarantined_rows,
                      quarantine_share=share, **{f"quarantined.{r}": n for r, n in reasons.items()})
         if raw_lines == 0:
             step.note("empty day: the events drop has no lines (allowed by gate.min_raw_lines=0)")
@@ -154,36 +154,65 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         return step.result
 
 
-class CleanEvents:
-    """The day's clean events, turned into Arrow every CHUNK rows: a dict per event for a 5M-event
-    day would hold gigabytes of Python objects; Arrow holds the same rows in a few hundred MB."""
+# One row per raw line, as the validating tasks hand them on: where it came from, its bytes, and
+# either its event (reason null) or its rejection.
+VALIDATED = pa.schema([
+    ("file_index", pa.int32()), ("source_file", pa.string()), ("line_number", pa.int64()), ("raw_bytes", pa.binary()),
+    ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
+    *[(name, pa.string()) for name in ("event_id", "user_id", "item_id", "item_type", "event_type")],
+    ("ts", pa.int64()), ("ms_played", pa.int64()),
+])
+VALIDATED_DDL = ", ".join(f"{field.name} {dict(int32='int', int64='bigint').get(str(field.type), str(field.type))}"
+                          for field in VALIDATED)  # the same schema as Spark states it
+VALIDATED_BATCH = 10_000  # lines per Arrow batch a task hands to Spark
 
-    CHUNK = 100_000
 
-    def __init__(self, ds: str):
-        self.ds, self.pending, self.batches, self.rows = ds, [], [], 0
+def validated_lines(cfg: FactoryConfig, rules: DayRules, files: list[str]) -> DataFrame:
+    """Every raw line of the drop validated on the executors, one Spark task per drop file, by the
+    same validate_line as always (a DataFrame of VALIDATED rows; nothing reaches the driver)."""
+    spark = spark_session(cfg)
+    paths = spark.sparkContext.parallelize(list(enumerate(files)), max(len(files), 1))
+    frame = spark.createDataFrame(paths, "file_index int, path string")
+    return frame.mapInArrow(lambda batches: validate_files(cfg, rules, batches), VALIDATED_DDL)
 
-    def append(self, event: dict) -> None:
-        self.pending.append(event)
-        self.rows += 1
-        if len(self.pending) >= self.CHUNK:
-            self._flush()
 
-    def __len__(self) -> int:
-        return self.rows
+def validate_files(cfg: FactoryConfig, rules: DayRules, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: (file_index, path) rows in, one VALIDATED row per line of those files out."""
+    for batch in batches:
+        for index, path in zip(batch.column("file_index").to_pylist(), batch.column("path").to_pylist()):
+            rows = []
+            for number, line in read_lines(cfg, path):
+                where = {"file_index": index, "source_file": path, "line_number": number, "raw_bytes": line}
+                try:
+                    rows.append({**where, **validate_line(line, rules)})
+                except Rejected as rejection:
+                    row = _quarantine_row(rules.ds, path, number, line, rejection)
+                    rows.append({**where, "reason": row["reason"], "detail": row["detail"], "raw": row["raw"]})
+                if len(rows) >= VALIDATED_BATCH:
+                    yield pa.RecordBatch.from_pylist(rows, schema=VALIDATED)
+                    rows = []
+            if rows:
+                yield pa.RecordBatch.from_pylist(rows, schema=VALIDATED)
 
-    def table(self) -> pa.Table:
-        self._flush()
-        return pa.Table.from_batches(self.batches, EVENTS.schema) if self.batches else EVENTS.schema.empty_table()
 
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        events, self.pending = self.pending, []
-        columns = {name: [event[name] for event in events] for name in EVENTS.schema.names if name not in ("ts", "ds")}
-        columns["ts"] = pa.array([event["ts"] for event in events], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        columns["ds"] = [self.ds] * len(events)
-        self.batches += pa.table(columns).select(EVENTS.schema.names).cast(EVENTS.schema).to_batches()
+def split_duplicates(validated: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
+    """(EVENTS rows, QUARANTINE rows) of the validated lines. The duplicate rule across all tasks: the
+    lines that passed every other rule are shuffled on event_id, and the first one in drop order (file,
+    line) is the event; the others are quarantined as duplicate_event, byte-exact (a line that passed
+    validation is valid UTF-8, so its text is its bytes cast to a string)."""
+    first = Window.partitionBy("event_id").orderBy("file_index", "line_number")
+    passed = validated.where(F.col("reason").isNull()).withColumn("seen", F.row_number().over(first))
+    events = (passed.where(F.col("seen") == 1).sortWithinPartitions("file_index", "line_number")
+              .withColumn("ts", F.timestamp_millis("ts")).withColumn("ds", F.lit(ds)).select(*EVENTS.schema.names))
+    duplicates = passed.where(F.col("seen") > 1).select(
+        "file_index", "source_file", "line_number", "raw_bytes", F.lit("duplicate_event").alias("reason"),
+        F.concat(F.lit("event_id "), "event_id", F.lit(f" already seen on {ds}")).alias("detail"),
+        F.col("raw_bytes").cast("string").alias("raw"),
+    )
+    rejected = validated.where(F.col("reason").isNotNull()).select(*duplicates.columns)
+    quarantine = (rejected.unionByName(duplicates).sortWithinPartitions("file_index", "line_number")
+                  .withColumn("source", F.lit("events")).withColumn("ds", F.lit(ds)).select(*QUARANTINE.schema.names))
+    return events, quarantine
 
 
 def _quarantine_row(ds: str, path: str, number: int, line: bytes, rejection: Rejected) -> dict:
@@ -194,9 +223,11 @@ def _quarantine_row(ds: str, path: str, number: int, line: bytes, rejection: Rej
     }
 
 
-def _check_nothing_lost(cfg: FactoryConfig, ds: str, raw_lines: int) -> None:
-    """Raw lines must equal clean rows + quarantined rows as committed in the lake."""
-    clean = delta.read(cfg, EVENTS, where={"ds": ds}, columns=["event_id"]).num_rows
-    bad = delta.read(cfg, QUARANTINE, where={"ds": ds, "source": "events"}, columns=["line_number"]).num_rows
+def _check_nothing_lost(cfg: FactoryConfig, ds: str, raw_lines: int) -> tuple[int, int]:
+    """Raw lines must equal clean rows + quarantined rows as committed in the lake, counted from the
+    commits' file statistics (no row is read). Returns (clean, quarantined)."""
+    clean = commit.committed_rows(cfg, EVENTS, {"ds": ds})
+    bad = commit.committed_rows(cfg, QUARANTINE, {"ds": ds, "source": "events"})
     if clean + bad != raw_lines:
         raise RuntimeError(f"ds={ds}: {raw_lines} raw lines but {clean} clean + {bad} quarantined rows were committed")
+    return clean, bad

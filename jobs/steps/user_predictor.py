@@ -1,13 +1,22 @@
 """The user-embedding batch predictor of step embed, import-light: Ray actors import only this module
-(numpy, pyarrow, torch, models/), not the step's MLflow / Delta / plotting dependencies.
+(numpy, pyarrow, torch, models/, and [compute]'s resolution), not the step's MLflow / Delta / plotting
+dependencies.
+
+[compute] reaches it as constructor arguments (`compute_kwargs`) and the actor pool's resources
+(`actor_num_gpus`): device "cuda" runs the model on the actor's GPU; inference_dtype "bf16" runs it
+under bf16 autocast, refused on the first batch if that moves vectors below cosine 0.999 of fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from jobs.config import FactoryConfig
+from jobs.runtime.compute import DTYPES, check_bf16_cosine, device_name, uses_gpu
 from models.sequences import left_pad_index
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
@@ -33,17 +42,28 @@ class UserEmbeddingPredictor:
     full padding).
     """
 
+    BF16_CHECK_ROWS = 256  # rows of the first batch embedded both ways before bf16 is trusted
+
     def __init__(self, state_dict: dict, encoder_config: dict, model_version: str, threads: int = 1,
-                 tokens_per_forward: int = 4096):
+                 tokens_per_forward: int = 4096, device: str = "cpu", dtype: str = "fp32"):
         torch.set_num_threads(threads)
+        self.device, self.dtype = torch.device(device), dtype
         self.model = UserEncoder(UserEncoderConfig(**encoder_config))
         self.model.load_state_dict(state_dict)
-        self.model.eval()
+        self.model.eval().to(self.device)
         self.model_version = model_version
         self.tokens_per_forward = tokens_per_forward
+        self.bf16_min_cosine: float | None = None  # measured on the first batch when dtype is bf16
 
     def vectors(self, batch: pa.Table) -> np.ndarray:
         """(B,) rows with item_idx / event_type list columns -> (B, D) float32 unit vectors, in row order."""
+        if self.dtype == "bf16" and self.bf16_min_cosine is None:
+            sample = batch.slice(0, self.BF16_CHECK_ROWS)
+            self.bf16_min_cosine = min_cosine(self._vectors(sample, "fp32"), self._vectors(sample, "bf16"))
+            check_bf16_cosine(self.bf16_min_cosine, "user vectors")
+        return self._vectors(batch, self.dtype)
+
+    def _vectors(self, batch: pa.Table, dtype: str) -> np.ndarray:
         max_len, known = self.model.cfg.max_len, self.model.cfg.num_items
         items, offsets = flat_lists(batch.column("item_idx"))
         events, event_offsets = flat_lists(batch.column("event_type"))
@@ -60,14 +80,17 @@ class UserEmbeddingPredictor:
         widths = np.maximum(np.minimum(ends - starts, max_len), 1)[order]  # ascending
         out = np.empty((batch.num_rows, self.model.cfg.d_model), np.float32)
         first = 0
-        with torch.inference_mode():
+        autocast = (torch.autocast(self.device.type, dtype=getattr(torch, DTYPES[dtype])) if dtype != "fp32"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             while first < len(order):
                 last = chunk_end(widths, first, self.tokens_per_forward)
                 rows, width = order[first:last], int(widths[last - 1])
                 index, valid = left_pad_index(starts[rows], ends[rows], width)  # (R, width)
                 ids = torch.from_numpy(np.where(valid, items[index] if len(items) else 0, 0).astype(np.int64))
                 evs = torch.from_numpy(np.where(valid, events[index] if len(events) else 0, 0).astype(np.int64))
-                out[rows] = self.model.user_embeddings(ids, evs).numpy()  # (R, D)
+                vectors = self.model.user_embeddings(ids.to(self.device), evs.to(self.device))  # (R, D)
+                out[rows] = vectors.float().cpu().numpy()
                 first = last
         return out
 
@@ -80,6 +103,24 @@ class UserEmbeddingPredictor:
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32())),
             "model_version": pa.repeat(pa.scalar(self.model_version, pa.string()), batch.num_rows),
         }).cast(OUTPUT_SCHEMA)
+
+
+def compute_kwargs(cfg: FactoryConfig) -> dict:
+    """UserEmbeddingPredictor's device and dtype arguments for [compute] (resolved in the driver)."""
+    return {"device": device_name(cfg.compute, local=False), "dtype": cfg.compute.inference_dtype}
+
+
+def actor_num_gpus(cfg: FactoryConfig) -> float:
+    """GPUs per inference actor for Ray Data's map_batches: one where [compute] runs on cuda."""
+    return 1.0 if uses_gpu(cfg.compute) else 0.0
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest row-wise cosine between (N, D) arrays (1.0 for no rows)."""
+    if len(a) == 0:
+        return 1.0
+    dots = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(dots.min())
 
 
 def chunk_end(widths: np.ndarray, first: int, tokens: int) -> int:

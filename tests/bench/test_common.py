@@ -42,3 +42,17 @@ def test_the_writer_puts_the_summary_first_and_checks_its_rows(tmp_path):
 
 def test_machine_names_cores_memory_and_versions_with_one_key_set():
     assert {"nproc", "ram_gib", "cpu", "python", "torch", "ray", "date", "load_at_start"} <= set(machine())
+
+
+def test_gemm_rate_is_the_best_of_its_runs_keeps_them_all_and_restores_threads():
+    import torch
+
+    from jobs.bench.common import gemm_rate
+
+    before = torch.get_num_threads()
+    rate = gemm_rate(d=16, rows=64, threads=1, runs=3, seconds=0.02)
+    assert len(rate["model_shapes_runs_gflops"]) == 3 and rate["runs"] == 3
+    assert rate["model_shapes_gflops"] == max(rate["model_shapes_runs_gflops"]) > 0
+    assert 0 <= rate["model_shapes_spread"] < 1 and rate["square_2048_gflops"] > 0
+    assert (rate["d"], rate["ffn"], rate["rows"], rate["threads"]) == (16, 64, 64, 1)
+    assert torch.get_num_threads() == before

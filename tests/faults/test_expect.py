@@ -84,3 +84,11 @@ def test_a_scenario_that_crashes_fails_the_suite_instead_of_stopping_it(monkeypa
     outcomes = scenarios.run_faults(tmp_path, only=["unit", "sensor"])
     assert [(o.scenario, o.passed) for o in outcomes] == [("unit", False), ("fine", True)]
     assert "KeyError" in outcomes[0].observed
+
+
+def test_a_cli_run_of_the_fault_world_may_override_one_of_its_settings(tmp_path):
+    from jobs.faults.world import FaultWorld
+
+    world = FaultWorld(tmp_path)
+    assert world.env()["FACTORY__TRAIN__D_MODEL"] == "16"
+    assert world.env(FACTORY__TRAIN__D_MODEL="8")["FACTORY__TRAIN__D_MODEL"] == "8"

@@ -535,3 +535,14 @@ def test_a_partial_faults_run_replaces_only_the_rows_it_ran(tmp_path):
     rows = [line for line in block.splitlines() if line.startswith("| ") and "scenario" not in line]
     assert [line.split("|")[-2].strip() for line in rows] == ["pass"] * 3
     assert "full run" in block and "Re-run on today: partial" in block and text.endswith("tail\n")
+
+
+def test_each_partial_faults_run_keeps_the_lines_of_the_earlier_ones(tmp_path):
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"{BEGIN}\n{_results('full run', {'a': 'pass', 'b': 'pass'})}\n{END}\n")
+    write_results(doc, _results("Observed on monday: a only", {"a": "pass"}), partial=True)
+    write_results(doc, _results("Observed on tuesday: new scenario", {"n": "pass"}), partial=True)
+    block = doc.read_text()
+    assert "full run" in block and "Re-run on monday: a only" in block and "Re-run on tuesday: new scenario" in block
+    rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| ") and "scenario" not in line]
+    assert rows == ["a", "b", "n"]

@@ -209,3 +209,11 @@ def test_factory_lake_vacuum_deletes_a_killed_writers_files(lake_cfg):
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
     assert "user_sequences: 2 file(s) deleted" in done.stdout, done.stderr
     assert orphan_files(lake_cfg, USER_SEQUENCES) == 0 and rows(lake_cfg, USER_SEQUENCES) == sequences(DS, 1).to_pylist()
+
+
+def test_committed_rows_are_counted_from_the_log_without_reading_data(lake_cfg):
+    commit.commit_replace(lake_cfg, staged(lake_cfg, USER_SEQUENCES, sequences(DS, 1, rows=7), {"ds": DS}, files=3))
+    delta.replace_partition(lake_cfg, USER_SEQUENCES, sequences("2026-01-06", 1, rows=4), {"ds": "2026-01-06"})
+    assert commit.committed_rows(lake_cfg, USER_SEQUENCES, {"ds": DS}) == 7
+    assert commit.committed_rows(lake_cfg, USER_SEQUENCES, {"ds": "2026-01-06"}) == 4  # the Arrow path's files too
+    assert commit.committed_rows(lake_cfg, USER_SEQUENCES, {"ds": "2026-01-07"}) == 0

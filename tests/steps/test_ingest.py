@@ -59,18 +59,3 @@ def test_bad_line_is_rejected_with_the_first_broken_rule(raw, reason):
         validate_line(raw, RULES)
     assert rejected.value.reason == reason
     assert rejected.value.detail
-
-
-def test_clean_events_across_chunk_boundaries_keep_every_row_in_order(monkeypatch):
-    from jobs.steps.ingest import CleanEvents
-
-    monkeypatch.setattr(CleanEvents, "CHUNK", 3)
-    clean = CleanEvents("2026-01-01")
-    for n in range(7):
-        clean.append({"event_id": f"e{n}", "user_id": "u", "item_id": "i", "item_type": "track", "event_type": "play",
-                      "ts": 1_767_225_600_000 + n, "ms_played": n})
-    table = clean.table()
-    assert len(clean) == 7 and table.num_rows == 7
-    assert table.column("event_id").to_pylist() == [f"e{n}" for n in range(7)]
-    assert table.column("ds").to_pylist() == ["2026-01-01"] * 7
-    assert CleanEvents("2026-01-01").table().num_rows == 0

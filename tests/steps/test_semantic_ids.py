@@ -27,7 +27,7 @@ GENRES = ("jazz", "metal", "techno", "folk", "blues")
 D1, D2, D3, D4 = "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"
 
 
-def fake_encode(texts: list[str], batch_size: int) -> np.ndarray:
+def fake_encode(texts: list[str], batch_size: int, **_) -> np.ndarray:
     """Unit vectors: the genre's centre plus noise seeded by the text; "... #N" copies share a vector."""
     out = []
     for text in texts:

@@ -1,0 +1,63 @@
+"""jobs/runtime/quiet.py: known chatter is dropped by logger and message, everything else stays."""
+
+import logging
+import warnings
+
+from jobs.runtime import quiet
+
+CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def test_placement_group_cleaner_poll_message_is_dropped_but_its_other_warnings_stay(caplog):
+    quiet.quiet_loggers()
+    logger = logging.getLogger(CLEANER)
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable.")
+        logger.warning("Detected that the Ray Train controller actor (x) is dead. Cleaning up placement group.")
+    assert [r.getMessage()[:8] for r in caplog.records] == ["Detected"]
+
+
+def test_py4j_info_is_dropped_and_its_errors_stay(caplog):
+    quiet.quiet_loggers()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("py4j.clientserver").info("Closing down clientserver connection")
+        logging.getLogger("py4j.java_gateway").error("An error occurred while calling o1.count")
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+
+
+def test_quiet_loggers_keeps_a_stricter_level_a_user_set():
+    logging.getLogger("py4j").setLevel(logging.CRITICAL)
+    try:
+        quiet.quiet_loggers()
+        assert logging.getLogger("py4j").level == logging.CRITICAL
+    finally:
+        logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def test_quiet_loggers_adds_its_filter_once():
+    quiet.quiet_loggers()
+    quiet.quiet_loggers()
+    assert sum(isinstance(f, quiet.DropMessages) for f in logging.getLogger(CLEANER).filters) == 1
+
+
+def test_child_processes_get_the_quiet_spark_log4j_file_and_warning_filters(monkeypatch):
+    monkeypatch.delenv("SPARK_SUBMIT_OPTS", raising=False)
+    monkeypatch.setenv("PYTHONWARNINGS", "error::ResourceWarning")
+    quiet.quiet_third_parties()
+    import os
+
+    assert quiet.LOG4J_CONFIG.is_file()
+    assert os.environ["SPARK_SUBMIT_OPTS"] == f"-Dlog4j2.configurationFile={quiet.LOG4J_CONFIG.as_uri()}"
+    assert os.environ["PYTHONWARNINGS"] == f"error::ResourceWarning,{quiet.child_warning_filters()}"
+    quiet.quiet_third_parties()  # idempotent
+    assert os.environ["PYTHONWARNINGS"].count("graphviz") == 1
+
+
+def test_ignored_warnings_are_only_the_listed_ones():
+    quiet.quiet_warnings()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet.quiet_warnings()  # catch_warnings reset the filters: install them again inside
+        warnings.warn("Could not import graphviz. Rendering graph ...", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else"]
