@@ -1,9 +1,9 @@
 """`make screenshots`: pictures of the MLflow and Airflow UIs over a finished demo, checked in a real browser.
 
 On the state of a finished `make demo` (.state, or $FACTORY__PATHS__STATE_DIR) it starts the MLflow
-UI and `airflow standalone` on their own ports, runs an Airflow backfill of the demo's days if the
-Airflow DB has none (rerunning completed days: every step is idempotent), then takes screenshots
-with headless Chromium (Debian's `chromium` package) into docs/img/:
+UI and `airflow standalone` on their own ports, runs an Airflow backfill of the demo's days (rerunning
+completed days: every step is idempotent), then takes screenshots with headless Chromium (Debian's
+`chromium` package) into docs/img/:
 
   mlflow-day-runs.png        the day's parent run with its nested step runs
   mlflow-step-metrics.png    the embed step run: its metrics
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -129,8 +130,9 @@ def airflow_json(env: dict, *args: str) -> list[dict]:
 
 
 def backfill(cfg: FactoryConfig, env: dict, seconds: float) -> None:
-    """Backfill the demo's days (those with an events drop) through the scheduler unless the DB has
-    backfill runs already."""
+    """Backfill the demo's days (those with an events drop) through the scheduler and wait for it.
+    Days that already ran are run again (`--reprocess-behavior completed`): their runs become the
+    backfill's."""
     from jobs.lakehouse.landing import drop_days
 
     days = drop_days(cfg, "events")
@@ -141,25 +143,23 @@ def backfill(cfg: FactoryConfig, env: dict, seconds: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("error: the dag-processor did not parse dags/ within 5 minutes.")
         time.sleep(5)
-    if not backfill_runs(env):
-        print(f"backfilling {days[0]}..{days[-1]} through the scheduler (reruns the days) ...", file=sys.stderr)
-        created = airflow(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0], "--to-date", days[-1],
-                          "--max-active-runs", "1", "--reprocess-behavior", "completed")
-        if created.returncode != 0:
-            raise SystemExit(f"error: `airflow backfill create` failed: {created.stderr.strip().splitlines()[-1:]}")
+    print(f"backfilling {days[0]}..{days[-1]} through the scheduler (reruns the days) ...", file=sys.stderr)
+    created_at = datetime.datetime.now(datetime.UTC)
+    created = airflow(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0], "--to-date", days[-1],
+                      "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    if created.returncode != 0:
+        raise SystemExit(f"error: `airflow backfill create` failed: {created.stderr.strip().splitlines()[-1:]}")
     deadline = time.monotonic() + seconds
     while True:
-        runs = backfill_runs(env)
-        if runs and all(state in ("success", "failed") for state in runs.values()):
+        runs = {r["logical_date"][:10]: r for r in airflow_json(env, "dags", "list-runs", DAG_ID)}
+        done = [ds for ds in days if ds in runs and runs[ds]["state"] in ("success", "failed")
+                and runs[ds]["start_date"] and datetime.datetime.fromisoformat(runs[ds]["start_date"]) >= created_at]
+        if len(done) == len(days):
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"error: the backfill did not finish within {seconds / 60:.0f} minutes: {runs}")
+            raise SystemExit(f"error: the backfill did not finish within {seconds / 60:.0f} minutes: "
+                             f"{ {ds: runs.get(ds, {}).get('state') for ds in days} }")
         time.sleep(15)
-
-
-def backfill_runs(env: dict) -> dict[str, str]:
-    rows = airflow_json(env, "dags", "list-runs", DAG_ID)
-    return {r["run_id"]: r["state"] for r in rows if r["run_id"].startswith("backfill")}
 
 
 # --- the pages ------------------------------------------------------------------------------------------
