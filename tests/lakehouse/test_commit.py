@@ -87,6 +87,15 @@ def test_a_partition_column_below_the_writer_folder_comes_from_its_hive_folder(l
     assert delta.read(lake_cfg, QUARANTINE, where={"ds": DS, "source": "events"}).to_pylist() == [row]
 
 
+def test_an_engines_marker_and_leftover_files_are_deleted_not_committed(lake_cfg):
+    folder = staged(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS}, files=1)
+    (Path(folder.uri) / "_temporary" / "0").mkdir(parents=True)
+    for name in ("_SUCCESS", ".part-00000.parquet.crc", "_temporary/0/part-00009.parquet"):
+        (Path(folder.uri) / name).write_bytes(b"x")
+    assert [Path(a.path).name for a in commit.file_actions(folder)] == ["part-00000.parquet"]
+    assert sorted(p.name for p in Path(folder.uri).rglob("*") if p.is_file()) == ["part-00000.parquet"]
+
+
 def test_files_outside_the_replaced_partition_or_in_other_types_are_refused(lake_cfg):
     with pytest.raises(ValueError, match="outside the replaced partition"):
         commit.commit_replace(lake_cfg, staged(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS}),
