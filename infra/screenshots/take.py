@@ -99,9 +99,10 @@ def serve(command: list[str], env: dict, log: Path) -> Iterator[None]:
         yield
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        time.sleep(5)  # children (the MLflow server under `factory mlflow-ui`) may outlive their parent
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -239,7 +240,9 @@ class Browser:
             if time.monotonic() > deadline:
                 raise SystemExit("error: headless chromium did not start (apt-get install chromium).")
             time.sleep(1)
-        self.socket, self.calls = connect(pages[0]["webSocketDebuggerUrl"], max_size=None), 0
+        self.connection = contextlib.ExitStack()
+        self.socket = self.connection.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None))
+        self.calls = 0
         self.call("Page.enable")
 
     def call(self, method: str, **params) -> dict:
@@ -271,7 +274,7 @@ class Browser:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.socket.close()
+            self.connection.close()
         os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=30)
 
