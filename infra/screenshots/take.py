@@ -180,14 +180,19 @@ def mlflow_pages(cfg: FactoryConfig, url: str, browser: Browser) -> list[str]:
     parent = client.get_run(parent_id)
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     exp, run = experiment.experiment_id, step.info.run_id
-    # The runs table keeps its UI state in the browser's localStorage: expand the day's parent run.
-    browser.open(f"{url}/#/", [])
-    key = f"MLflowLocalStorage-1.1-ExperimentPage-{exp}-ReactComponentState"
-    browser.evaluate(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps({'runsExpanded': {parent_id: True}}))})")
     day_filter = urllib.parse.quote(f"tags.`factory.ds` = '{ds}'")
+    day_runs = f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}"
+    # The runs table keeps its UI state in the browser's localStorage, written once the page has
+    # shown: mark the day's parent run expanded there, then show the page again.
+    browser.open(day_runs, [parent.info.run_name])
+    key = f"MLflowLocalStorage-1.1-ExperimentPage-{exp}-ReactComponentState"
+    browser.evaluate(f"""(() => {{ const raw = localStorage.getItem({json.dumps(key)}); if (!raw) return false;
+        const state = JSON.parse(raw); state.runsExpanded = {{...state.runsExpanded, {json.dumps(parent_id)}: true}};
+        localStorage.setItem({json.dumps(key)}, JSON.stringify(state)); return true; }})()""")
+    browser.call("Page.navigate", url=f"{url}/#/")
     failures = []
-    failures += page(browser, f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}", "mlflow-day-runs.png",
-                     [parent.info.run_name] + [c.info.run_name for c in children])
+    failures += page(browser, day_runs, "mlflow-day-runs.png",
+                     list(dict.fromkeys([parent.info.run_name] + [c.info.run_name for c in children])))
     failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
                      [step.info.run_name, "users_embedded", "items_embedded"])
     plot = next((a.path for a in client.list_artifacts(run, "plots") if a.path.endswith(".png")), "")
