@@ -182,16 +182,17 @@ def mlflow_pages(cfg: FactoryConfig, url: str, browser: Browser) -> list[str]:
     exp, run = experiment.experiment_id, step.info.run_id
     day_filter = urllib.parse.quote(f"tags.`factory.ds` = '{ds}'")
     day_runs = f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}"
-    # The runs table keeps its UI state in the browser's localStorage, written once the page has
-    # shown: mark the day's parent run expanded there, then show the page again.
+    # Nested runs start collapsed: click the expander in the parent run's row, as a user would.
     browser.open(day_runs, [parent.info.run_name])
-    key = f"MLflowLocalStorage-1.1-ExperimentPage-{exp}-ReactComponentState"
-    browser.evaluate(f"""(() => {{ const raw = localStorage.getItem({json.dumps(key)}); if (!raw) return false;
-        const state = JSON.parse(raw); state.runsExpanded = {{...state.runsExpanded, {json.dumps(parent_id)}: true}};
-        localStorage.setItem({json.dumps(key)}, JSON.stringify(state)); return true; }})()""")
-    browser.call("Page.navigate", url=f"{url}/#/")
-    failures = []
-    failures += page(browser, day_runs, "mlflow-day-runs.png",
+    clicked = browser.evaluate(f"""(() => {{
+        const link = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === {json.dumps(parent.info.run_name)});
+        const row = link && (link.closest('[role="row"]') || link.parentElement.parentElement);
+        const button = row && row.querySelector('button');
+        if (!button) return false;
+        button.click();
+        return true; }})()""")
+    failures = [] if clicked else [f"no expander in the row of {parent.info.run_name} on {day_runs}"]
+    failures += page(browser, None, "mlflow-day-runs.png",
                      list(dict.fromkeys([parent.info.run_name] + [c.info.run_name for c in children])))
     failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
                      [step.info.run_name, "users_embedded", "items_embedded"])
@@ -210,9 +211,9 @@ def airflow_pages(url: str, browser: Browser) -> list[str]:
     return page(browser, f"{url}/dags/{DAG_ID}", "airflow-backfill-grid.png", [DAG_ID, *STEP_NAMES])
 
 
-def page(browser: Browser, url: str, image: str, expected: list[str]) -> list[str]:
-    """Open `url`, wait until its rendered text shows every `expected` name (or 90 s), screenshot it
-    into docs/img/`image`; a name still missing is a failed check."""
+def page(browser: Browser, url: str | None, image: str, expected: list[str]) -> list[str]:
+    """Open `url` (None: stay on the page shown), wait until its rendered text shows every `expected`
+    name (or 90 s), screenshot it into docs/img/`image`; a name still missing is a failed check."""
     text = browser.open(url, expected)
     path = browser.out / image
     browser.screenshot(path)
@@ -263,8 +264,9 @@ class Browser:
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def open(self, url: str, expected: list[str], seconds: float = 90) -> str:
-        self.call("Page.navigate", url=url)
+    def open(self, url: str | None, expected: list[str], seconds: float = 90) -> str:
+        if url:
+            self.call("Page.navigate", url=url)
         deadline, text = time.monotonic() + seconds, ""
         while time.monotonic() < deadline:
             time.sleep(2)
