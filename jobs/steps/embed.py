@@ -45,7 +45,14 @@ from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps.embedding_writer import UserEmbeddingWriter
-from jobs.steps.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredictor, flat_lists
+from jobs.steps.user_predictor import (
+    INPUT_COLUMNS,
+    OUTPUT_SCHEMA,
+    UserEmbeddingPredictor,
+    actor_num_gpus,
+    compute_kwargs,
+    flat_lists,
+)
 from jobs.tracking import plots, registry
 from jobs.tracking.runs import StepResult, track_step
 
@@ -59,7 +66,7 @@ def predictor_kwargs(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -
         else max(1, int(cfg.ray.actor_num_cpus)))
     return {"state_dict": champion.model.state_dict(), "encoder_config": dataclasses.asdict(champion.model.cfg),
             "model_version": champion.version, "threads": threads,
-            "tokens_per_forward": cfg.ray.inference_tokens_per_forward}
+            "tokens_per_forward": cfg.ray.inference_tokens_per_forward, **compute_kwargs(cfg)}
 
 
 def actor_count(cfg: FactoryConfig) -> int:
@@ -91,6 +98,7 @@ def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: regi
         UserEmbeddingPredictor, fn_constructor_kwargs=predictor_kwargs(cfg, champion),
         batch_size=cfg.ray.inference_batch_size, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(size=actor_count(cfg)), num_cpus=cfg.ray.actor_num_cpus,
+        num_gpus=actor_num_gpus(cfg),  # [compute].device: one GPU per actor on cuda
     )
     tables = ray.get(embedded.to_arrow_refs())
     if not tables:
@@ -109,6 +117,7 @@ def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: regis
         UserEmbeddingWriter, fn_constructor_kwargs={"folder_uri": folder.uri, **predictor_kwargs(cfg, champion)},
         batch_size=cfg.ray.inference_batch_size, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(size=actor_count(cfg)), num_cpus=cfg.ray.actor_num_cpus,
+        num_gpus=actor_num_gpus(cfg),  # [compute].device: one GPU per actor on cuda
     )
     # Bounded: one (path, rows) row per file, i.e. per inference batch.
     return sum(int(row["rows"]) for row in written.take_all())

@@ -284,3 +284,11 @@ def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tm
     np.testing.assert_allclose(np.stack(today.column("embedding").to_numpy(zero_copy_only=False)),
                                np.stack(full.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
     assert not list((tmp_path / "lake" / "_staging").glob("*"))  # the changed users' staging files are gone
+
+
+def test_embed_actors_take_device_and_precision_from_the_compute_config(tmp_path):
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "compute.inference_dtype": "bf16"})
+    champion = registry.RegisteredEncoder(version="1", model=model(), tags={})
+    kwargs = embed.predictor_kwargs(cfg, champion)
+    assert (kwargs["device"], kwargs["dtype"]) == ("cpu", "bf16")
+    assert embed.actor_num_gpus(cfg) == 0.0
