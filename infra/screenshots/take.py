@@ -1,9 +1,9 @@
 """`make screenshots`: pictures of the MLflow and Airflow UIs over a finished demo, checked in a real browser.
 
 On the state of a finished `make demo` (.state, or $FACTORY__PATHS__STATE_DIR) it starts the MLflow
-UI and `airflow standalone` on their own ports, runs an Airflow backfill of the demo's days if the
-Airflow DB has none (rerunning completed days: every step is idempotent), then takes screenshots
-with headless Chromium (Debian's `chromium` package) into docs/img/:
+UI and `airflow standalone` on their own ports, runs an Airflow backfill of the demo's days (rerunning
+completed days: every step is idempotent), then takes screenshots with headless Chromium (Debian's
+`chromium` package) into docs/img/:
 
   mlflow-day-runs.png        the day's parent run with its nested step runs
   mlflow-step-metrics.png    the embed step run: its metrics
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -98,9 +99,10 @@ def serve(command: list[str], env: dict, log: Path) -> Iterator[None]:
         yield
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        time.sleep(5)  # children (the MLflow server under `factory mlflow-ui`) may outlive their parent
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -129,8 +131,9 @@ def airflow_json(env: dict, *args: str) -> list[dict]:
 
 
 def backfill(cfg: FactoryConfig, env: dict, seconds: float) -> None:
-    """Backfill the demo's days (those with an events drop) through the scheduler unless the DB has
-    backfill runs already."""
+    """Backfill the demo's days (those with an events drop) through the scheduler and wait for it.
+    Days that already ran are run again (`--reprocess-behavior completed`): their runs become the
+    backfill's."""
     from jobs.lakehouse.landing import drop_days
 
     days = drop_days(cfg, "events")
@@ -141,25 +144,23 @@ def backfill(cfg: FactoryConfig, env: dict, seconds: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("error: the dag-processor did not parse dags/ within 5 minutes.")
         time.sleep(5)
-    if not backfill_runs(env):
-        print(f"backfilling {days[0]}..{days[-1]} through the scheduler (reruns the days) ...", file=sys.stderr)
-        created = airflow(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0], "--to-date", days[-1],
-                          "--max-active-runs", "1", "--reprocess-behavior", "completed")
-        if created.returncode != 0:
-            raise SystemExit(f"error: `airflow backfill create` failed: {created.stderr.strip().splitlines()[-1:]}")
+    print(f"backfilling {days[0]}..{days[-1]} through the scheduler (reruns the days) ...", file=sys.stderr)
+    created_at = datetime.datetime.now(datetime.UTC)
+    created = airflow(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0], "--to-date", days[-1],
+                      "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    if created.returncode != 0:
+        raise SystemExit(f"error: `airflow backfill create` failed: {created.stderr.strip().splitlines()[-1:]}")
     deadline = time.monotonic() + seconds
     while True:
-        runs = backfill_runs(env)
-        if runs and all(state in ("success", "failed") for state in runs.values()):
+        runs = {r["logical_date"][:10]: r for r in airflow_json(env, "dags", "list-runs", DAG_ID)}
+        done = [ds for ds in days if ds in runs and runs[ds]["state"] in ("success", "failed")
+                and runs[ds]["start_date"] and datetime.datetime.fromisoformat(runs[ds]["start_date"]) >= created_at]
+        if len(done) == len(days):
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"error: the backfill did not finish within {seconds / 60:.0f} minutes: {runs}")
+            raise SystemExit(f"error: the backfill did not finish within {seconds / 60:.0f} minutes: "
+                             f"{ {ds: runs.get(ds, {}).get('state') for ds in days} }")
         time.sleep(15)
-
-
-def backfill_runs(env: dict) -> dict[str, str]:
-    rows = airflow_json(env, "dags", "list-runs", DAG_ID)
-    return {r["run_id"]: r["state"] for r in rows if r["run_id"].startswith("backfill")}
 
 
 # --- the pages ------------------------------------------------------------------------------------------
@@ -179,14 +180,20 @@ def mlflow_pages(cfg: FactoryConfig, url: str, browser: Browser) -> list[str]:
     parent = client.get_run(parent_id)
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     exp, run = experiment.experiment_id, step.info.run_id
-    # The runs table keeps its UI state in the browser's localStorage: expand the day's parent run.
-    browser.open(f"{url}/#/", [])
-    key = f"MLflowLocalStorage-1.1-ExperimentPage-{exp}-ReactComponentState"
-    browser.evaluate(f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps({'runsExpanded': {parent_id: True}}))})")
     day_filter = urllib.parse.quote(f"tags.`factory.ds` = '{ds}'")
-    failures = []
-    failures += page(browser, f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}", "mlflow-day-runs.png",
-                     [parent.info.run_name] + [c.info.run_name for c in children])
+    day_runs = f"{url}/#/experiments/{exp}/runs?searchFilter={day_filter}"
+    # Nested runs start collapsed: click the expander in the parent run's row, as a user would.
+    browser.open(day_runs, [parent.info.run_name])
+    clicked = browser.evaluate(f"""(() => {{
+        const link = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === {json.dumps(parent.info.run_name)});
+        const row = link && (link.closest('[role="row"]') || link.parentElement.parentElement);
+        const button = row && row.querySelector('button');
+        if (!button) return false;
+        button.click();
+        return true; }})()""")
+    failures = [] if clicked else [f"no expander in the row of {parent.info.run_name} on {day_runs}"]
+    failures += page(browser, None, "mlflow-day-runs.png",
+                     list(dict.fromkeys([parent.info.run_name] + [c.info.run_name for c in children])))
     failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
                      [step.info.run_name, "users_embedded", "items_embedded"])
     plot = next((a.path for a in client.list_artifacts(run, "plots") if a.path.endswith(".png")), "")
@@ -204,9 +211,9 @@ def airflow_pages(url: str, browser: Browser) -> list[str]:
     return page(browser, f"{url}/dags/{DAG_ID}", "airflow-backfill-grid.png", [DAG_ID, *STEP_NAMES])
 
 
-def page(browser: Browser, url: str, image: str, expected: list[str]) -> list[str]:
-    """Open `url`, wait until its rendered text shows every `expected` name (or 90 s), screenshot it
-    into docs/img/`image`; a name still missing is a failed check."""
+def page(browser: Browser, url: str | None, image: str, expected: list[str]) -> list[str]:
+    """Open `url` (None: stay on the page shown), wait until its rendered text shows every `expected`
+    name (or 90 s), screenshot it into docs/img/`image`; a name still missing is a failed check."""
     text = browser.open(url, expected)
     path = browser.out / image
     browser.screenshot(path)
@@ -239,7 +246,9 @@ class Browser:
             if time.monotonic() > deadline:
                 raise SystemExit("error: headless chromium did not start (apt-get install chromium).")
             time.sleep(1)
-        self.socket, self.calls = connect(pages[0]["webSocketDebuggerUrl"], max_size=None), 0
+        self.connection = contextlib.ExitStack()
+        self.socket = self.connection.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None))
+        self.calls = 0
         self.call("Page.enable")
 
     def call(self, method: str, **params) -> dict:
@@ -255,8 +264,9 @@ class Browser:
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def open(self, url: str, expected: list[str], seconds: float = 90) -> str:
-        self.call("Page.navigate", url=url)
+    def open(self, url: str | None, expected: list[str], seconds: float = 90) -> str:
+        if url:
+            self.call("Page.navigate", url=url)
         deadline, text = time.monotonic() + seconds, ""
         while time.monotonic() < deadline:
             time.sleep(2)
@@ -271,7 +281,7 @@ class Browser:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.socket.close()
+            self.connection.close()
         os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=30)
 

@@ -126,8 +126,9 @@ def _stats(metadata: pq.FileMetaData, schema: pa.Schema) -> str:
 
 
 def file_actions(folder: WriterFolder) -> list[AddAction]:
-    """AddActions for every Parquet file under the folder, from their footers; removes the engines'
-    marker files (_SUCCESS, .crc) so nothing unreferenced but data can stay behind."""
+    """AddActions for every Parquet file under the folder, from their footers; deletes the engines'
+    other files (_SUCCESS, .crc, a failed task's _temporary/ leftovers) so that nothing vacuum skips
+    stays behind."""
     fs, base = _filesystem(folder.uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -139,7 +140,8 @@ def file_actions(folder: WriterFolder) -> list[AddAction]:
         if info.type != pafs.FileType.File:
             continue
         below = info.path[len(base):].strip("/")
-        if info.base_name.startswith(("_", ".")) or not info.base_name.endswith(".parquet"):
+        hidden = any(part.startswith(("_", ".")) for part in below.split("/"))  # _SUCCESS, .crc, _temporary/...
+        if hidden or not info.base_name.endswith(".parquet"):
             fs.delete_file(info.path)
             continue
         partition = dict(folder.partition)

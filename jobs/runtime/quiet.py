@@ -7,9 +7,10 @@ warnings and errors that mean something still come through:
 
 * Ray Train: its INFO lines on the console (`RUN_CONFIG_LOG_LEVEL` for RunConfig's logging_config),
   and the PlacementGroupCleaner's "Failed to query Ray Train Controller actor state" once a second:
-  the factory starts Ray without its dashboard, so the State API it polls is never there. Only that
-  message is dropped (`DROPPED_MESSAGES`), in every Ray worker (`quiet_ray_worker`, a
-  worker_process_setup_hook); the cleaner's other warnings stay.
+  the factory starts Ray without its dashboard, so the State API it polls is never there; and the
+  timed-out resource requests of a busy machine, which Ray itself calls safe to ignore. Only those
+  messages are dropped (`DROPPED_MESSAGES`), in every Ray worker (`quiet_ray_worker`, a
+  worker_process_setup_hook); the other warnings of the same loggers stay.
 * py4j: INFO lines such as "Closing down clientserver connection", logged from `__del__` at
   interpreter exit, when the stream of a handler may be closed already ("--- Logging error ---"),
   and the traceback of a connection it re-opens ("Exception while sending command", INFO).
@@ -44,10 +45,16 @@ LOGGER_LEVELS = {
 FILE_NAMED_LOGGER_LEVELS = {
     "ray.train.v2._internal.execution.context": logging.WARNING,  # "Reporting training result N: ..." per epoch
 }
-# Logger -> message prefixes dropped from it (a known, harmless message that repeats).
+# Logger -> (message prefix, exception class name or "" for any) of the known, harmless records
+# dropped from it.
 DROPPED_MESSAGES = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
-        "Failed to query Ray Train Controller actor state",),
+        ("Failed to query Ray Train Controller actor state", ""),),
+    # Ray Train tells its autoscaling coordinator what it needs every few seconds; on a busy machine
+    # the call times out, and Ray's own message says that is safe to ignore (a local Ray has a fixed
+    # size). Other failures of the call still show.
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": (
+        ("Failed to send resource request", "GetTimeoutError"),),
 }
 # (message prefix, category, module that warns or "") ignored here, in child processes (PYTHONWARNINGS)
 # and by pytest (tests/conftest.py).
@@ -59,14 +66,17 @@ IGNORED_WARNINGS = [
 
 
 class DropMessages(logging.Filter):
-    """Drops records whose message starts with one of `prefixes`."""
+    """Drops records whose message starts with one of the prefixes, where a prefix comes with an
+    exception class name only if the record carries that exception."""
 
-    def __init__(self, prefixes: tuple[str, ...]):
+    def __init__(self, dropped: tuple[tuple[str, str], ...]):
         super().__init__()
-        self.prefixes = prefixes
+        self.dropped = dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        error = type(record.exc_info[1]).__name__ if record.exc_info and record.exc_info[1] else ""
+        return not any(str(record.msg).startswith(prefix) and (not exception or exception == error)
+                       for prefix, exception in self.dropped)
 
 
 def quiet_loggers() -> None:
@@ -75,10 +85,10 @@ def quiet_loggers() -> None:
         logger = logging.getLogger(name)
         if logger.level < level:  # a user's more selective setting stays
             logger.setLevel(level)
-    for name, prefixes in DROPPED_MESSAGES.items():
+    for name, dropped in DROPPED_MESSAGES.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in logger.filters):
-            logger.addFilter(DropMessages(prefixes))
+            logger.addFilter(DropMessages(dropped))
 
 
 def quiet_warnings() -> None:

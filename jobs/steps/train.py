@@ -7,6 +7,10 @@ current vocabulary), holds out each validation user's last item, keeps the evalu
 validation NDCG@10, and promotes the result to `champion` only if it does not lose more than
 `train.max_regression` NDCG@10 against the champion on the same held-out items.
 
+The day's users never pass through the driver: Ray Data reads the day's user_sequences files,
+samples users by hash and picks the validation users on the cluster (jobs/steps/train_data.py); each
+Ray Train worker builds its examples from its own part of the sample. Only the validation users
+(at most encoder_training.VALIDATION_USERS) reach the driver, for the gate against the champion.
 The training loop itself (jobs/steps/encoder_training.py, run under Ray Train by
 jobs/steps/encoder_fit.py) is shared with the encoder benchmark (jobs/bench/encoder.py).
 """

@@ -87,6 +87,15 @@ def test_a_partition_column_below_the_writer_folder_comes_from_its_hive_folder(l
     assert delta.read(lake_cfg, QUARANTINE, where={"ds": DS, "source": "events"}).to_pylist() == [row]
 
 
+def test_an_engines_marker_and_leftover_files_are_deleted_not_committed(lake_cfg):
+    folder = staged(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS}, files=1)
+    (Path(folder.uri) / "_temporary" / "0").mkdir(parents=True)
+    for name in ("_SUCCESS", ".part-00000.parquet.crc", "_temporary/0/part-00009.parquet"):
+        (Path(folder.uri) / name).write_bytes(b"x")
+    assert [Path(a.path).name for a in commit.file_actions(folder)] == ["part-00000.parquet"]
+    assert sorted(p.name for p in Path(folder.uri).rglob("*") if p.is_file()) == ["part-00000.parquet"]
+
+
 def test_files_outside_the_replaced_partition_or_in_other_types_are_refused(lake_cfg):
     with pytest.raises(ValueError, match="outside the replaced partition"):
         commit.commit_replace(lake_cfg, staged(lake_cfg, USER_SEQUENCES, sequences(DS, 1), {"ds": DS}),
@@ -185,7 +194,7 @@ def test_every_table_states_its_scale_and_small_tables_their_row_bound():
 
 def test_spark_executors_write_a_partition_equal_to_the_arrow_path(lake_cfg, tmp_path):
     from jobs.config import load_config
-    from jobs.lakehouse.spark import spark_session, write_partition
+    from jobs.lakehouse.spark import read_snapshot, spark_session, write_partition
 
     arrow_cfg = load_config(overrides={"paths.state_dir": str(tmp_path / "arrow")})
     data = sequences(DS, 5, rows=40)
@@ -194,6 +203,14 @@ def test_spark_executors_write_a_partition_equal_to_the_arrow_path(lake_cfg, tmp
     write_partition(lake_cfg, frame, USER_SEQUENCES, {"ds": DS})
     assert delta.read(lake_cfg, USER_SEQUENCES).sort_by("user_id").equals(
         delta.read(arrow_cfg, USER_SEQUENCES).sort_by("user_id"))
+    # A table of both kinds of files (a lake written before the commit protocol) reads as one, in
+    # delta-rs and in Spark.
+    older = sequences("2026-01-04", 6, rows=5)
+    delta.replace_partition(lake_cfg, USER_SEQUENCES, older, {"ds": "2026-01-04"})
+    both = delta.read(lake_cfg, USER_SEQUENCES)
+    assert both.num_rows == 45 and rows(lake_cfg, USER_SEQUENCES, where={"ds": "2026-01-04"}) == older.to_pylist()
+    _, frame = read_snapshot(lake_cfg, USER_SEQUENCES)
+    assert sorted(r["ds"] for r in frame.groupBy("ds").count().collect()) == ["2026-01-04", DS]
     leftovers = [p.name for p in Path(delta.table_uri(lake_cfg, USER_SEQUENCES)).rglob("*")
                  if p.is_file() and "_delta_log" not in p.parts and not p.name.endswith(".parquet")]
     assert leftovers == []  # no _SUCCESS or .crc files that vacuum would never remove

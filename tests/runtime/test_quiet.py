@@ -61,3 +61,16 @@ def test_ignored_warnings_are_only_the_listed_ones():
         warnings.warn("Could not import graphviz. Rendering graph ...", UserWarning, stacklevel=1)
         warnings.warn("something else", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_a_timed_out_resource_request_is_dropped_but_other_failures_of_it_stay(caplog):
+    quiet.quiet_loggers()
+    logger = logging.getLogger("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client")
+    GetTimeoutError = type("GetTimeoutError", (Exception,), {})  # noqa: N806 (Ray's class, by name)
+    with caplog.at_level(logging.WARNING):
+        for error in (GetTimeoutError("Get timed out"), RuntimeError("actor died")):
+            try:
+                raise error
+            except Exception:
+                logger.warning("Failed to send resource request for train-1.", exc_info=True)
+    assert [r.exc_info[1].args[0] for r in caplog.records] == ["actor died"]
