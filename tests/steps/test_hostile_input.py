@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,6 @@ from jobs.days import day_bounds_ms
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import EVENTS, ITEMS, QUARANTINE
 from jobs.steps import catalog, ingest
-from jobs.steps.raw_line import Rejected
 
 DS = "2026-01-01"
 START, END = day_bounds_ms(DS)
@@ -70,20 +71,26 @@ def quarantine_table(source: str, rows: list[tuple[int, bytes, str, str]]) -> pa
 
 
 def ingest_day(lake, lines: list[bytes]) -> tuple[int, int]:
-    """The ingest step's per-line loop and writes, without MLflow: (clean rows, quarantined rows) committed."""
-    clean, rejected, seen = ingest.CleanEvents(DS), [], set()
-    for number, line in enumerate(lines, start=1):
-        try:
-            event = ingest.validate_line(line, RULES)
-            if event["event_id"] in seen:
-                raise Rejected("duplicate_event", "seen")
-            seen.add(event["event_id"])
-            clean.append(event)
-        except Rejected as rejection:
-            assert rejection.reason and rejection.detail
-            rejected.append((number, line, rejection.reason, rejection.detail))
-    delta.replace_partition(lake, EVENTS, clean.table(), {"ds": DS})
-    delta.replace_partition(lake, QUARANTINE, quarantine_table("events", rejected), {"ds": DS, "source": "events"})
+    """The ingest step's executor code (validate_files: the lines of one drop file into Arrow batches of
+    VALIDATED rows) without Spark, then the clean and quarantined rows written to Delta as the step's
+    tables: (clean rows, quarantined rows) committed."""
+    drop = Path(lake.landing_uri) / "events" / f"ds={DS}" / "part-0.jsonl"
+    drop.parent.mkdir(parents=True, exist_ok=True)
+    drop.write_bytes(b"".join(line.replace(b"\n", b" ") + b"\n" for line in lines))
+    files = pa.record_batch({"file_index": pa.array([0], pa.int32()), "path": [str(drop)]})
+    validated = pa.Table.from_batches(list(ingest.validate_files(lake, RULES, iter([files]))), ingest.VALIDATED)
+    assert validated.num_rows == len(lines)
+    passed = validated.filter(pc.is_null(validated.column("reason")))
+    rejected = validated.filter(pc.is_valid(validated.column("reason")))
+    assert all(rejected.column("detail").to_pylist())
+    events = passed.set_column(passed.schema.get_field_index("ts"), "ts",
+                               passed.column("ts").cast(pa.timestamp("ms", tz="UTC")))
+    events = events.append_column("ds", pa.array([DS] * events.num_rows, pa.string()))
+    quarantine = rejected.append_column("source", pa.array(["events"] * rejected.num_rows, pa.string()))
+    quarantine = quarantine.append_column("ds", pa.array([DS] * rejected.num_rows, pa.string()))
+    delta.replace_partition(lake, EVENTS, events.select(EVENTS.schema.names).cast(EVENTS.schema), {"ds": DS})
+    delta.replace_partition(lake, QUARANTINE, quarantine.select(QUARANTINE.schema.names).cast(QUARANTINE.schema),
+                            {"ds": DS, "source": "events"})
     return (delta.read(lake, EVENTS, where={"ds": DS}, columns=["event_id"]).num_rows,
             delta.read(lake, QUARANTINE, where={"ds": DS, "source": "events"}, columns=["reason"]).num_rows)
 
