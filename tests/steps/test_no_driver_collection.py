@@ -22,14 +22,17 @@ ALLOWED: dict[tuple[str, str, str, str], str] = {
     # Small results: a few aggregated rows, or a small table (TableSpec.scale == "small").
     ("features", "extend_vocab", "to_arrow", ""): "a day's new items; item_vocab is small (below 20M rows)",
     ("ingest", "run", "collect", ""): "one row per quarantine rule (reason, count)",
-    # Moved by part B of issue 15 (embed writes from the Ray actors, train reads shards through Ray Data,
-    # evaluate runs on Spark); listed here until it lands.
-    ("embed", "embed_users", "to_arrow_refs", ""): "moved by part B",
-    ("embed", "embed_day", "delta.read", "user_embeddings"): "moved by part B",
-    ("embed", "embed_day", "delta.read", "user_sequences"): "moved by part B",
-    ("train", "_read_day", "delta.read", "user_sequences"): "moved by part B",
-    ("evaluate", "plays_by_user", "delta.read", "events"): "moved by part B",
-    ("evaluate", "embeddings_of", "delta.read", "user_embeddings"): "moved by part B",
+    ("embed", "embed_to_folder", "take_all", ""): "one (path, rows) row per file the actors wrote",
+    ("embed", "embed_day_to_folders", "collect", ""): "yesterday's distinct model versions, at most 2 rows",
+    ("embed", "plot_sample", "toArrow", ""): "the hypersphere plot's sample, 2,000 users",
+    ("evaluate", "most_played", "toArrow", ""): "popularity's top-K items",
+    ("evaluate", "run", "toArrow", ""): "the seeded sample of evaluate.max_users users (default 100,000)",
+    ("train_data", "read_train_input", "take_all", ""): "validation users only: <= 2,000 proposals per block, 2,000 kept",
+    # In-memory versions kept for the inference benchmark and its tests (jobs/bench/inference.py); the
+    # embed step itself writes through embed_day_to_folders.
+    ("embed", "embed_users", "to_arrow_refs", ""): "benchmark path, not the step's",
+    ("embed", "embed_day", "delta.read", "user_embeddings"): "benchmark path, not the step's",
+    ("embed", "embed_day", "delta.read", "user_sequences"): "benchmark path, not the step's",
     # Not moved yet (issue 15 leftovers, see the report): the optional generative step (off by
     # default) builds its training set from a day's sequences and embeddings in the driver, and the
     # SID collision policy "popular" counts a day's plays per item in the driver.
