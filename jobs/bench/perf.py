@@ -38,11 +38,13 @@ class Sizes:
     scale_users: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     scale_items: int = 5_000
     scale_events_per_user: float = 6.0
+    incremental_users: int = 1_000_000  # features incremental vs window re-read (~50 events per user)
 
 
 FULL = Sizes()
 SMOKE = Sizes(inference=((2_000, "64:2:50"),), feature_events=(20_000, 40_000), quantiser_items=(5_000,), encode_items=64,
-              e2e=(1_000, 600, 10.0), scale_users=(500, 1_000), scale_items=600, scale_events_per_user=6.0)
+              e2e=(1_000, 600, 10.0), scale_users=(500, 1_000), scale_items=600, scale_events_per_user=6.0,
+              incremental_users=2_000)
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -115,9 +117,15 @@ def features_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Ca
                          command="factory bench all --only features")
 
 
+def features_incremental_section(sizes: Sizes, cfg: FactoryConfig, state: Path, progress: Callable[[str], None]) -> dict:
+    from jobs.bench import features_incremental
+
+    return features_incremental.run(sizes.incremental_users, cfg, state / "features", progress)
+
+
 SECTIONS: dict[str, Callable[..., dict]] = {
     "inference": inference_section, "features": features_section, "sid": sid_section,
-    "e2e": e2e_section, "scale": scale_section,
+    "e2e": e2e_section, "scale": scale_section, "features_incremental": features_incremental_section,
 }
 
 
@@ -190,6 +198,10 @@ def summary_rows(sections: dict) -> list[dict]:
             rows.append(summary_row(figure, m.get("relative_to_first"), "x", "flat: ≈1.0 vs the first step up",
                                     detail=f"{m['ms_per_user']:.3f} ms/user"))
         rows += _driver_peak_rows(sections["scale"].get("driver_peaks", []))
+    if "features_incremental" in sections:
+        from jobs.bench import features_incremental
+
+        rows += features_incremental.summary_rows(sections["features_incremental"])
     return rows
 
 
