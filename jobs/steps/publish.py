@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark.sql import functions as F
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds
 from jobs.errors import GateFailed, QuarantineShareExceeded
 from jobs.lakehouse import commit, delta
+from jobs.lakehouse.spark import read_snapshot
 from jobs.lakehouse.tables import (
     ALL_TABLES,
     CODEBOOKS,
@@ -90,8 +93,11 @@ def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None =
         raise GateFailed(f"ds={ds}: no item index at {index_uri(cfg, ds)}; run the index step first.",
                          gate="complete_outputs")
 
-    model_version = _one_model_version(read, ds)
-    measured["max_norm_error"] = _vector_norm_error(read, ds)
+    user_versions, user_error = _user_vector_facts(cfg, ds, versions.get(USER_EMBEDDINGS.name))
+    model_version = _one_model_version(user_versions, read, ds)
+    item_error = _vector_norm_error(read(ITEM_EMBEDDINGS, where={"ds": ds}, columns=["embedding"]).column(0))
+    errors = (user_error, item_error)
+    measured["max_norm_error"] = max(errors) if all(math.isfinite(e) for e in errors) else float("nan")
     if not measured["max_norm_error"] <= 1e-3:  # also catches NaN
         raise GateFailed(f"ds={ds}: user or item vectors are not finite unit vectors (largest |norm - 1| = "
                          f"{measured['max_norm_error']}); the model is broken, not publishing.",
@@ -131,29 +137,37 @@ def check_gates(cfg: FactoryConfig, ds: str, measured: dict[str, float] | None =
     return {"model_version": model_version, "codebook_version": codebook_version}
 
 
-def _one_model_version(read, ds: str) -> str:
+def _user_vector_facts(cfg: FactoryConfig, ds: str, version: int | None) -> tuple[set[str], float]:
+    """The day's user vectors checked on Spark (a per-user table: no row reaches the driver): their
+    model versions (at most two collected) and max |‖v‖ - 1| (NaN or inf if a value is not finite)."""
+    if version is None:
+        return set(), 0.0
+    _, users = read_snapshot(cfg, USER_EMBEDDINGS, {"ds": [ds]}, version)
+    versions = {row[0] for row in users.select("model_version").distinct().limit(2).collect()}
+    squares = F.aggregate("embedding", F.lit(0.0).cast("double"), lambda total, x: total + x.cast("double") * x.cast("double"))
+    worst = users.select(F.max(F.abs(F.sqrt(squares) - 1.0))).first()[0]  # Spark's max ranks NaN above all
+    return versions, 0.0 if worst is None else float(worst)
+
+
+def _one_model_version(users: set[str], read, ds: str) -> str:
     """The single model version behind the day's user and item vectors (a mix means a partial rerun)."""
-    users = set(read(USER_EMBEDDINGS, where={"ds": ds}, columns=["model_version"]).column(0).to_pylist())
     items = set(read(ITEM_EMBEDDINGS, where={"ds": ds}, columns=["model_version"]).column(0).to_pylist())
     if len(users) != 1 or users != items:
         raise GateFailed(f"ds={ds}: user vectors come from model version(s) {sorted(users)} and item vectors from "
                          f"{sorted(items)}; rerun the embed step so both come from one model.",
                          gate="one_model_version")
-    return users.pop()
+    return next(iter(users))
 
 
-def _vector_norm_error(read, ds: str) -> float:
-    """max |‖v‖ - 1| over the day's user and item vectors (NaN if any value is not finite)."""
-    worst = 0.0
-    for spec in (USER_EMBEDDINGS, ITEM_EMBEDDINGS):
-        column = read(spec, where={"ds": ds}, columns=["embedding"]).column(0).combine_chunks()
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-        if not np.isfinite(values).all():
-            return float("nan")
-        sizes = np.diff(column.offsets.to_numpy())
-        norms = np.sqrt(np.bincount(np.repeat(np.arange(len(sizes)), sizes), weights=values**2, minlength=len(sizes)))
-        worst = max(worst, float(np.abs(norms - 1.0).max(initial=0.0)))
-    return worst
+def _vector_norm_error(column: pa.ChunkedArray) -> float:
+    """max |‖v‖ - 1| over a column of vectors (NaN if any value is not finite)."""
+    column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    if not np.isfinite(values).all():
+        return float("nan")
+    sizes = np.diff(column.offsets.to_numpy())
+    norms = np.sqrt(np.bincount(np.repeat(np.arange(len(sizes)), sizes), weights=values**2, minlength=len(sizes)))
+    return float(np.abs(norms - 1.0).max(initial=0.0))
 
 
 def _codebook_coverage(read, ds: str) -> tuple[int, float]:

@@ -39,9 +39,10 @@ ALLOWED: dict[tuple[str, str, str, str], str] = {
     ("generative_data", "load_day", "delta.read", "user_sequences"): "not moved yet: optional generative step",
     ("generative_data", "load_day", "delta.read", "user_embeddings"): "not moved yet: optional generative step",
     ("sid_lookup", "plays_on", "delta.read", "events"): "not moved yet: per-item play counts of one day",
-    # publish's gates read through a local helper (table unknown to the scan) the day's user and item
-    # vectors (norms, one model version) in the driver; its row counts come from the commits' statistics.
-    ("publish", "check_gates", "delta.read", "?"): "not moved yet: publish reads the day's user vectors for its gates",
+    # publish's gates read small tables through a local helper (table unknown to the scan): item vectors,
+    # codebooks, item tokens. The day's user vectors are checked on Spark; row counts come from the commits.
+    ("publish", "check_gates", "delta.read", "?"): "small tables only (item vectors, codebooks, item tokens)",
+    ("publish", "_user_vector_facts", "collect", ""): "the day's distinct model versions, at most 2 rows",
 }
 
 
