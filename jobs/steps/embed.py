@@ -245,6 +245,7 @@ def plot_sample(cfg: FactoryConfig, ds: str, version: int, size: int = 2000) -> 
     """Up to `size` of ds's user_embeddings rows, the ones with the smallest hash of user_id (Spark;
     only those rows reach the driver)."""
     _, users = read_snapshot(cfg, USER_EMBEDDINGS, {"ds": [ds]}, version)
+    # Bounded: `size` rows (2,000 by default) reach the driver, for the plot only.
     return users.orderBy(F.xxhash64("user_id"), "user_id").limit(size).select("user_id", "embedding").toArrow()
 
 
