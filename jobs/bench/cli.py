@@ -201,6 +201,59 @@ def inference(
     report(measure, bench.render_markdown, out)
 
 
+@bench_app.command()
+def compatibility(
+    promotions: Annotated[int, typer.Option(help="Daily warm-started retrains after the first model (each promoted).")] = 3,
+    compat_weight: Annotated[float, typer.Option(help="train.compat_weight of the run with compatibility on.")] = 10.0,
+    first_day: Annotated[int, typer.Option(help="Day index the first model is trained on.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "compatibility.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Cross-version vs same-version next-day HR@10 at each promotion, compatibility off and on (jobs/bench/compatibility.py)."""
+    from jobs.bench import compatibility as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("compatibility")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench compatibility", "bench_compatibility.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, first_day=first_day, promotions=promotions, compat_weight=compat_weight,
+                                   seed=seed, progress=lambda line: typer.echo(line, err=True), log=log)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command("cold-items")
+def cold_items(
+    stale_days: Annotated[int, typer.Option(help="Days the champion keeps serving while new items arrive.")] = 2,
+    champion_day: Annotated[int, typer.Option(help="Day index the champion is trained on.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "cold_items.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Next-day recall of new items' plays: content-derived vectors vs a retrained model (jobs/bench/cold_items.py)."""
+    from jobs.bench import cold_items as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("cold-items")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench cold-items", "bench_cold_items.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, champion_day=champion_day, stale_days=stale_days, seed=seed,
+                                   progress=lambda line: typer.echo(line, err=True), log=log)
+
+    report(measure, bench.render_markdown, out)
+
+
 @bench_app.command("all")
 def all_benchmarks(
     only: Annotated[str | None, typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,

@@ -1,0 +1,125 @@
+"""`factory bench cold-items`: can new items be recommended on their first days? (issue 19)
+
+On a generated world (jobs/bench/retrain_world.py; new items every day, played at once thanks to a
+release boost) a champion is trained on day `champion_day` and keeps serving for `stale_days` days.
+On each of those days, users embedded from their history up to that day rank the whole catalog, and
+we count how many of their next-day plays of items at most 2 days old (published that day or the
+day before) land in their top 10 (recall@10), for:
+- `champion, content vectors`: the champion's item vectors plus, for items it has not seen, vectors
+  mapped from their text (models/content_map.py, fitted on the items it knows: what embed does);
+- `champion, no content vectors`: the champion's item vectors only (before issue 19);
+- `retrained`: a model warm-started from the champion and retrained on that day (a full nightly
+  retrain, which has the new items in its table and their plays so far).
+Text vectors come from MiniLM (jobs/steps/text_encoder.py) unless a stand-in `encode` is passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jobs.bench.common import LoadSampler, machine, summary_row, write_result
+from jobs.bench.compatibility import SMALL_WORLD
+from jobs.bench.retrain_world import ModelSettings, World, day_users, recall_at_k, simulate, train
+from jobs.config import GeneratorConfig
+from models.content_map import fit_content_map
+from models.user_encoder import UserEncoder
+
+MAX_AGE_DAYS = 2  # "new": published on the evaluated day or the day before
+
+
+def minilm(texts: list[str]) -> np.ndarray:
+    from jobs.steps.text_encoder import encode
+
+    return encode(texts, batch_size=256)[0]
+
+
+def new_item_recall(world: World, day: int, model: UserEncoder, items: np.ndarray, ids: np.ndarray,
+                    max_len: int) -> tuple[float, int]:
+    """(recall@10 of day + 1's plays of items published on day - 1 or day, users with such plays)."""
+    first_day = world.catalog.first_day  # index = vocabulary id - 1
+    plays = world.plays_on(day + 1)
+    fresh = {int(i) + 1 for i in np.flatnonzero((first_day >= day - MAX_AGE_DAYS + 1) & (first_day <= day))}
+    who, users = day_users(world, day, max_len, model)
+    targets = [plays.get(int(u), set()) & fresh for u in who]
+    return recall_at_k(users, items, ids, targets), sum(bool(t) for t in targets)
+
+
+def content_item_table(model: UserEncoder, content: np.ndarray, known: int, total: int, holdout: float = 0.2,
+                       seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(total, D) item vectors: the model's for ids 1..known, content-mapped for known+1..total."""
+    encoder_items = model.item_embeddings().detach()[1:known + 1].numpy()
+    mapping, quality = fit_content_map(content[:known], encoder_items, holdout, seed)
+    return np.concatenate([encoder_items, mapping.apply(content[known:total])]), quality
+
+
+def run(world_settings: dict, champion_day: int, stale_days: int, settings: ModelSettings, seed: int = 7,
+        encode: Callable[[list[str]], np.ndarray] = minilm, progress=print) -> dict:
+    cfg = GeneratorConfig(**{**world_settings, "days": champion_day + stale_days + 2, "seed": seed})
+    started = time.perf_counter()
+    with LoadSampler() as load:
+        world = simulate(cfg)
+        total = world.items_by(champion_day + stale_days)
+        content = encode(world.texts(total))
+        champion = train(world, champion_day, settings)
+        known = champion.cfg.num_items
+        days = []
+        for day in range(champion_day + 1, champion_day + 1 + stale_days):
+            now = world.items_by(day)
+            with_content, quality = content_item_table(champion, content, known, now, seed=settings.seed)
+            ids = np.arange(1, now + 1)
+            plain = champion.item_embeddings().detach()[1:known + 1].numpy()
+            retrained = train(world, day, settings, start=champion)
+            fresh_table = retrained.item_embeddings().detach()[1:now + 1].numpy()
+            figures = {
+                "content": new_item_recall(world, day, champion, with_content, ids, settings.max_len),
+                "no_content": new_item_recall(world, day, champion, plain, ids[:known], settings.max_len),
+                "retrained": new_item_recall(world, day, retrained, fresh_table, ids, settings.max_len),
+            }
+            row = {"day": day, "items": now, "items_content_derived": now - known,
+                   "users_with_new_item_plays": figures["content"][1],
+                   **{f"recall10_{k}": v[0] for k, v in figures.items()},
+                   **{f"content_map_{k}": v for k, v in quality.items()}}
+            row["content_over_retrained"] = (row["recall10_content"] / row["recall10_retrained"]
+                                             if row["recall10_retrained"] else 0.0)
+            days.append(row)
+            progress(f"day {day}: recall@10 of new-item plays: content {row['recall10_content']:.4f}, no content "
+                     f"{row['recall10_no_content']:.4f}, retrained {row['recall10_retrained']:.4f}")
+    mean = {k: float(np.mean([d[f"recall10_{k}"] for d in days])) for k in ("content", "no_content", "retrained")}
+    return {"world": dataclasses.asdict(cfg), "model": dataclasses.asdict(settings), "champion_day": champion_day,
+            "days": days, "mean_recall10": mean,
+            "content_over_retrained": mean["content"] / mean["retrained"] if mean["retrained"] else 0.0,
+            "seconds": time.perf_counter() - started, "machine": machine(), "load": load.summary()}
+
+
+def summary_rows(result: dict) -> list[dict]:
+    mean, ratio = result["mean_recall10"], result["content_over_retrained"]
+    return [summary_row(
+        "new-item recall, content vectors / retrained", ratio, "ratio", ">= 0.5 and content recall > 0",
+        ratio >= 0.5 and mean["content"] > 0,
+        f"next-day recall@10 of plays of items <= {MAX_AGE_DAYS} days old, mean over {len(result['days'])} days the "
+        f"champion kept serving: content vectors {mean['content']:.4f}, retrained {mean['retrained']:.4f}, "
+        f"no content vectors {mean['no_content']:.4f}")]
+
+
+def run_benchmark(out: Path, command: str, champion_day: int = 3, stale_days: int = 2,
+                  settings: ModelSettings | None = None, world: dict | None = None, seed: int = 7,
+                  encode: Callable[[list[str]], np.ndarray] = minilm, progress=print, log=None) -> dict:
+    result = run(world or SMALL_WORLD, champion_day, stale_days, settings or ModelSettings(), seed, encode, progress)
+    result["command"] = command
+    if log is not None:
+        log(result)
+    return write_result(out, result, summary_rows(result))
+
+
+def render_markdown(result: dict) -> str:
+    lines = ["| day | new items | recall@10 content | no content | retrained | content / retrained |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {d['day']} | {d['items_content_derived']} | {d['recall10_content']:.4f} | {d['recall10_no_content']:.4f} "
+              f"| {d['recall10_retrained']:.4f} | {d['content_over_retrained']:.3f} |" for d in result["days"]]
+    row = result["summary"][0] if "summary" in result else summary_rows(result)[0]
+    return "\n".join(lines + ["", f"{row['figure']}: {row['value']:.3f} (bar {row['bar']}: met {row['met']})"])
