@@ -112,3 +112,37 @@ def log_promotion(step, old: UserEncoder, new: UserEncoder, inputs: np.ndarray, 
             step.artifact(plots.compatibility(bars, metrics["compat_rotation_angle_deg"],
                                               metrics["compat_neighbour_overlap10"], Path(folder), old_version), "plots")
     return metrics
+
+
+def log_version_change(cfg, ds: str, items, step) -> dict[str, float]:
+    """When ds's item vectors (an Arrow table: item_id, embedding, model_version, vector_source) come from
+    another model version than yesterday's: how far the space moved over the items both days have from
+    the encoder (rotation, cosine before / after alignment), and the map R (yesterday @ R -> today) as an
+    artifact `alignment/rotation_previous_to_current.npy` of the step's run. {} when nothing changed."""
+    from jobs.days import shift
+    from jobs.lakehouse import delta
+    from jobs.lakehouse.tables import ITEM_EMBEDDINGS
+
+    before = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": shift(ds, -1)},
+                        columns=["item_id", "embedding", "model_version", "vector_source"])  # a small table
+    versions = set(before.column("model_version").to_pylist())
+    current = set(items.column("model_version").to_pylist())
+    if before.num_rows == 0 or versions == current:
+        return {}
+    old = {i: v for i, v, s in zip(*(before.column(c).to_pylist() for c in ("item_id", "embedding", "vector_source")))
+           if s != "content"}
+    new = {i: v for i, v, s in zip(*(items.column(c).to_pylist() for c in ("item_id", "embedding", "vector_source")))
+           if s != "content"}
+    shared = sorted(old.keys() & new.keys())
+    if not shared or len(old[shared[0]]) != len(new[shared[0]]):
+        return {}
+    rotation, facts = alignment_report(np.array([old[i] for i in shared], np.float32),
+                                       np.array([new[i] for i in shared], np.float32))
+    metrics = {f"version_change_{k}": v for k, v in facts.items()} | {"version_change_shared_items": float(len(shared))}
+    step.metrics(**metrics)
+    step.params(version_change_from=",".join(sorted(versions)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rotation_previous_to_current.npy"
+        np.save(path, rotation)
+        step.artifact(path, "alignment")
+    return metrics

@@ -44,6 +44,7 @@ from jobs.lakehouse import commit, delta
 from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps.compatibility import log_version_change
 from jobs.steps.content_item_vectors import catalog_item_vectors
 from jobs.steps.embedding_writer import UserEmbeddingWriter
 from jobs.steps.user_predictor import (
@@ -295,6 +296,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         step.wrote(USER_EMBEDDINGS, written)
         # Every catalogued item: the champion's rows plus content-derived ones for items it has not seen.
         items = catalog_item_vectors(cfg, ds, item_vectors(cfg, champion), champion.version, step)
+        log_version_change(cfg, ds, items, step)  # a new champion moved the space: how far, and the map back
         items = items.append_column("ds", pa.array([ds] * items.num_rows, pa.string()))
         step.wrote(ITEM_EMBEDDINGS, delta.replace_partition(cfg, ITEM_EMBEDDINGS, items, {"ds": ds}))
         with tempfile.TemporaryDirectory() as folder:

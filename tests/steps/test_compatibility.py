@@ -108,3 +108,41 @@ def test_a_promotion_logs_metrics_the_plot_and_the_alignment_map(training, monke
     log_promotion(Step(), old, new, training.val_inputs, training.val_events, training.val_targets, "4")
     assert {"compat_hr10_new_users_old_items", "compat_rotation_angle_deg", "compat_neighbour_overlap10"} <= set(logged)
     assert sorted(artifacts) == ["alignment/alignment.json", "alignment/rotation_old_to_new.npy", "plots/compatibility.png"]
+
+
+def item_rows(vectors: np.ndarray, version: str, ds: str, sources: list[str] | None = None) -> pa.Table:
+    n = len(vectors)
+    return pa.table({"item_id": [f"trk_{i:03d}" for i in range(n)], "item_idx": pa.array(range(1, n + 1), pa.int32()),
+                     "embedding": pa.array(vectors.tolist(), pa.list_(pa.float32())), "model_version": [version] * n,
+                     "vector_source": sources or ["encoder"] * n, "ds": [ds] * n})
+
+
+def test_embed_logs_how_far_a_new_champion_moved_the_items_and_the_map_back(lake_cfg):
+    from jobs.lakehouse import delta
+    from jobs.lakehouse.tables import ITEM_EMBEDDINGS
+    from jobs.steps.compatibility import log_version_change
+
+    rng = np.random.default_rng(0)
+    yesterday = unit_rows(rng.standard_normal((40, 8)))
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    delta.replace_partition(lake_cfg, ITEM_EMBEDDINGS, item_rows(yesterday, "4", "2026-01-01"), {"ds": "2026-01-01"})
+    logged, artifacts = {}, []
+
+    class Step:
+        def metrics(self, **values):
+            logged.update(values)
+
+        def params(self, **values):
+            logged.update(values)
+
+        def artifact(self, path, folder=""):
+            artifacts.append(np.load(path))
+
+    today = item_rows(np.concatenate([yesterday @ q, unit_rows(rng.standard_normal((3, 8)))]), "5", "2026-01-02",
+                      ["encoder"] * 40 + ["content"] * 3)
+    metrics = log_version_change(lake_cfg, "2026-01-02", today, Step())
+    assert metrics["version_change_shared_items"] == 40 and metrics["version_change_aligned_cosine"] > 0.9999
+    assert logged["version_change_from"] == "4"
+    np.testing.assert_allclose(yesterday @ artifacts[0], yesterday @ q, atol=1e-4)
+    same_version = item_rows(yesterday, "4", "2026-01-02")
+    assert log_version_change(lake_cfg, "2026-01-02", same_version, Step()) == {}
