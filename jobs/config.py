@@ -242,10 +242,16 @@ class ColdItemsConfig:
     enabled: bool = True
     holdout_share: float = 0.2  # known items held out to pick the ridge strength and report the fit
     seed: int = 0
+    # Fit only on known items with at least this many events in the day's user_sequences: a row the
+    # encoder barely trained is near its random start and only adds noise (all known items when fewer
+    # than MIN_FIT_ITEMS qualify). Measured in docs/benchmarks.md.
+    min_events: int = 10
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.holdout_share < 1.0:
             raise ConfigError(f"cold_items.holdout_share must be in [0, 1); got {self.holdout_share!r}.")
+        if self.min_events < 0:
+            raise ConfigError(f"cold_items.min_events must be >= 0; got {self.min_events!r}.")
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,8 @@ def compatibility(
 def cold_items(
     stale_days: Annotated[int, typer.Option(help="Days the champion keeps serving while new items arrive.")] = 2,
     champion_day: Annotated[int, typer.Option(help="Day index the champion is trained on.")] = 3,
+    min_events: Annotated[int, typer.Option(help="cold_items.min_events: fit the map on known items with this many "
+                                                 "events in the day's sequences.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "cold_items.json",
     mlflow: MlflowOption = True,
@@ -249,7 +251,7 @@ def cold_items(
         log = (lambda result: log_summary(cfg, "bench cold-items", "bench_cold_items.json", result,
                                           bench.summary_rows(result))) if mlflow else None
         return bench.run_benchmark(out, command, champion_day=champion_day, stale_days=stale_days, seed=seed,
-                                   progress=lambda line: typer.echo(line, err=True), log=log)
+                                   progress=lambda line: typer.echo(line, err=True), log=log, min_events=min_events)
 
     report(measure, bench.render_markdown, out)
 

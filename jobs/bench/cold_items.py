@@ -25,7 +25,8 @@ import numpy as np
 from jobs.bench.common import LoadSampler, machine, summary_row, write_result
 from jobs.bench.compatibility import SMALL_WORLD
 from jobs.bench.retrain_world import ModelSettings, World, day_users, recall_at_k, simulate, train
-from jobs.config import GeneratorConfig
+from jobs.config import ColdItemsConfig, GeneratorConfig
+from jobs.steps.content_item_vectors import fit_mask
 from models.content_map import fit_content_map
 from models.user_encoder import UserEncoder
 
@@ -49,16 +50,26 @@ def new_item_recall(world: World, day: int, model: UserEncoder, items: np.ndarra
     return recall_at_k(users, items, ids, targets), sum(bool(t) for t in targets)
 
 
-def content_item_table(model: UserEncoder, content: np.ndarray, known: int, total: int, holdout: float = 0.2,
-                       seed: int = 0) -> tuple[np.ndarray, dict]:
-    """(total, D) item vectors: the model's for ids 1..known, content-mapped for known+1..total."""
+def content_item_table(model: UserEncoder, content: np.ndarray, known: int, total: int, counts: dict[int, int],
+                       min_events: int, holdout: float = 0.2, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(total, D) item vectors: the model's for ids 1..known, content-mapped for known+1..total (the map
+    fitted on the known items with min_events events in the sequences, as the embed step does)."""
     encoder_items = model.item_embeddings().detach()[1:known + 1].numpy()
-    mapping, quality = fit_content_map(content[:known], encoder_items, holdout, seed)
+    fit = fit_mask(list(range(1, known + 1)), counts, min_events)
+    mapping, quality = fit_content_map(content[:known][fit], encoder_items[fit], holdout, seed)
     return np.concatenate([encoder_items, mapping.apply(content[known:total])]), quality
 
 
+def sequence_event_counts(world: World, day: int, max_len: int) -> dict[int, int]:
+    """item id -> events of it in the users' sequences of `day` (what embed counts in user_sequences)."""
+    _, table = world.sequences(day, max_len)
+    ids, counts = np.unique(table.column("item_idx").combine_chunks().flatten().to_numpy(), return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
 def run(world_settings: dict, champion_day: int, stale_days: int, settings: ModelSettings, seed: int = 7,
-        encode: Callable[[list[str]], np.ndarray] = minilm, progress=print) -> dict:
+        encode: Callable[[list[str]], np.ndarray] = minilm, progress=print,
+        min_events: int = ColdItemsConfig.min_events) -> dict:
     cfg = GeneratorConfig(**{**world_settings, "days": champion_day + stale_days + 2, "seed": seed})
     started = time.perf_counter()
     with LoadSampler() as load:
@@ -70,7 +81,9 @@ def run(world_settings: dict, champion_day: int, stale_days: int, settings: Mode
         days = []
         for day in range(champion_day + 1, champion_day + 1 + stale_days):
             now = world.items_by(day)
-            with_content, quality = content_item_table(champion, content, known, now, seed=settings.seed)
+            counts = sequence_event_counts(world, day, settings.max_len)
+            with_content, quality = content_item_table(champion, content, known, now, counts, min_events,
+                                                       seed=settings.seed)
             ids = np.arange(1, now + 1)
             plain = champion.item_embeddings().detach()[1:known + 1].numpy()
             retrained = train(world, day, settings, start=champion)
@@ -91,7 +104,7 @@ def run(world_settings: dict, champion_day: int, stale_days: int, settings: Mode
                      f"{row['recall10_no_content']:.4f}, retrained {row['recall10_retrained']:.4f}")
     mean = {k: float(np.mean([d[f"recall10_{k}"] for d in days])) for k in ("content", "no_content", "retrained")}
     return {"world": dataclasses.asdict(cfg), "model": dataclasses.asdict(settings), "champion_day": champion_day,
-            "days": days, "mean_recall10": mean,
+            "min_events": min_events, "days": days, "mean_recall10": mean,
             "content_over_retrained": mean["content"] / mean["retrained"] if mean["retrained"] else 0.0,
             "seconds": time.perf_counter() - started, "machine": machine(), "load": load.summary()}
 
@@ -108,8 +121,10 @@ def summary_rows(result: dict) -> list[dict]:
 
 def run_benchmark(out: Path, command: str, champion_day: int = 3, stale_days: int = 2,
                   settings: ModelSettings | None = None, world: dict | None = None, seed: int = 7,
-                  encode: Callable[[list[str]], np.ndarray] = minilm, progress=print, log=None) -> dict:
-    result = run(world or SMALL_WORLD, champion_day, stale_days, settings or ModelSettings(), seed, encode, progress)
+                  encode: Callable[[list[str]], np.ndarray] = minilm, progress=print, log=None,
+                  min_events: int = ColdItemsConfig.min_events) -> dict:
+    result = run(world or SMALL_WORLD, champion_day, stale_days, settings or ModelSettings(), seed, encode, progress,
+                 min_events)
     result["command"] = command
     if log is not None:
         log(result)

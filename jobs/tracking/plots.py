@@ -95,5 +95,5 @@ def compatibility(hr10: dict[str, float], angle_deg: float, overlap: float, fold
     ax.barh(names, [hr10[n] for n in names], color=["#4c72b0", "#8172b2", "#c44e52", "#dd8452", "#55a868"][:len(names)])
     ax.invert_yaxis()
     ax.set_xlabel("validation HR@10 (held-out next item)")
-    ax.set_title(f"compatibility with v{old_version}: rotation {angle_deg:.1f} deg, neighbour overlap@10 {overlap:.2f}")
+    ax.set_title(f"compatibility with v{old_version}\nrotation {angle_deg:.1f} deg, neighbour overlap@10 {overlap:.2f}")
     return _save(fig, folder, "compatibility.png")

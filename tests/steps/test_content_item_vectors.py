@@ -14,7 +14,7 @@ from jobs.config import load_config
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import CONTENT_VECTORS, ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS
 from jobs.steps import embed
-from jobs.steps.content_item_vectors import CONTENT, ENCODER, catalog_item_vectors
+from jobs.steps.content_item_vectors import CONTENT, ENCODER, MIN_FIT_ITEMS, catalog_item_vectors, fit_mask
 from jobs.steps.index import build_index
 from jobs.tracking import registry
 from models.user_encoder import UserEncoder, UserEncoderConfig
@@ -75,7 +75,8 @@ def champion() -> registry.RegisteredEncoder:
 
 def test_every_catalogued_item_has_a_vector_on_its_first_day_and_new_ones_are_marked_content(cfg):
     step, model = Step(), champion()
-    rows = catalog_item_vectors(cfg, D2, embed.item_vectors(cfg, model), model.version, step)
+    counts = {i: 50 for i in range(1, KNOWN + 1)}  # every known item well trained
+    rows = catalog_item_vectors(cfg, D2, embed.item_vectors(cfg, model), model.version, step, counts)
     assert rows.num_rows == KNOWN + NEW
     assert rows.column("item_idx").to_pylist() == list(range(1, KNOWN + NEW + 1))
     sources = rows.column("vector_source").to_pylist()
@@ -99,7 +100,7 @@ def test_every_catalogued_item_has_a_vector_on_its_first_day_and_new_ones_are_ma
 
 def test_before_new_items_arrive_every_vector_is_the_encoders(cfg):
     step, model = Step(), champion()
-    rows = catalog_item_vectors(cfg, D1, embed.item_vectors(cfg, model), model.version, step)
+    rows = catalog_item_vectors(cfg, D1, embed.item_vectors(cfg, model), model.version, step, counts={})
     assert rows.column("vector_source").to_pylist() == [ENCODER] * KNOWN
     assert step.logged["items_content_derived"] == 0
 
@@ -109,3 +110,11 @@ def test_with_cold_items_off_only_the_encoders_rows_are_written(cfg):
     model = champion()
     rows = catalog_item_vectors(off, D2, embed.item_vectors(off, model), model.version, Step())
     assert rows.num_rows == KNOWN and set(rows.column("vector_source").to_pylist()) == {ENCODER}
+
+
+def test_the_map_is_fitted_on_items_the_encoder_has_evidence_for_when_enough_have_it():
+    known = list(range(1, 101))
+    counts = {i: (30 if i <= MIN_FIT_ITEMS else 2) for i in known}
+    assert fit_mask(known, counts, min_events=10).sum() == MIN_FIT_ITEMS
+    assert fit_mask(known, {1: 30}, min_events=10).all()  # too few: every known item
+    assert fit_mask(known, None, min_events=10).all() and fit_mask(known, counts, min_events=0).all()
