@@ -11,6 +11,13 @@ day before) land in their top 10 (recall@10), for:
 - `retrained`: a model warm-started from the champion and retrained on that day (a full nightly
   retrain, which has the new items in its table and their plays so far).
 Text vectors come from MiniLM (jobs/steps/text_encoder.py) unless a stand-in `encode` is passed.
+
+Second option (`sid_levels` > 0): the encoder with SID-based item vectors (models/sid_item_table.py:
+the sum of the item's code vectors, with and without a per-item residual), SIDs from residual
+k-means over the known items' text vectors; new items are assigned codes against that codebook (as
+the semantic_ids step does between refits) and get their vectors from them, with no retrain. Its
+parameters, warm next-day HR@10 (plays of items the champion knows) and new-item recall are reported
+beside the per-item-id encoder's; not judged.
 """
 
 from __future__ import annotations
@@ -21,13 +28,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from jobs.bench.common import LoadSampler, machine, summary_row, write_result
 from jobs.bench.compatibility import SMALL_WORLD
-from jobs.bench.retrain_world import ModelSettings, World, day_users, recall_at_k, simulate, train
+from jobs.bench.retrain_world import (
+    ModelSettings,
+    World,
+    day_users,
+    next_day_hr,
+    recall_at_k,
+    simulate,
+    train,
+)
 from jobs.config import ColdItemsConfig, GeneratorConfig
 from jobs.steps.content_item_vectors import fit_mask
 from models.content_map import fit_content_map
+from models.residual_quantizer import ResidualQuantizer, ResidualQuantizerConfig
+from models.sid_item_table import SidItemTable
 from models.user_encoder import UserEncoder
 
 MAX_AGE_DAYS = 2  # "new": published on the evaluated day or the day before
@@ -67,9 +85,49 @@ def sequence_event_counts(world: World, day: int, max_len: int) -> dict[int, int
     return dict(zip(ids.tolist(), counts.tolist()))
 
 
+def warm_hr10(world: World, day: int, model: UserEncoder, known: int, max_len: int) -> float:
+    """Next-day HR@10 (plays on day + 1 of items 1..known) of `model`'s users and items of `day`."""
+    plays = world.plays_on(day + 1)
+    who, users = day_users(world, day, max_len, model)
+    targets = [{i for i in plays.get(int(u), ()) if i <= known} for u in who]
+    rows = np.array([bool(t) for t in targets])
+    items = model.item_embeddings().detach()[1:known + 1].numpy()
+    return next_day_hr(users[rows], items, np.arange(1, known + 1), [t for t in targets if t])
+
+
+def sid_arm(world: World, settings: ModelSettings, content: np.ndarray, champion: UserEncoder, champion_day: int,
+            stale_days: int, levels: int, codes_per_level: int, progress=print) -> dict:
+    """The SID-based item representation against the champion (per-item ids): parameters, warm HR@10,
+    new-item recall on the stale days."""
+    known = champion.cfg.num_items
+    quantizer = ResidualQuantizer(ResidualQuantizerConfig(levels=levels, codes_per_level=codes_per_level,
+                                                          seed=settings.seed)).fit(content[:known], encode=False)
+    codes = torch.from_numpy(quantizer.assign(content).astype(np.int64))  # (total, L), row i = item id i + 1
+    out = {"levels": levels, "codes_per_level": codes_per_level,
+           "per_item_ids": {"item_parameters": int(champion.item_emb.weight.numel()),
+                            "warm_hr10": warm_hr10(world, champion_day, champion, known, settings.max_len)}}
+    for name, residual in (("sid", False), ("sid_residual", True)):
+        table = SidItemTable(torch.cat([torch.zeros(1, levels, dtype=torch.int64), codes[:known]]), codes_per_level,
+                             settings.d_model, residual=residual)
+        model = train(world, champion_day, settings, item_table=table)
+        arm = {"item_parameters": table.parameter_count(),
+               "warm_hr10": warm_hr10(world, champion_day, model, known, settings.max_len), "new_item_recall10": []}
+        for day in range(champion_day + 1, champion_day + 1 + stale_days):
+            now = world.items_by(day)
+            model.item_emb.extend(codes[model.item_emb.codes.shape[0] - 1:now])
+            items = model.item_embeddings().detach()[1:now + 1].numpy()
+            arm["new_item_recall10"].append(new_item_recall(world, day, model, items, np.arange(1, now + 1),
+                                                            settings.max_len)[0])
+        arm["new_item_recall10_mean"] = float(np.mean(arm["new_item_recall10"]))
+        out[name] = arm
+        progress(f"{name}: {arm['item_parameters']:,} item parameters, warm HR@10 {arm['warm_hr10']:.4f}, "
+                 f"new-item recall@10 {arm['new_item_recall10_mean']:.4f}")
+    return out
+
+
 def run(world_settings: dict, champion_day: int, stale_days: int, settings: ModelSettings, seed: int = 7,
         encode: Callable[[list[str]], np.ndarray] = minilm, progress=print,
-        min_events: int = ColdItemsConfig.min_events) -> dict:
+        min_events: int = ColdItemsConfig.min_events, sid_levels: int = 3, sid_codes: int = 32) -> dict:
     cfg = GeneratorConfig(**{**world_settings, "days": champion_day + stale_days + 2, "seed": seed})
     started = time.perf_counter()
     with LoadSampler() as load:
@@ -102,15 +160,40 @@ def run(world_settings: dict, champion_day: int, stale_days: int, settings: Mode
             days.append(row)
             progress(f"day {day}: recall@10 of new-item plays: content {row['recall10_content']:.4f}, no content "
                      f"{row['recall10_no_content']:.4f}, retrained {row['recall10_retrained']:.4f}")
+        sid_items = (sid_arm(world, settings, content, champion, champion_day, stale_days, sid_levels, sid_codes, progress)
+                     if sid_levels > 0 else None)
     mean = {k: float(np.mean([d[f"recall10_{k}"] for d in days])) for k in ("content", "no_content", "retrained")}
     return {"world": dataclasses.asdict(cfg), "model": dataclasses.asdict(settings), "champion_day": champion_day,
-            "min_events": min_events, "days": days, "mean_recall10": mean,
+            "min_events": min_events, "days": days, "mean_recall10": mean, "sid_items": sid_items,
             "content_over_retrained": mean["content"] / mean["retrained"] if mean["retrained"] else 0.0,
             "seconds": time.perf_counter() - started, "machine": machine(), "load": load.summary()}
 
 
 def summary_rows(result: dict) -> list[dict]:
     mean, ratio = result["mean_recall10"], result["content_over_retrained"]
+    return [*_content_rows(mean, ratio, result), *_sid_rows(result.get("sid_items"), mean)]
+
+
+def _sid_rows(sid: dict | None, mean: dict) -> list[dict]:
+    if not sid:
+        return []
+    ids = sid["per_item_ids"]
+    rows = []
+    for name, label in (("sid", "SID item vectors"), ("sid_residual", "SID item vectors + residual")):
+        arm = sid[name]
+        rows += [summary_row(f"{label}: warm next-day HR@10 / per-item ids", arm["warm_hr10"] / ids["warm_hr10"]
+                             if ids["warm_hr10"] else 0.0, "ratio", "", None,
+                             f"{arm['warm_hr10']:.4f} vs {ids['warm_hr10']:.4f}"),
+                 summary_row(f"{label}: item parameters / per-item ids", arm["item_parameters"] / ids["item_parameters"],
+                             "ratio", "", None, f"{arm['item_parameters']:,} vs {ids['item_parameters']:,}"),
+                 summary_row(f"{label}: new-item recall / retrained", arm["new_item_recall10_mean"] / mean["retrained"]
+                             if mean["retrained"] else 0.0, "ratio", "", None,
+                             f"new-item recall@10 {arm['new_item_recall10_mean']:.4f} with no retrain; retrained "
+                             f"per-item ids {mean['retrained']:.4f}; content vectors {mean['content']:.4f}")]
+    return rows
+
+
+def _content_rows(mean: dict, ratio: float, result: dict) -> list[dict]:
     return [summary_row(
         "new-item recall, content vectors / retrained", ratio, "ratio", ">= 0.5 and content recall > 0",
         ratio >= 0.5 and mean["content"] > 0,
@@ -122,9 +205,9 @@ def summary_rows(result: dict) -> list[dict]:
 def run_benchmark(out: Path, command: str, champion_day: int = 3, stale_days: int = 2,
                   settings: ModelSettings | None = None, world: dict | None = None, seed: int = 7,
                   encode: Callable[[list[str]], np.ndarray] = minilm, progress=print, log=None,
-                  min_events: int = ColdItemsConfig.min_events) -> dict:
+                  min_events: int = ColdItemsConfig.min_events, sid_levels: int = 3, sid_codes: int = 32) -> dict:
     result = run(world or SMALL_WORLD, champion_day, stale_days, settings or ModelSettings(), seed, encode, progress,
-                 min_events)
+                 min_events, sid_levels, sid_codes)
     result["command"] = command
     if log is not None:
         log(result)
@@ -136,5 +219,6 @@ def render_markdown(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {d['day']} | {d['items_content_derived']} | {d['recall10_content']:.4f} | {d['recall10_no_content']:.4f} "
               f"| {d['recall10_retrained']:.4f} | {d['content_over_retrained']:.3f} |" for d in result["days"]]
-    row = result["summary"][0] if "summary" in result else summary_rows(result)[0]
-    return "\n".join(lines + ["", f"{row['figure']}: {row['value']:.3f} (bar {row['bar']}: met {row['met']})"])
+    rows = result["summary"] if "summary" in result else summary_rows(result)
+    return "\n".join(lines + [""] + [f"- {r['figure']}: {r['value']:.3f}" + (f" (bar {r['bar']}: met {r['met']})" if r["bar"]
+                                                                          else f" ({r['detail']})") for r in rows])

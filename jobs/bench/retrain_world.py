@@ -107,9 +107,10 @@ class ModelSettings:
 
 
 def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | None = None,
-          compat_weight: float = 0.0) -> UserEncoder:
+          compat_weight: float = 0.0, item_table: torch.nn.Module | None = None) -> UserEncoder:
     """An encoder trained on the sequences of `day`, over every item published by then; warm-started
-    from `start` (its item table grown, as the train step does) with the compatibility term if asked."""
+    from `start` (its item table grown, as the train step does) with the compatibility term if asked;
+    `item_table` (e.g. models.sid_item_table.SidItemTable) replaces a fresh model's per-item table."""
     num_items = world.items_by(day)
     cfg = UserEncoderConfig(num_items=num_items, max_len=settings.max_len, d_model=settings.d_model, n_layers=2,
                             n_heads=2, dropout=0.2, temperature=0.05)
@@ -117,6 +118,8 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
     model = UserEncoder(cfg)
     if start is not None:
         model.load_state_dict(expand_item_table(start.state_dict(), num_items))
+    elif item_table is not None:
+        model.item_emb = item_table
     _, table = world.sequences(day, settings.max_len)
     data = build_training_data(table, settings.max_len, settings.seed + day)
     loop = LoopConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + day,

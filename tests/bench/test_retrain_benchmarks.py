@@ -48,8 +48,13 @@ def test_cold_items_benchmark_compares_content_vectors_with_a_retrained_model(tm
     out = tmp_path / "cold_items.json"
     result = cold_items.run_benchmark(out, "test", champion_day=1, stale_days=2, settings=TINY_MODEL, world=WORLD,
                                       encode=lambda texts: hashed_unit_vectors(texts, 64, dim=24),
-                                      progress=lambda line: None)
-    assert [row["figure"] for row in result["summary"]] == ["new-item recall, content vectors / retrained"]
+                                      progress=lambda line: None, sid_levels=2, sid_codes=8)
+    figures = [row["figure"] for row in result["summary"]]
+    assert figures[0] == "new-item recall, content vectors / retrained"
+    assert "SID item vectors: item parameters / per-item ids" in figures
+    sid = result["sid_items"]
+    assert sid["sid"]["item_parameters"] == 2 * 8 * TINY_MODEL.d_model  # levels x codes x D, whatever the catalog
+    assert len(sid["sid_residual"]["new_item_recall10"]) == 2
     assert [d["items_content_derived"] for d in result["days"]] == [6, 12]
     for day in result["days"]:
         assert 0 <= day["recall10_content"] <= 1 and 0 <= day["recall10_retrained"] <= 1
