@@ -234,6 +234,8 @@ def cold_items(
     champion_day: Annotated[int, typer.Option(help="Day index the champion is trained on.")] = 3,
     min_events: Annotated[int, typer.Option(help="cold_items.min_events: fit the map on known items with this many "
                                                  "events in the day's sequences.")] = 10,
+    sid_levels: Annotated[int, typer.Option(help="Levels of the SID-based item representation arm (0 skips it).")] = 3,
+    sid_codes: Annotated[int, typer.Option(help="Codes per level of that arm.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "cold_items.json",
     mlflow: MlflowOption = True,
@@ -251,7 +253,8 @@ def cold_items(
         log = (lambda result: log_summary(cfg, "bench cold-items", "bench_cold_items.json", result,
                                           bench.summary_rows(result))) if mlflow else None
         return bench.run_benchmark(out, command, champion_day=champion_day, stale_days=stale_days, seed=seed,
-                                   progress=lambda line: typer.echo(line, err=True), log=log, min_events=min_events)
+                                   progress=lambda line: typer.echo(line, err=True), log=log, min_events=min_events,
+                                   sid_levels=sid_levels, sid_codes=sid_codes)
 
     report(measure, bench.render_markdown, out)
 
