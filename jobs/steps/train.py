@@ -29,6 +29,7 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps import inference_pool
 from jobs.steps.encoder_fit import FitResult, fit, log_history
 from jobs.steps.encoder_training import (
     TrainingData,
@@ -108,6 +109,7 @@ def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, i
     if not files:
         raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
     ensure_ray(cfg)
+    inference_pool.release()  # an earlier day's embedding actors (a backfill) would hold the CPUs Ray Train needs
     train_input = read_train_input(files, cfg.features.max_seq_len, cfg.train.seed, cfg.train.max_users)
     return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
