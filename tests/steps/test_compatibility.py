@@ -146,3 +146,13 @@ def test_embed_logs_how_far_a_new_champion_moved_the_items_and_the_map_back(lake
     np.testing.assert_allclose(yesterday @ artifacts[0], yesterday @ q, atol=1e-4)
     same_version = item_rows(yesterday, "4", "2026-01-02")
     assert log_version_change(lake_cfg, "2026-01-02", same_version, Step()) == {}
+
+
+def test_negative_compat_weight_or_evidence_threshold_is_one_sentence():
+    from jobs.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.compat_weight must be >= 0"):
+        load_config(overrides={"train.compat_weight": "-1"})
+    with pytest.raises(ConfigError, match="cold_items.min_events must be >= 0"):
+        load_config(overrides={"cold_items.min_events": "-2"})
+    assert load_config(overrides={"train.compat_weight": "10"}).train.compat_weight == 10.0
