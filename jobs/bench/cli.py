@@ -259,6 +259,42 @@ def cold_items(
     report(measure, bench.render_markdown, out)
 
 
+@bench_app.command("sid-items")
+def sid_items(
+    data: Annotated[Path, typer.Option(help="SASRec-format file (ml-1m.txt, beauty.txt).")],
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens folder (movies.dat, item_map.csv): SIDs from the "
+                                                        "item text.")] = None,
+    sid_index: Annotated[Path | None, typer.Option(help="Published SIDs: item_id0 -> ['<a_x>', ...] JSON "
+                                                        "(LETTER's Beauty.index.json).")] = None,
+    minutes: Annotated[float, typer.Option(help="Training clock per item representation.")] = 3.0,
+    levels: Annotated[int, typer.Option(help="SID levels (text codes).")] = 3,
+    codes: Annotated[int, typer.Option(help="Codes per level (text codes).")] = 64,
+    cold_share: Annotated[float, typer.Option(help="Share of items held out of training (cold items).")] = 0.1,
+    max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the split, codes and training.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/sid_items_<stem>.json).")] = None,
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """SID-based item vectors vs per-item ids in the encoder: warm and cold items (jobs/bench/sid_items.py)."""
+    from jobs.bench import sid_items as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("sid-items")
+    out = out or RESULTS / f"sid_items_{data.stem}.json"
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench sid-items", "bench_sid_items.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, data, minutes, log=log, movielens=movielens, sid_index=sid_index,
+                                   levels=levels, codes_per_level=codes, cold_share=cold_share, max_len=max_len, seed=seed,
+                                   progress=lambda line: typer.echo(line, err=True))
+
+    report(measure, bench.render_markdown, out)
+
+
 @bench_app.command("all")
 def all_benchmarks(
     only: Annotated[str | None, typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,

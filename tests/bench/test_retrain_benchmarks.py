@@ -61,3 +61,24 @@ def test_cold_items_benchmark_compares_content_vectors_with_a_retrained_model(tm
     # Two days after the champion every new item is one it has never seen: without content vectors, none is found.
     assert result["days"][-1]["recall10_no_content"] == 0.0
     assert json.loads(out.read_text())["summary"] == result["summary"]
+
+
+def test_sid_items_benchmark_holds_cold_items_out_of_training_and_compares_the_arms(tmp_path, write_sasrec):
+    import json as _json
+
+    from jobs.bench import sid_items
+
+    data = tmp_path / "tiny.txt"
+    write_sasrec(data, users=120, num_items=30)
+    index = tmp_path / "index.json"
+    rng = np.random.default_rng(0)
+    index.write_text(_json.dumps({str(i): [f"<a_{rng.integers(4)}>", f"<b_{rng.integers(4)}>"] for i in range(30)}))
+    split, cold = sid_items.cold_split(sid_items.read_sasrec(data), 0.2, seed=0)
+    assert cold.sum() == 6 and not any(cold[s[:-1]].any() for s in split.sequences)  # cold only as the last item
+    result = sid_items.run_benchmark(tmp_path / "sid_items.json", "test", data, minutes=0.02, sid_index=index,
+                                     cold_share=0.2, max_len=8, d_model=16, progress=lambda line: None)
+    arms = result["arms"]
+    assert set(arms) == {"per_item_ids", "sid", "sid_residual"}
+    assert arms["sid"]["item_parameters"] == 2 * 4 * 16 < arms["per_item_ids"]["item_parameters"] == 31 * 16
+    assert result["cold_test_users"] == arms["sid"]["unfiltered_cold"]["users"] > 0
+    assert result["summary"][0]["figure"] == "per_item_ids: warm HR@10 (unfiltered)"
