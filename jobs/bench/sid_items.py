@@ -90,8 +90,10 @@ def train_arm(arm: str, training: encoder_training.TrainingData, codes: np.ndarr
         padded = torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.int64), torch.from_numpy(codes)])
         model.item_emb = SidItemTable(padded, codes_per_level, encoder_cfg.d_model, residual=arm == "sid_residual")
     run = encoder_training.TrainingRun(model, training, loop)
-    run.run()
+    state = run.run()
     model.load_state_dict(run.best_weights)
+    model.training_state = {"epochs": state.epoch, "steps": state.step, "stop_reason": state.stop_reason,
+                            "best_val_ndcg10_seen_filtered": state.best}
     return model.eval()
 
 
@@ -126,7 +128,7 @@ def run(data_path: Path, minutes: float, *, movielens: Path | None = None, sid_i
             plain, filtered = encoder_training.rank_targets(model, test.inputs, test.events, test.targets, test.seen)
             item_parameters = (model.item_emb.parameter_count() if isinstance(model.item_emb, SidItemTable)
                                else model.item_emb.weight.numel())
-            result_arms[arm] = {"item_parameters": int(item_parameters),
+            result_arms[arm] = {"item_parameters": int(item_parameters), "training": model.training_state,
                                 "parameters": int(sum(p.numel() for p in model.parameters())),
                                 **{f"{protocol}_{part}": figures(ranks, rows)
                                    for protocol, ranks in (("unfiltered", plain), ("seen_filtered", filtered))
