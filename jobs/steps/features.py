@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds, shift
 from jobs.lakehouse import delta
-from jobs.lakehouse.spark import read_snapshot, to_arrow, write_partition
+from jobs.lakehouse.spark import read_snapshot, spark_session, to_arrow, write_partition
 from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB, ITEMS, USER_SEQUENCES
+from jobs.steps import taste_feedback
 from jobs.tracking.runs import StepResult, track_step
 
 EVENT_TYPE_CODES = {"play": 1, "skip": 2, "save": 3}  # 0 is padding in the encoder
@@ -113,6 +115,25 @@ def updated_sequences(previous: DataFrame, today: DataFrame, left: DataFrame, ds
     ).where(F.col("events_in_window") > 0)
 
 
+def rebuild_for_edits(cfg: FactoryConfig, ds: str, sequences: DataFrame, step) -> DataFrame:
+    """Profile edits' "forget" (jobs/steps/taste_feedback.py): the sequences of users who ever had a
+    forget edit are rebuilt from the window's events less the items forgotten on ds; every other row
+    is left exactly as it is. No edits (or profile.apply_edits off): `sequences` unchanged."""
+    users = taste_feedback.users_to_rebuild(cfg, ds)
+    if not users:
+        return sequences
+    spark = spark_session(cfg)
+    forgotten = taste_feedback.forgotten_on(cfg, ds)
+    step.metrics(users_rebuilt_for_edits=len(users), items_forgotten=forgotten.num_rows)
+    who = F.broadcast(spark.createDataFrame(pa.table({"user_id": users})))
+    window = [shift(ds, -i) for i in range(cfg.features.window_days)]
+    _, events = read_snapshot(cfg, EVENTS, where_in={"ds": window})
+    _, vocab = read_snapshot(cfg, ITEM_VOCAB)
+    events = taste_feedback.without_forgotten(spark, events.join(who, "user_id", "left_semi"), forgotten)
+    rebuilt = user_sequences(events, vocab, ds, cfg.features.max_seq_len)
+    return sequences.join(who, "user_id", "left_anti").unionByName(rebuilt)
+
+
 def sequence_events(events: DataFrame, vocab: DataFrame) -> DataFrame:
     """The events sequences are made of: plays and skips of items in the vocabulary, with their item_idx."""
     return (events.where(F.col("event_type").isin(*SEQUENCE_EVENT_TYPES))
@@ -176,6 +197,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                 if increment is not None:  # the periodic check of the increments
                     step.metrics(incremental_drift_rows=sequences.exceptAll(increment).count()
                                  + increment.exceptAll(sequences).count())
+        sequences = rebuild_for_edits(cfg, ds, sequences, step)
         # Hash-partitioned by user and sorted within each file: the same rows give the same files and
         # row order on every run (train samples rows by position), without a global sort's sampling pass.
         shuffle = cfg.spark.shuffle_partitions
