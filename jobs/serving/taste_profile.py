@@ -60,7 +60,8 @@ def show_profile(cfg: FactoryConfig, user_id: str, ds: str | None = None) -> dic
         status = ("withdrawn" if withdrawn is not None and withdrawn <= ds else
                   "in force" if edit["from_ds"] <= ds else f"from {edit['from_ds']}")
         if withdrawn is not None and withdrawn > ds:
-            status += f", withdrawn from {withdrawn}"
+            status = f"withdrawn before {edit['from_ds']}" if withdrawn <= edit["from_ds"] else \
+                f"{status}, withdrawn from {withdrawn}"
         edits.append({**edit, "status": status, "edit": profile_edits.describe(edit)})
     return {"user_id": user_id, "ds": ds, "text": row["text"], "facets": row["facets"], "regions": row["regions"],
             "edits_in_force": row["edits"], "steered": row["steered_embedding"] is not None,
