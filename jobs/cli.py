@@ -352,7 +352,7 @@ def profile_edit(
     """Record edits (--more/--less/--forget KIND:NAME) or withdraw them (--withdraw KIND:NAME); the next
     daily run applies them. Repeating an edit changes nothing."""
     from jobs.serving.taste_profile import check_user
-    from jobs.steps.profile_edits import parse_facet, record_edit, withdraw_edit
+    from jobs.steps.profile_edits import catalog_names, parse_facet, record_edit, resolve_name, withdraw_edit
 
     cfg = _config(config)
     if from_ds:
@@ -366,6 +366,7 @@ def profile_edit(
         if action == "withdraw":
             changed = withdraw_edit(cfg, user_id, kind, name, from_ds)
         else:
+            name = resolve_name(kind, name, catalog_names(cfg, kind))  # the catalog's spelling, as recorded
             changed = record_edit(cfg, user_id, action, kind, name, from_ds, source="cli")
         done = f"withdrew {kind}:{name}" if action == "withdraw" else f"recorded {action} {kind}:{name}"
         console.print(done + ("" if changed else " (unchanged: it already was)"), highlight=False)

@@ -162,3 +162,26 @@ def test_an_unknown_user_gets_one_sentence(world):
         show_profile(world["cfg"], "u_999999")
     with pytest.raises(FactoryError, match=r"^Unknown user 'nobody': no taste profile or listening on"):
         check_user(world["cfg"], "nobody")
+
+
+def test_the_cli_shows_a_profile_and_records_withdraws_and_repeats_edits(world, monkeypatch):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    cfg, (_, day2) = world["cfg"], world["days"]
+    MORE, _, _ = world["users"]
+    monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", cfg.paths.state_dir)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["profile", "show", MORE, "--ds", day2])
+    assert shown.exit_code == 0 and "Mostly " in shown.output and f"more genre:{world['wanted']}" in shown.output
+    genre = world["unwanted"]
+    first = runner.invoke(app, ["profile", "edit", MORE, "--less", f"genre:{genre.upper()}"])
+    again = runner.invoke(app, ["profile", "edit", MORE, "--less", f"genre:{genre}"])
+    withdrawn = runner.invoke(app, ["profile", "withdraw", MORE, f"genre:{genre}"])
+    assert (first.exit_code, again.exit_code, withdrawn.exit_code) == (0, 0, 0)
+    assert f"recorded less genre:{genre}" in first.output and "(unchanged: it already was)" in again.output
+    assert f"withdrew genre:{genre}" in withdrawn.output
+    status = {e["edit"]: e["status"] for e in show_profile(cfg, MORE, day2)["edits"]}
+    assert status[f"less genre:{genre}"].startswith("withdrawn before")  # from the next run on, withdrawn at once
