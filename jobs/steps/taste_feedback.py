@@ -1,9 +1,11 @@
 """What profile edits do in the next daily run: "forget" drops events, "more"/"less" steer vectors.
 
-- forget KIND:NAME: the named items' events leave the user's window (step features rebuilds the
-  sequence of every user who ever had a forget edit from the window's events less the forgotten
-  ones, so a withdrawn forget brings the events back), hence the user's embedding, profile and
-  generative examples; recommendations drop the items (jobs/serving).
+- forget KIND:NAME: the named items' events leave the user's window, hence the user's embedding,
+  profile and generative examples; recommendations drop the items (jobs/serving). Step features
+  drops the forgotten (user, item) pairs from every event it reads, so its increment stays equal to
+  the full recompute; on the day an edit starts or is withdrawn, that user's sequence is rebuilt from
+  the window (yesterday's still holds the forgotten items, or lacks the returned ones). Turning
+  profile.apply_edits off does not bring events back by itself: run a full rebuild day.
 - more / less KIND:NAME: a facet's direction is the normalised mean of its items' vectors (the
   encoder's shared space, item_embeddings of ds). A user's move is w = s * unit(sum of "more"
   directions - sum of "less" directions), s = profile.steer_strength < 1; the steered vector is
@@ -54,14 +56,19 @@ def forgotten_on(cfg: FactoryConfig, ds: str) -> pa.Table:
     return forgotten_items(edits_in_force(cfg, ds), delta.read(cfg, ITEMS, columns=["item_id", "genre", "artist", "show"]))
 
 
+def any_edits(cfg: FactoryConfig) -> bool:
+    """Whether edits apply at all: profile.apply_edits is on and the edits table exists."""
+    return cfg.profile.apply_edits and delta.current_version(cfg, PROFILE_EDITS) is not None
+
+
 def users_to_rebuild(cfg: FactoryConfig, ds: str) -> list[str]:
-    """Users whose sequence features rebuilds from the window: every user with a forget edit started on
-    or before ds, in force or withdrawn (yesterday's sequence may lack events the user got back)."""
-    if not cfg.profile.apply_edits or delta.current_version(cfg, PROFILE_EDITS) is None:
+    """Users whose sequence features rebuilds from the window on ds: those with an edit starting or
+    withdrawn on ds (of any action: "forget" replaced by "more" changes the forgotten items too)."""
+    if not any_edits(cfg):
         return []
     edits = read_edits(cfg)
-    mask = pc.and_(pc.equal(edits.column("action"), "forget"), pc.less_equal(edits.column("from_ds"), ds))
-    return sorted(set(edits.filter(mask).column("user_id").to_pylist()))
+    changed = pc.or_(pc.equal(edits.column("from_ds"), ds), pc.fill_null(pc.equal(edits.column("withdrawn_from_ds"), ds), False))
+    return sorted(set(edits.filter(changed).column("user_id").to_pylist()))
 
 
 def without_forgotten(spark: SparkSession, events: DataFrame, forgotten: pa.Table) -> DataFrame:

@@ -37,17 +37,19 @@ def by_user(table) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, mlflow_store):
-    overrides = {**TINY_WORLD, **mlflow_store, "paths.state_dir": str(tmp_path_factory.mktemp("state"))}
+    overrides = {**TINY_WORLD, **mlflow_store, "paths.state_dir": str(tmp_path_factory.mktemp("state")),
+                 "generator.days": "3", "features.full_rebuild_every_days": "0"}
     cfg = load_config(overrides=overrides)
     off = load_config(overrides={**overrides, "profile.apply_edits": "false"})
     generate_drops(cfg.generator, Path(cfg.landing_uri))
-    day1, day2 = generated_days(cfg.generator)
+    day1, day2, day3 = generated_days(cfg.generator)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(semantic_ids, "encode_texts", hashed_unit_vectors)
         run_day(day1, cfg, steps=UP_TO_PROFILE)
         first = by_user(delta.read(cfg, TASTE_PROFILES, where={"ds": day1}))
         # Three users who played a few artists on day 1: one gets "more", one "less", one "forget".
-        MORE, LESS, FORGET = [u for u in sorted(first) if sum(f["kind"] == "artist" for f in first[u]["facets"]) >= 2][:3]
+        MORE, LESS, FORGET, RETURNS = [u for u in sorted(first)
+                                       if sum(f["kind"] == "artist" for f in first[u]["facets"]) >= 2][:4]
         genres = lambda user: [f["name"] for f in first[user]["facets"] if f["kind"] == "genre"]  # noqa: E731
         all_genres = profile_edits.catalog_names(cfg, "genre")
         wanted = next(g for g in all_genres if g not in genres(MORE))
@@ -56,16 +58,21 @@ def world(tmp_path_factory, mlflow_store):
         profile_edits.record_edit(cfg, MORE, "more", "genre", wanted, from_ds=day2)
         profile_edits.record_edit(cfg, LESS, "less", "genre", unwanted, from_ds=day2)
         profile_edits.record_edit(cfg, FORGET, "forget", "artist", artist, from_ds=day2)
+        returning = next(f["name"] for f in first[RETURNS]["facets"] if f["kind"] == "artist")
+        profile_edits.record_edit(cfg, RETURNS, "forget", "artist", returning, from_ds=day2)
         run_day(day2, off, steps=["catalog", "ingest", "features", "train", "embed"])
         seq_off = by_user(delta.read(cfg, USER_SEQUENCES, where={"ds": day2}))
         emb_off = by_user(delta.read(cfg, USER_EMBEDDINGS, where={"ds": day2}))
         run_day(day2, cfg, steps=UP_TO_PROFILE[2:])
+        seq_day2 = by_user(delta.read(cfg, USER_SEQUENCES, where={"ds": day2}))
+        profiles = by_user(delta.read(cfg, TASTE_PROFILES, where={"ds": day2}))
+        profile_edits.withdraw_edit(cfg, RETURNS, "artist", returning, from_ds=day3)
+        [*_, features_day3] = run_day(day3, cfg, steps=["catalog", "ingest", "features"])
     return {"cfg": cfg, "days": (day1, day2), "users": (MORE, LESS, FORGET), "first": first,
             "wanted": wanted, "unwanted": unwanted, "artist": artist,
             "seq_off": seq_off, "emb_off": emb_off,
-            "seq_on": by_user(delta.read(cfg, USER_SEQUENCES, where={"ds": day2})),
-            "emb_on": by_user(delta.read(cfg, USER_EMBEDDINGS, where={"ds": day2})),
-            "profiles": by_user(delta.read(cfg, TASTE_PROFILES, where={"ds": day2}))}
+            "seq_on": seq_day2, "emb_on": by_user(delta.read(cfg, USER_EMBEDDINGS, where={"ds": day2})),
+            "profiles": profiles, "returns": (RETURNS, returning), "day3": (day3, features_day3)}
 
 
 def catalog_of(cfg) -> tuple[dict[int, str], dict[str, dict]]:
@@ -140,7 +147,7 @@ def test_steering_moves_the_vector_toward_more_and_away_from_less_within_the_bou
 
 def test_unedited_users_sequences_and_vectors_are_identical_with_edits_on_and_off(world):
     MORE, LESS, FORGET = world["users"]
-    edited = {MORE, LESS, FORGET}
+    edited = {MORE, LESS, FORGET, world["returns"][0]}
     assert set(world["seq_on"]) == set(world["seq_off"])
     for user in set(world["seq_on"]) - edited:
         assert world["seq_on"][user] == world["seq_off"][user], user
@@ -185,3 +192,27 @@ def test_the_cli_shows_a_profile_and_records_withdraws_and_repeats_edits(world, 
     assert f"withdrew genre:{genre}" in withdrawn.output
     status = {e["edit"]: e["status"] for e in show_profile(cfg, MORE, day2)["edits"]}
     assert status[f"less genre:{genre}"].startswith("withdrawn before")  # from the next run on, withdrawn at once
+
+
+class Recorder:
+    """A StepRun stand-in for calling the features step's builders directly."""
+
+    def read(self, spec, version) -> None:
+        pass
+
+
+def test_the_increment_after_a_forget_equals_the_full_recompute_and_a_withdrawn_forget_brings_events_back(world):
+    from jobs.lakehouse.spark import to_arrow
+    from jobs.steps import features
+
+    cfg, (day3, result) = world["cfg"], world["day3"]
+    _, FORGET, (returns, artist) = world["users"][1], world["users"][2], world["returns"]
+    assert result.params["mode"] == "incremental" and result.metrics["users_rebuilt_for_edits"] == 1
+    committed = by_user(delta.read(cfg, USER_SEQUENCES, where={"ds": day3}))
+    full = by_user(to_arrow(features.build_user_sequences(cfg, day3, Recorder(), taste_feedback.forgotten_on(cfg, day3)),
+                            USER_SEQUENCES))
+    assert committed == full  # the forget user's increment left the artist out without a rebuild
+    item_of, items = catalog_of(cfg)
+    artists = lambda row: {items[item_of[i]]["artist"] for i in row["item_idx"]}  # noqa: E731
+    assert world["artist"] not in artists(committed[FORGET])
+    assert artist not in artists(world["seq_on"][returns]) and artist in artists(committed[returns])
