@@ -103,6 +103,9 @@ class RayConfig:
     # read task never gets a CPU. Two actors of 0.5 CPU each leave a CPU for reads, and each runs one
     # torch thread: two single-threaded processes use both cores without intra-op synchronisation,
     # which on a shared machine was 3-10x faster than one actor with 2 threads (docs/benchmarks.md).
+    # "pool": long-lived Ray actors that load the model once per process (jobs/steps/inference_pool.py);
+    # "ray_data": a Ray Data map_batches job per call (a new actor pool each time: ~3 s fixed cost here).
+    inference_engine: str = "pool"
     inference_actors: int = 2
     actor_num_cpus: float = 0.5  # Ray's scheduling share, not a thread count
     inference_threads: int = 0  # torch threads per actor; 0 = local cores / actors (cluster: max(1, actor_num_cpus))
@@ -114,6 +117,7 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         _one_of("ray.train_placement", self.train_placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _one_of("ray.inference_engine", self.inference_engine, ("pool", "ray_data"))
         if self.train_workers < 1:
             raise ConfigError(f"ray.train_workers must be >= 1; got {self.train_workers!r}.")
 

@@ -2,8 +2,10 @@
 
 On generated user_sequences (lengths log-normal with median max_len/4, capped at max_len; item ids
 Zipf-like over 20,000 items) written to a scratch lake, for each encoder config, side by side in one run:
-  ray       the pipeline's own `jobs.steps.embed.embed_users` on the day's Parquet files (Ray Data actor
-            pool; Ray start-up is timed separately and excluded), median of --reps runs;
+  ray       the pipeline's own `jobs.steps.embed.embed_users` on the day's Parquet files with the default
+            engine (`ray.inference_engine = "pool"`: the long-lived actor pool, warm; Ray start-up and the
+            pool's cold start are timed separately and excluded), median of --reps runs;
+  ray_data  the same through a Ray Data map_batches job (`"ray_data"`: a new actor pool per call);
   loop      the same predictor class in-process over the same batches (inference_batch_size rows
             read from the same files) with the same torch thread count, interleaved with the ray runs;
   roofline  the encoder's GEMM FLOPs per user (counted below) / the fp32 torch.mm rate measured now
@@ -40,7 +42,7 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
-from jobs.steps import embed
+from jobs.steps import embed, inference_pool
 from jobs.steps.user_predictor import flat_lists
 from jobs.tracking import registry
 from jobs.tracking.memory import RssSampler
@@ -175,8 +177,14 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
         started = time.perf_counter()
         ensure_ray(cfg)
         ray_start = time.perf_counter() - started
-        _, tiny = write_day(cfg, TINY_DS, day0.slice(0, 8))  # 8 users: the job's fixed cost (actor start-up)
-        times: dict[str, list[float]] = {"ray": [], "ray_fixed": [], "loop": [], "loop_1_thread": []}
+        _, tiny = write_day(cfg, TINY_DS, day0.slice(0, 8))  # 8 users: a call's fixed cost
+        ray_data_cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, inference_engine="ray_data"))
+        inference_pool.release()
+        t = time.perf_counter()
+        embed.embed_users(cfg, tiny, champion)  # the pool's cold start: actors, torch import, model load
+        pool_cold = time.perf_counter() - t
+        say(f"  pool cold start (actors, torch import, model load; 8 users): {pool_cold:.2f} s")
+        times: dict[str, list[float]] = {"ray": [], "ray_fixed": [], "ray_data": [], "loop": [], "loop_1_thread": []}
         outputs: dict[str, pa.Table] = {}
         with RssSampler(interval=0.1) as rss, progress("inference reps", total=reps, unit="reps") as bar:
             for rep in range(reps):
@@ -190,8 +198,16 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
                     outputs[name] = output
                 say(f"  rep {rep + 1}/{reps}: " + ", ".join(
                     f"{k} {v[-1]:.2f} s" + ("" if k == "ray_fixed" else f" ({users / v[-1]:,.0f} users/s)")
-                    for k, v in times.items()))
+                    for k, v in times.items() if v))
                 bar.advance(1)
+            # Ray Data's jobs after the pool is gone: its actors and read tasks need the CPUs the pool holds.
+            inference_pool.release()
+            for rep in range(reps):
+                t = time.perf_counter()
+                outputs["ray_data"] = embed.embed_users(ray_data_cfg, files, champion)
+                times["ray_data"].append(time.perf_counter() - t)
+                say(f"  ray_data rep {rep + 1}/{reps}: {times['ray_data'][-1]:.2f} s "
+                    f"({users / times['ray_data'][-1]:,.0f} users/s)")
         same = np.allclose(np.stack(outputs["ray"].column("embedding").to_numpy(zero_copy_only=False)),
                            np.stack(outputs["loop"].column("embedding").to_numpy(zero_copy_only=False)), atol=1e-5)
         rows = cfg.ray.inference_tokens_per_forward  # tokens per model call = rows of the GEMMs
@@ -212,7 +228,9 @@ def bench_encoder(base: FactoryConfig, encoder: UserEncoderConfig, users: int, r
             "users": users, "mean_length": float(lengths.mean()), "actor_threads": actor_threads, "cores": cores,
             "inference_batch_size": cfg.ray.inference_batch_size, "tokens_per_forward": cfg.ray.inference_tokens_per_forward,
             "inference_actors": cfg.ray.inference_actors, "actor_num_cpus": cfg.ray.actor_num_cpus,
+            "inference_engine": cfg.ray.inference_engine, "pool_cold_start_seconds": pool_cold,
             "ray_start_seconds": ray_start, "seconds": times, "median_seconds": med,
+            "ray_data_users_per_s": users / med["ray_data"], "ray_data_over_loop_time": med["ray_data"] / med["loop"],
             "ray_users_per_s": users / med["ray"], "loop_users_per_s": users / med["loop"],
             "loop_1_thread_users_per_s": users / med["loop_1_thread"],
             "ray_users_per_s_without_fixed_cost": users / max(med["ray"] - med["ray_fixed"], 1e-9),
@@ -288,6 +306,10 @@ def summary_rows(result: dict) -> list[dict]:
             summary_row(f"{name}: Ray / GEMM roofline", r["ray_share_of_roofline"], "share", "≥ 0.5",
                         r["ray_share_of_roofline"] >= 0.5, f"{ray:,.0f} of {roof:,.0f} users/s; {gemm_detail(r)}"),
             summary_row(f"{name}: 1-thread loop / 1-thread roofline", one_thread, "share", "≥ 0.5", one_thread >= 0.5),
+            *([summary_row(f"{name}: Ray Data map_batches (a new actor pool per call) / plain loop time",
+                           r["ray_data_over_loop_time"], "x", detail=f"{r['ray_data_users_per_s']:,.0f} users/s; "
+                           f"the pool's cold start {r['pool_cold_start_seconds']:.1f} s, once per process")]
+              if "ray_data_over_loop_time" in r else []),
             summary_row(f"{name}: full recompute / {inc['active_share']:.0%}-active incremental day, time",
                         inc["full_over_incremental_time"], "x",
                         detail=f"{inc['full']['seconds']:.1f} s vs {inc['incremental']['seconds']:.1f} s "

@@ -108,8 +108,10 @@ def stability(gen: GeneratorConfig, days: int, levels: int, codes: int, stickine
     to a scratch MLflow store in `folder` (or `tracking` overrides), never to the factory's own."""
     from jobs.lakehouse import delta
     from jobs.lakehouse.tables import CONTENT_VECTORS, ITEMS
-    from jobs.steps import catalog as catalog_step
+    from jobs.pipeline import run_step
     from jobs.synthetic.generate import generate_drops, generated_days
+    from jobs.tracking import day_runs
+    from jobs.tracking.runs import new_run_key
 
     tracking = tracking or {"mlflow.tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
                             "mlflow.artifact_uri": (folder / "mlartifacts").as_uri()}
@@ -120,9 +122,11 @@ def stability(gen: GeneratorConfig, days: int, levels: int, codes: int, stickine
     generate_drops(gen, Path(cfg.landing_uri))
     daily, before = [], {}
     for ds in generated_days(gen):
-        catalog_step.run(ds, cfg)
+        run_key = new_run_key()  # through the pipeline, so the day's MLflow parent run ends like a real one
+        run_step("catalog", ds, cfg, run_key)
         book, previous_tokens = semantic_ids.latest_codebook(cfg), before  # what the last day's refit starts from
-        step = semantic_ids.run(ds, cfg)
+        step = run_step("semantic_ids", ds, cfg, run_key)
+        day_runs.invocation_ended(cfg, ds, run_key, ["catalog", "semantic_ids"])
         now = semantic_ids.version_tokens(cfg, int(step.metrics["codebook_version"]))
         kept = [i for i, (_, h) in before.items() if now[i][1] == h]  # text unchanged since yesterday
         daily.append({"ds": ds, "refit_reason": step.params["refit_reason"], "items": len(now),

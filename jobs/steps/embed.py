@@ -1,9 +1,11 @@
 """Step `embed` (Ray Data): embed the day's users with the champion; write item vectors too.
 
-Users come from the day's user_sequences files (one Delta version) and flow through a pool of
-`UserEmbeddingWriter` actors (jobs/steps/embedding_writer.py; the model is loaded once per actor),
-which write the user_embeddings Parquet files themselves and return only (path, rows); the driver
-commits the day's files in one Delta transaction (jobs.lakehouse.commit). Item vectors are the
+Users come from the day's user_sequences files (one Delta version) and flow through Ray actors that
+write the user_embeddings Parquet files themselves and return only (path, rows); the driver commits
+the day's files in one Delta transaction (jobs.lakehouse.commit). The actors are a long-lived pool
+that loads the model once per process (`ray.inference_engine = "pool"`, jobs/steps/inference_pool.py),
+or a Ray Data map_batches job of `UserEmbeddingWriter` actors per call ("ray_data",
+jobs/steps/embedding_writer.py). Item vectors are the
 champion's normalised item table (a small table: the Arrow path), so users and items share one
 hypersphere.
 
@@ -44,6 +46,7 @@ from jobs.lakehouse import commit, delta
 from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
+from jobs.steps import inference_pool
 from jobs.steps.embedding_writer import UserEmbeddingWriter
 from jobs.steps.user_predictor import (
     INPUT_COLUMNS,
@@ -90,6 +93,11 @@ def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: regi
     source: user_sequences Parquet files, or a table with user_id, item_idx, event_type.
     """
     ensure_ray(cfg)
+    if cfg.ray.inference_engine == "pool":
+        if not isinstance(source, list):  # the pool's actors read files: stage the table as one
+            return _embed_table_with_pool(cfg, source, champion)
+        tables = inference_pool.embed(source, predictor_kwargs(cfg, champion), **_pool_resources(cfg))
+        return pa.concat_tables(tables).sort_by("user_id") if tables else OUTPUT_SCHEMA.empty_table()
     dataset = (ray.data.read_parquet(source).select_columns(INPUT_COLUMNS) if isinstance(source, list)
                else ray.data.from_arrow(source.select(INPUT_COLUMNS)))
     # A day's file is one block, and one block goes to one actor: cut it so every actor gets work.
@@ -111,6 +119,11 @@ def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: regis
     """Embed the users of `source` (Parquet files or a folder) on Ray: the actors write the vectors into
     `folder` and return only (path, rows) per file. Returns the rows written."""
     ensure_ray(cfg)
+    if cfg.ray.inference_engine == "pool":
+        paths = source if isinstance(source, list) else [f"{source.rstrip('/')}/{n}" for n in _parquet_names(source)]
+        written = inference_pool.embed(paths, predictor_kwargs(cfg, champion), **_pool_resources(cfg),
+                                       folder_uri=folder.uri)
+        return sum(int(table.column("rows")[0].as_py()) for table in written)  # one (path, rows) per file
     dataset = ray.data.read_parquet(source).select_columns(INPUT_COLUMNS)
     dataset = dataset.repartition(target_num_rows_per_block=cfg.ray.inference_batch_size)
     written = dataset.map_batches(
@@ -121,6 +134,25 @@ def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: regis
     )
     # Bounded: one (path, rows) row per file, i.e. per inference batch.
     return sum(int(row["rows"]) for row in written.take_all())
+
+
+def _pool_resources(cfg: FactoryConfig) -> dict:
+    return {"actors": actor_count(cfg), "num_cpus": cfg.ray.actor_num_cpus, "num_gpus": actor_num_gpus(cfg),
+            "batch_size": cfg.ray.inference_batch_size}
+
+
+def _embed_table_with_pool(cfg: FactoryConfig, table: pa.Table, champion: registry.RegisteredEncoder) -> pa.Table:
+    """embed_users of an in-memory table (the benchmark's incremental day): staged as one Parquet file."""
+    if table.num_rows == 0:
+        return OUTPUT_SCHEMA.empty_table()
+    staging = f"{cfg.lake_uri.rstrip('/')}/_staging/embed-{uuid.uuid4().hex}"
+    fs, folder = pafs.FileSystem.from_uri(staging if "://" in staging else f"file://{staging}")
+    fs.create_dir(folder, recursive=True)
+    try:
+        pq.write_table(table.select(INPUT_COLUMNS), f"{folder}/part-0.parquet", filesystem=fs)
+        return embed_users(cfg, [f"{staging}/part-0.parquet"], champion)
+    finally:
+        _remove_folder(staging)
 
 
 def embed_day_to_folders(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[str],

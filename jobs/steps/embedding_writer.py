@@ -4,8 +4,8 @@
 as one Parquet file into a writer folder of the table (jobs.lakehouse.commit.writer_folder) and
 returns only that file's metadata (path, rows): the vectors never travel to the driver, which
 commits the folder's files in one transaction. Import-light like user_predictor (numpy, pyarrow,
-torch, models/): Ray actors load only these two modules. The class holds nothing of a day but its
-default folder, so a long-lived actor pool can keep one instance and call `write(batch, folder_uri)`.
+torch, models/): Ray actors load only these two modules. Used by the `ray_data` inference engine
+(a Ray Data map_batches job per call); the default long-lived pool is jobs/steps/inference_pool.py.
 """
 
 from __future__ import annotations

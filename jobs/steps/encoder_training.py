@@ -181,7 +181,7 @@ class LoopState:
     elapsed: float = 0.0  # training clock, seconds
     best: float = -1.0  # best select_on so far
     stale: int = 0  # evaluations since the best
-    stop_reason: str = ""  # "", "early_stop", "time_budget" or "max_epochs"
+    stop_reason: str = ""  # "", "diverged", "early_stop", "time_budget" or "max_epochs"
     history: list[dict] = dataclasses.field(default_factory=list)  # one record per evaluation
 
 
@@ -232,7 +232,9 @@ class TrainingRun:
             loss_sum, targets, sequences, tokens = self._summed(totals)
             record.update(train_loss=float(loss_sum / max(targets, 1)), epoch_train_seconds=train_seconds,
                           train_sequences_per_s=sequences / train_seconds, train_tokens_per_s=tokens / train_seconds)
-            if out_of_time:
+            if not math.isfinite(record["train_loss"]) or not weights_are_finite(self.encoder):
+                st.stop_reason = "diverged"  # the selected weights may predate it; the train gate refuses anyway
+            elif out_of_time:
                 st.stop_reason = "time_budget"
             elif st.stale >= loop.patience:
                 st.stop_reason = "early_stop"

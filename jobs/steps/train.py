@@ -29,7 +29,8 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
-from jobs.steps.encoder_fit import fit, log_history
+from jobs.steps import inference_pool
+from jobs.steps.encoder_fit import FitResult, fit, log_history
 from jobs.steps.encoder_training import (
     TrainingData,
     loop_config,
@@ -74,7 +75,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         log_history(fitted.history)
         step.params(**fitted.placement)  # train_workers, train_nodes (where Ray Train ran), train_examples
         new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
-        promote, reason = _gate(cfg, fitted.model, champion, data, new, step)
+        promote, reason = _gate(cfg, fitted, champion, data, new, step)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
         version = registry.register(cfg, fitted.model, {"trained_ds": ds, **{k: f"{v:.6f}" for k, v in new.items()}}, alias)
         step.note(f"version {version} -> {alias}: {reason} (training stopped: {fitted.state.stop_reason})")
@@ -108,15 +109,20 @@ def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, i
     if not files:
         raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
     ensure_ray(cfg)
+    inference_pool.release()  # an earlier day's embedding actors (a backfill) would hold the CPUs Ray Train needs
     train_input = read_train_input(files, cfg.features.max_seq_len, cfg.train.seed, cfg.train.max_users)
     return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
 
-def _gate(cfg: FactoryConfig, model: UserEncoder, champion: registry.RegisteredEncoder | None, data: TrainingData,
+def _gate(cfg: FactoryConfig, fitted: FitResult, champion: registry.RegisteredEncoder | None, data: TrainingData,
           new: dict[str, float], step: StepRun) -> tuple[bool, str]:
-    """(promote?, why): finite weights, and validation NDCG@10 within train.max_regression of the champion's."""
-    if not weights_are_finite(model):
-        return False, "the trained weights are not finite (training diverged)"
+    """(promote?, why): training did not diverge, and validation NDCG@10 within train.max_regression of the
+    champion's. A diverged run is refused even when its selected weights (from before it diverged) are
+    finite: the setting that made it diverge is what the operator must see, not a quiet near-champion."""
+    model = fitted.model
+    if fitted.state.stop_reason == "diverged" or not weights_are_finite(model):
+        where = f" at epoch {fitted.state.epoch}" if fitted.state.stop_reason == "diverged" else ""
+        return False, f"training diverged{where}: its loss or weights are not finite"
     if champion is None:
         return True, "no champion yet"
     old_model = champion.model

@@ -13,6 +13,7 @@ from jobs.bench import sid_catalogs
 from jobs.bench.cli import bench_app
 from jobs.config import GeneratorConfig, load_config
 from jobs.errors import FactoryError
+from jobs.tracking import day_runs
 
 TINY_WORLD = GeneratorConfig(users=20, genres=3, artists_per_genre=3, tracks=60, shows=3, episodes=15,
                              new_items_per_day=2, edited_items_per_day=1)
@@ -100,6 +101,9 @@ def test_stability_runs_the_steps_daily_and_replays_the_refit(tmp_path, mlflow_s
     assert all(d["full_sid_duplicates"] == 0 for d in stable["daily"])
     assert stable["refit"]["warm"]["equals_what_the_step_wrote"]
     assert stable["refit"]["cold"]["unchanged_sid_change_share"] >= stable["refit"]["warm"]["unchanged_sid_change_share"]
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), **mlflow_store, "mlflow.experiment": "bench_sid_stability"})
+    outcomes = [day_runs.day_outcome(cfg, d["ds"]) for d in stable["daily"]]
+    assert [(o["status"], o["outcome"]) for o in outcomes] == [("FINISHED", "partial")] * 3  # no parent run left RUNNING
 
 
 def test_command_needs_exactly_one_catalog_and_exits_1_with_one_line(tmp_path):

@@ -215,12 +215,13 @@ def test_users_new_today_or_gone_since_yesterday(lake_cfg):
     assert users.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(1, 20)]
 
 
-def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("engine", ["pool", "ray_data"])
+def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread, engine):
     import ray
 
     started = not ray.is_initialized()
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "16",
-                                 "ray.inference_threads": "1"})
+                                 "ray.inference_threads": "1", "ray.inference_engine": engine})
     champion = registry.RegisteredEncoder("3", model(), {})
     items, events = histories(40, seed=4)
     table = sequences_table([f"u{i:02d}" for i in reversed(range(40))], items, events)

@@ -125,3 +125,35 @@ def test_a_model_with_nan_weights_is_not_finite_and_ranks_every_target_last():
     history = np.array([[0, 0, 1, 2]])
     plain, _ = encoder_training.rank_targets(model, history, np.ones_like(history), np.array([3]))
     assert plain.tolist() == [5]  # 6 columns (pad + 5 items): the target is behind all the others
+
+
+def test_a_run_whose_weights_become_nan_stops_as_diverged_and_keeps_finite_selected_weights(tiny_split):
+    _, training, _ = tiny_split
+    torch.manual_seed(0)
+    encoder = UserEncoder(tiny_encoder())
+
+    def poison_after_first_epoch(run):
+        if run.state.epoch == 1:
+            with torch.no_grad():
+                next(run.encoder.parameters()).fill_(float("nan"))
+
+    run = encoder_training.TrainingRun(encoder, training, tiny_loop(max_epochs=5))
+    state = run.run(on_epoch=poison_after_first_epoch)
+    assert state.stop_reason == "diverged" and state.epoch == 2  # one epoch on NaN weights, then stop
+    selected = UserEncoder(tiny_encoder())
+    selected.load_state_dict(run.best_weights)
+    assert encoder_training.weights_are_finite(selected)  # the gate must still refuse the run (train._gate)
+
+
+def test_the_train_gate_refuses_a_diverged_run_even_with_finite_selected_weights(tiny_split):
+    from jobs.config import load_config
+    from jobs.steps import train
+    from jobs.steps.encoder_fit import FitResult
+
+    _, training, _ = tiny_split
+    finite = UserEncoder(tiny_encoder()).eval()
+    diverged = FitResult(finite, [], {}, encoder_training.LoopState(epoch=3, stop_reason="diverged"), "")
+    promote, reason = train._gate(load_config(), diverged, None, training, {}, step=None)
+    assert not promote and reason == "training diverged at epoch 3: its loss or weights are not finite"
+    healthy = replace(diverged, state=encoder_training.LoopState(epoch=3, stop_reason="max_epochs"))
+    assert train._gate(load_config(), healthy, None, training, {}, step=None) == (True, "no champion yet")
