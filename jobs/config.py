@@ -192,11 +192,17 @@ class TrainConfig:
     # only); embed still covers every user. docs/scaling.md explains why a sample is enough.
     max_users: int = 0
     minutes: float = 0.0
+    # Backward-compatible retrains (issue 19): a warm-started retrain adds compat_weight x the mean
+    # (1 - cosine) of each known item's new vector to the champion's, keeping the space where
+    # consumers of yesterday's vectors expect it. 0 = off. Its cost in quality: docs/benchmarks.md.
+    compat_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("train.loss", self.loss, ("full", "sampled"))
         if self.max_users < 0 or self.minutes < 0:
             raise ConfigError("train.max_users and train.minutes must be >= 0 (0 = no limit).")
+        if self.compat_weight < 0:
+            raise ConfigError(f"train.compat_weight must be >= 0 (0 = off); got {self.compat_weight!r}.")
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,26 @@ class SidConfig:
         if min(self.levels, self.codes_per_level, self.kmeans_iterations, self.refit_every_days, self.encode_batch_size) < 1:
             raise ConfigError("sid.levels, codes_per_level, kmeans_iterations, refit_every_days and encode_batch_size "
                               "must be >= 1.")
+
+
+@dataclass(frozen=True)
+class ColdItemsConfig:
+    """Vectors on day one for items the champion has no row for (jobs/steps/content_item_vectors.py):
+    a ridge map from the item's text vector to the item space, fitted daily on the items it knows."""
+
+    enabled: bool = True
+    holdout_share: float = 0.2  # known items held out to pick the ridge strength and report the fit
+    seed: int = 0
+    # Fit only on known items with at least this many events in the day's user_sequences: a row the
+    # encoder barely trained is near its random start and only adds noise (all known items when fewer
+    # than MIN_FIT_ITEMS qualify). Measured in docs/benchmarks.md.
+    min_events: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_share < 1.0:
+            raise ConfigError(f"cold_items.holdout_share must be in [0, 1); got {self.holdout_share!r}.")
+        if self.min_events < 0:
+            raise ConfigError(f"cold_items.min_events must be >= 0; got {self.min_events!r}.")
 
 
 @dataclass(frozen=True)
@@ -349,6 +375,7 @@ class FactoryConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sid: SidConfig = field(default_factory=SidConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    cold_items: ColdItemsConfig = field(default_factory=ColdItemsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)

@@ -317,6 +317,14 @@ def full_softmax_loss(
     return _SoftmaxCrossEntropy.apply(h * (1.0 / model.cfg.temperature), table, y - 1, rows, cols)
 
 
+def compatibility_loss(model: UserEncoder, anchor: torch.Tensor) -> torch.Tensor:
+    """Backward-compatible training: mean (1 - cosine) of items 1..K's vectors to `anchor` (K, D),
+    the unit item vectors of the model this one is warm-started from (items it knew), so the new
+    space stays where consumers of the old vectors expect it."""
+    current = F.normalize(model.item_emb.weight[1:anchor.shape[0] + 1], dim=-1)  # (K, D)
+    return (1.0 - (current * anchor).sum(-1)).mean()
+
+
 def sampled_softmax_loss(
     model: UserEncoder,
     hidden: torch.Tensor,

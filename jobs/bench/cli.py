@@ -241,6 +241,100 @@ def taste(
     report(measure, bench.render_markdown, out)
 
 
+@bench_app.command()
+def compatibility(
+    promotions: Annotated[int, typer.Option(help="Daily warm-started retrains after the first model (each promoted).")] = 3,
+    compat_weight: Annotated[float, typer.Option(help="train.compat_weight of the run with compatibility on.")] = 10.0,
+    first_day: Annotated[int, typer.Option(help="Day index the first model is trained on.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "compatibility.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Cross-version vs same-version next-day HR@10 at each promotion, compatibility off and on (jobs/bench/compatibility.py)."""
+    from jobs.bench import compatibility as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("compatibility")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench compatibility", "bench_compatibility.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, first_day=first_day, promotions=promotions, compat_weight=compat_weight,
+                                   seed=seed, progress=lambda line: typer.echo(line, err=True), log=log)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command("cold-items")
+def cold_items(
+    stale_days: Annotated[int, typer.Option(help="Days the champion keeps serving while new items arrive.")] = 2,
+    champion_day: Annotated[int, typer.Option(help="Day index the champion is trained on.")] = 3,
+    min_events: Annotated[int, typer.Option(help="cold_items.min_events: fit the map on known items with this many "
+                                                 "events in the day's sequences.")] = 10,
+    sid_levels: Annotated[int, typer.Option(help="Levels of the SID-based item representation arm (0 skips it).")] = 3,
+    sid_codes: Annotated[int, typer.Option(help="Codes per level of that arm.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "cold_items.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Next-day recall of new items' plays: content-derived vectors vs a retrained model (jobs/bench/cold_items.py)."""
+    from jobs.bench import cold_items as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("cold-items")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench cold-items", "bench_cold_items.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, champion_day=champion_day, stale_days=stale_days, seed=seed,
+                                   progress=lambda line: typer.echo(line, err=True), log=log, min_events=min_events,
+                                   sid_levels=sid_levels, sid_codes=sid_codes)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command("sid-items")
+def sid_items(
+    data: Annotated[Path, typer.Option(help="SASRec-format file (ml-1m.txt, beauty.txt).")],
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens folder (movies.dat, item_map.csv): SIDs from the "
+                                                        "item text.")] = None,
+    sid_index: Annotated[Path | None, typer.Option(help="Published SIDs: item_id0 -> ['<a_x>', ...] JSON "
+                                                        "(LETTER's Beauty.index.json).")] = None,
+    minutes: Annotated[float, typer.Option(help="Training clock per item representation.")] = 3.0,
+    levels: Annotated[int, typer.Option(help="SID levels (text codes).")] = 3,
+    codes: Annotated[int, typer.Option(help="Codes per level (text codes).")] = 64,
+    cold_share: Annotated[float, typer.Option(help="Share of items held out of training (cold items).")] = 0.1,
+    max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the split, codes and training.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/sid_items_<stem>.json).")] = None,
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """SID-based item vectors vs per-item ids in the encoder: warm and cold items (jobs/bench/sid_items.py)."""
+    from jobs.bench import sid_items as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("sid-items")
+    out = out or RESULTS / f"sid_items_{data.stem}.json"
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        log = (lambda result: log_summary(cfg, "bench sid-items", "bench_sid_items.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, data, minutes, log=log, movielens=movielens, sid_index=sid_index,
+                                   levels=levels, codes_per_level=codes, cold_share=cold_share, max_len=max_len, seed=seed,
+                                   progress=lambda line: typer.echo(line, err=True))
+
+    report(measure, bench.render_markdown, out)
+
+
 @bench_app.command("all")
 def all_benchmarks(
     only: Annotated[str | None, typer.Option(help=f"Comma-separated sections: {', '.join(SECTIONS)} (default: all).")] = None,

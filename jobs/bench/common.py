@@ -183,6 +183,21 @@ def benchmark_run(cfg: FactoryConfig, run_name: str, artifact: str, result: dict
                             **result.get("mlflow", {})}
 
 
+def log_summary(cfg: FactoryConfig, run_name: str, artifact: str, result: dict, summary: list[dict]) -> None:
+    """A benchmark run in MLflow with its command, every number of the result outside lists, and each
+    summary figure as a metric named after it (`summary.<figure, slugged>`); the result as an artifact."""
+    import re
+
+    import mlflow
+
+    with benchmark_run(cfg, run_name, artifact, result):
+        mlflow.log_params({"command": result.get("command", "")})
+        metrics = flat_metrics("", {k: v for k, v in result.items() if k not in ("machine", "load", "summary")})
+        metrics.update({f"summary.{re.sub(r'[^A-Za-z0-9_.-]+', '_', row['figure']).strip('_')}": row["value"]
+                        for row in summary if row["value"] is not None})
+        mlflow.log_metrics(metrics)
+
+
 def flat_metrics(prefix: str, value, out: dict | None = None) -> dict:
     """Numbers of a nested result as {'a.b.c': x} (lists of runs are left to the JSON artifact)."""
     out = {} if out is None else out

@@ -105,10 +105,12 @@ ITEM_EMBEDDINGS = TableSpec(
     "item_embeddings",
     pa.schema([
         ("item_id", pa.string()), ("item_idx", pa.int32()), ("embedding", VECTOR),
-        ("model_version", pa.string()), ("ds", pa.string()),
+        ("model_version", pa.string()), ("vector_source", pa.string()), ("ds", pa.string()),
     ]),
     key=("item_id",), partition_by=("ds",), owner="embed",
-    doc="L2-normalised item vectors in the same space as the users (the encoder's tied output table).",
+    doc="L2-normalised item vectors in the same space as the users, for every catalogued item from its first "
+        "day: vector_source 'encoder' (the encoder's tied output table) or 'content' (an item the encoder has "
+        "not seen, mapped from its text vector by a ridge map fitted daily on the items it knows).",
     scale="small", small_below=5_000_000,
 )
 

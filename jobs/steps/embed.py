@@ -47,6 +47,8 @@ from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps import inference_pool
+from jobs.steps.compatibility import log_version_change
+from jobs.steps.content_item_vectors import catalog_item_vectors
 from jobs.steps.embedding_writer import UserEmbeddingWriter
 from jobs.steps.user_predictor import (
     INPUT_COLUMNS,
@@ -324,7 +326,9 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
             raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
         written = commit.commit_replace(cfg, folders, where={"ds": ds})  # one transaction: the whole day or nothing
         step.wrote(USER_EMBEDDINGS, written)
-        items = item_vectors(cfg, champion)
+        # Every catalogued item: the champion's rows plus content-derived ones for items it has not seen.
+        items = catalog_item_vectors(cfg, ds, item_vectors(cfg, champion), champion.version, step)
+        log_version_change(cfg, ds, items, step)  # a new champion moved the space: how far, and the map back
         items = items.append_column("ds", pa.array([ds] * items.num_rows, pa.string()))
         step.wrote(ITEM_EMBEDDINGS, delta.replace_partition(cfg, ITEM_EMBEDDINGS, items, {"ds": ds}))
         with tempfile.TemporaryDirectory() as folder:

@@ -22,7 +22,13 @@ import torch
 from jobs.config import TrainConfig
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k, target_ranks
 from models.sequences import length_buckets, next_item_examples, pad_left
-from models.user_encoder import UserEncoder, UserEncoderConfig, full_softmax_loss, sampled_softmax_loss
+from models.user_encoder import (
+    UserEncoder,
+    UserEncoderConfig,
+    compatibility_loss,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
 
 VALIDATION_USERS = 2000
 PATIENCE = 2  # evaluations without a better validation NDCG@10 before stopping early
@@ -146,6 +152,10 @@ class LoopConfig:
     sampled_negatives: int = 512
     bf16: bool = False  # autocast forward + loss to bfloat16 (Adam state and weights stay float32)
     threads: int = 1  # torch intra-op threads per worker
+    # Backward-compatible retrain: + compat_weight x models.user_encoder.compatibility_loss against the
+    # starting weights' vectors of items 1..compat_items (the warm start's known items); 0 = off.
+    compat_weight: float = 0.0
+    compat_items: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mark_minutes", tuple(sorted(float(m) for m in self.mark_minutes)))
@@ -160,7 +170,8 @@ class LoopConfig:
 def loop_config(t: TrainConfig, threads: int = 1, **overrides) -> LoopConfig:
     """The nightly loop settings from [train]; the benchmark passes its own overrides."""
     return LoopConfig(lr=t.lr, batch_size=t.batch_size, max_epochs=t.epochs, seed=t.seed, loss=t.loss,
-                      sampled_negatives=t.sampled_negatives, threads=threads, **{"minutes": t.minutes, **overrides})
+                      sampled_negatives=t.sampled_negatives, threads=threads,
+                      **{"minutes": t.minutes, "compat_weight": t.compat_weight, **overrides})
 
 
 def learning_rate(loop: LoopConfig, step: int, progress: float) -> float:
@@ -210,6 +221,10 @@ class TrainingRun:
         counts[0] = 0
         counts = self._summed(counts)  # over every worker's shard: the same sampler everywhere
         self.log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(counts.sum(), 1))).to(self.device)  # sampler q
+        # The starting (warm-start) vectors of the anchored items, taken before any step.
+        anchored = encoder.item_emb.weight[1:loop.compat_items + 1].detach()
+        self.anchor = (torch.nn.functional.normalize(anchored, dim=-1).clone()
+                       if loop.compat_weight > 0 and loop.compat_items > 0 else None)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -313,6 +328,8 @@ class TrainingRun:
             else:
                 history = inputs if self.loop.mask_history_in_loss else None
                 loss = full_softmax_loss(self.encoder, hidden, targets, history=history)
+            if self.anchor is not None:
+                loss = loss + self.loop.compat_weight * compatibility_loss(self.encoder, self.anchor)
         self.optimizer.zero_grad(set_to_none=True)
         (loss if weight == 1.0 else loss * weight).backward()
         self.optimizer.step()

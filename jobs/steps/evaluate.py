@@ -1,9 +1,10 @@
 """Step `evaluate`: how well yesterday's embeddings predict today's plays (Spark).
 
 For users with an embedding on ds-1 who play anything on ds, the faiss index of ds-1 ranks the
-whole catalog; HR@K and NDCG@K count the items played on ds. The popularity baseline recommends
-the K most played items of ds-1 to everyone. Drift: the mean cosine between a user's vector on ds-1
-and on ds when both come from the same model version.
+whole catalog; HR@K and NDCG@K count the items played on ds, and new_item_recall_at_K the share of
+a user's plays of items at most 2 days old (first seen on ds-2 or ds-1) that were in their top K.
+The popularity baseline recommends the K most played items of ds-1 to everyone. Drift: the mean
+cosine between a user's vector on ds-1 and on ds when both come from the same model version.
 
 Everything per user runs on Spark, linear in users: the day's play sets (events joined with the
 vocabulary, grouped by user), the users eligible (a semi-join with ds-1's embeddings), the drift
@@ -72,6 +73,20 @@ def drift_mean_cosine(yesterday: DataFrame, today: DataFrame) -> float | None:
     return None if value is None else float(value)
 
 
+def new_items(cfg: FactoryConfig, ds: str) -> set[int]:
+    """item_idx of the items at most 2 days old on ds that the index of ds-1 can hold: first seen on
+    ds-2 or ds-1 (item_vocab is small; issue 19: they have content-derived vectors until a retrain)."""
+    vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx", "first_seen_ds"])
+    fresh = pc.is_in(vocab.column("first_seen_ds"), value_set=pa.array([shift(ds, -2), shift(ds, -1)]))
+    return set(vocab.column("item_idx").filter(fresh).to_pylist())
+
+
+def recall_of(top: np.ndarray, target_sets: list[set], items: set[int]) -> tuple[float, int]:
+    """(mean over rows with targets among `items` of the share of those targets in the row's top-K, rows)."""
+    shares = [len(set(row.tolist()) & (t & items)) / len(t & items) for row, t in zip(top, target_sets) if t & items]
+    return (float(np.mean(shares)) if shares else 0.0), len(shares)
+
+
 def _model_version(frame: DataFrame) -> str | None:
     row = frame.select("model_version").limit(1).first()
     return None if row is None else row[0]
@@ -115,6 +130,11 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
                 top_pop = np.tile(np.array(popular + [-1] * (k - len(popular)), dtype=np.int64), (sample.num_rows, 1))
                 record("popularity", f"hr_at_{k}", hit_rate_multi(top_pop, target_sets))
                 record("popularity", f"ndcg_at_{k}", ndcg_multi(top_pop, target_sets))
+                fresh = new_items(cfg, ds)  # plays of items at most 2 days old: can the day's vectors find them?
+                for method, ranked in (("encoder", top), ("popularity", top_pop)):
+                    recall, users = recall_of(ranked, target_sets, fresh)
+                    record(method, f"new_item_recall_at_{k}", recall)
+                record("encoder", "new_item_users", users)  # users who played a new item: the same for both
             _, today = read_snapshot(cfg, USER_EMBEDDINGS, {"ds": [ds]}, embeddings_version)
             if _model_version(today) == model_version:
                 drift = drift_mean_cosine(yesterday, today)

@@ -5,7 +5,10 @@ old, or when forced; otherwise the champion keeps serving. A rerun of a day reus
 already trained for that day. Training warm-starts from the champion (its item table grown to the
 current vocabulary), holds out each validation user's last item, keeps the evaluation with the best
 validation NDCG@10, and promotes the result to `champion` only if it does not lose more than
-`train.max_regression` NDCG@10 against the champion on the same held-out items.
+`train.max_regression` NDCG@10 against the champion on the same held-out items. At a promotion the
+run also logs how compatible the new space is with the old one (jobs/steps/compatibility.py: cross-
+version HR@10 both ways, neighbour overlap, the rotation) and publishes the alignment map as an
+artifact; `train.compat_weight` > 0 anchors the known items' vectors to the champion's while training.
 
 The day's users never pass through the driver: Ray Data reads the day's user_sequences files,
 samples users by hash and picks the validation users on the cluster (jobs/steps/train_data.py); each
@@ -30,6 +33,7 @@ from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
 from jobs.steps import inference_pool
+from jobs.steps.compatibility import log_promotion
 from jobs.steps.encoder_fit import FitResult, fit, log_history
 from jobs.steps.encoder_training import (
     TrainingData,
@@ -67,6 +71,8 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
             torch.manual_seed(t.seed)
             init_state = expand_item_table(champion.model.state_dict(), num_items)
         loop = loop_config(t)
+        if init_state is not None:  # train.compat_weight anchors the items the champion knows
+            loop = dataclasses.replace(loop, compat_items=champion.model.cfg.num_items)
         step.params(**dataclasses.asdict(encoder_cfg), **{f"loop_{k}": v for k, v in dataclasses.asdict(loop).items()},
                     warm_start_from=champion.version if init_state else "none", training_users=train_input.users,
                     day_users=train_input.day_users, validation_users=len(data.val_targets))
@@ -76,6 +82,10 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         step.params(**fitted.placement)  # train_workers, train_nodes (where Ray Train ran), train_examples
         new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
         promote, reason = _gate(cfg, fitted, champion, data, new, step)
+        if promote and champion is not None and champion.model.cfg.d_model == encoder_cfg.d_model:
+            # The space moves at a promotion: how far, and what consumers of the old vectors lose (issue 19).
+            log_promotion(step, champion.model, fitted.model, data.val_inputs, data.val_events, data.val_targets,
+                          champion.version)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
         version = registry.register(cfg, fitted.model, {"trained_ds": ds, **{k: f"{v:.6f}" for k, v in new.items()}}, alias)
         step.note(f"version {version} -> {alias}: {reason} (training stopped: {fitted.state.stop_reason})")

@@ -86,3 +86,14 @@ def quarantine_reasons(counts: dict[str, int], raw_lines: int, folder: Path, ds:
     ax.invert_yaxis()
     ax.set_title(f"quarantine on {ds}: {sum(counts.values())} of {raw_lines} raw lines")
     return _save(fig, folder, "quarantine_reasons.png")
+
+
+def compatibility(hr10: dict[str, float], angle_deg: float, overlap: float, folder: Path, old_version: str) -> Path:
+    """HR@10 of the held-out items when users and items come from the same or different model versions."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    names = list(hr10)
+    ax.barh(names, [hr10[n] for n in names], color=["#4c72b0", "#8172b2", "#c44e52", "#dd8452", "#55a868"][:len(names)])
+    ax.invert_yaxis()
+    ax.set_xlabel("validation HR@10 (held-out next item)")
+    ax.set_title(f"compatibility with v{old_version}\nrotation {angle_deg:.1f} deg, neighbour overlap@10 {overlap:.2f}")
+    return _save(fig, folder, "compatibility.png")

@@ -26,6 +26,7 @@ ALLOWED: dict[tuple[str, str, str, str], str] = {
     ("embed", "embed_day_to_folders", "collect", ""): "yesterday's distinct model versions, at most 2 rows",
     ("embed", "plot_sample", "toArrow", ""): "the hypersphere plot's sample, 2,000 users",
     ("evaluate", "most_played", "toArrow", ""): "popularity's top-K items",
+    ("content_item_vectors", "item_event_counts", "toArrow", ""): "one row per item (item_vocab is small)",
     ("evaluate", "run", "toArrow", ""): "the seeded sample of evaluate.max_users users (default 100,000)",
     ("train_data", "read_train_input", "take_all", ""): "validation users only: <= 2,000 proposals per block, 2,000 kept",
     # In-memory versions kept for the inference benchmark and its tests (jobs/bench/inference.py); the

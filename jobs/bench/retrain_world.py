@@ -1,0 +1,162 @@
+"""The generated world of the retrain benchmarks (compatibility, cold items), held in memory.
+
+The days come from the generator's own simulation (jobs/synthetic: the same catalog, users, new
+items every day with a release boost, tastes that drift), stepped here as generate_drops steps it,
+without raw lines or defects, so the benchmarks need no lake, Spark or Ray: they measure the model
+side of the daily retrain (encoder_training.TrainingRun with the nightly warm start) against true
+next-day plays. Item i of the catalog has vocabulary id i + 1 (ids follow publication, as item_vocab's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.config import GeneratorConfig
+from jobs.days import day_bounds_ms, shift
+from jobs.steps.catalog import item_text
+from jobs.steps.compatibility import user_vectors
+from jobs.steps.encoder_training import LoopConfig, TrainingRun, build_training_data
+from jobs.synthetic.catalog import Catalog, add_new_items, build_catalog, edit_items
+from jobs.synthetic.generate import _CATALOG, _DAY
+from jobs.synthetic.listening import PLAY, SAVE, SKIP, Users, add_users, drift_tastes, simulate_day
+from models.ranking_metrics import hit_rate_multi
+from models.space_alignment import top_k
+from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
+
+EVENT_CODES = {PLAY: 1, SKIP: 2}  # jobs.steps.features.EVENT_TYPE_CODES; saves repeat their play
+
+
+@dataclass
+class World:
+    catalog: Catalog
+    users: np.ndarray  # (E,) user index of every play/skip, all days, in time order
+    items: np.ndarray  # (E,) vocabulary id (catalog index + 1)
+    codes: np.ndarray  # (E,) 1 = play, 2 = skip
+    day: np.ndarray  # (E,) day index
+
+    def items_by(self, day: int) -> int:
+        """The vocabulary size at the end of day `day` (items are published in id order)."""
+        return int((self.catalog.first_day <= day).sum())
+
+    def texts(self, count: int) -> list[str]:
+        """The text of items 1..count as the catalog step builds it (final text: edits included)."""
+        return [item_text(self.catalog.row(i)) for i in range(count)]
+
+    def sequences(self, day: int, max_len: int) -> tuple[np.ndarray, pa.Table]:
+        """(user indices, table of item_idx / event_type lists): each user's last max_len plays and
+        skips up to and including `day`, oldest first, for users with any."""
+        upto = self.day <= day
+        users, items, codes = self.users[upto], self.items[upto], self.codes[upto]
+        order = np.argsort(users, kind="stable")  # within a user: time order kept
+        users, items, codes = users[order], items[order], codes[order]
+        who, starts = np.unique(users, return_index=True)
+        ends = np.append(starts[1:], len(users))
+        starts = np.maximum(starts, ends - max_len)
+        table = pa.table({"item_idx": pa.array([items[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int32())),
+                          "event_type": pa.array([codes[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int8()))})
+        return who, table
+
+    def plays_on(self, day: int) -> dict[int, set[int]]:
+        """user index -> the vocabulary ids they played on `day`."""
+        rows = (self.day == day) & (self.codes == EVENT_CODES[PLAY])
+        out: dict[int, set[int]] = {}
+        for user, item in zip(self.users[rows].tolist(), self.items[rows].tolist()):
+            out.setdefault(user, set()).add(item)
+        return out
+
+
+def simulate(cfg: GeneratorConfig) -> World:
+    """cfg.days days of the generator's world (the loop of jobs.synthetic.generate.generate_drops)."""
+    catalog = build_catalog(cfg, np.random.default_rng([cfg.seed, _CATALOG]))
+    users = Users.empty(catalog.n_music_genres)
+    parts = []
+    for day in range(cfg.days):
+        rng = np.random.default_rng([cfg.seed, _DAY, day])
+        if day > 0:
+            existing = catalog.size
+            add_new_items(catalog, cfg.new_items_per_day, day, rng)
+            edit_items(catalog, cfg.edited_items_per_day, existing, rng)
+        first_new_user = users.n
+        add_users(users, catalog, cfg.users if day == 0 else cfg.new_users_per_day, day, rng)
+        start_ms, _ = day_bounds_ms(shift(cfg.start_date, day))
+        events, _ = simulate_day(cfg, catalog, users, day, start_ms, first_new_user, rng)
+        drift_tastes(users, rng)
+        keep = events["etype"] != SAVE
+        parts.append((events["user"][keep], events["item"][keep] + 1,
+                      np.where(events["etype"][keep] == PLAY, 1, 2), np.full(int(keep.sum()), day)))
+    users_, items, codes, days = (np.concatenate(p) for p in zip(*parts))
+    return World(catalog, users_.astype(np.int64), items.astype(np.int64), codes.astype(np.int64), days.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The encoder and loop of the benchmarks: [train]'s defaults (a warm start trains as long as a cold one)."""
+
+    d_model: int = 64
+    max_len: int = 30
+    epochs: int = 8
+    warm_epochs: int = 8
+    patience: int = 2
+    lr: float = 3e-3
+    batch_size: int = 128
+    seed: int = 0
+
+
+def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | None = None,
+          compat_weight: float = 0.0, item_table: torch.nn.Module | None = None) -> UserEncoder:
+    """An encoder trained on the sequences of `day`, over every item published by then; warm-started
+    from `start` (its item table grown, as the train step does) with the compatibility term if asked;
+    `item_table` (e.g. models.sid_item_table.SidItemTable) replaces a fresh model's per-item table."""
+    num_items = world.items_by(day)
+    cfg = UserEncoderConfig(num_items=num_items, max_len=settings.max_len, d_model=settings.d_model, n_layers=2,
+                            n_heads=2, dropout=0.2, temperature=0.05)
+    torch.manual_seed(settings.seed + day)
+    model = UserEncoder(cfg)
+    if start is not None:
+        model.load_state_dict(expand_item_table(start.state_dict(), num_items))
+    elif item_table is not None:
+        model.item_emb = item_table
+    _, table = world.sequences(day, settings.max_len)
+    data = build_training_data(table, settings.max_len, settings.seed + day)
+    loop = LoopConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + day,
+                      max_epochs=settings.warm_epochs if start is not None else settings.epochs, patience=settings.patience,
+                      compat_weight=compat_weight if start is not None else 0.0,
+                      compat_items=start.cfg.num_items if start is not None else 0)
+    run = TrainingRun(model, data, loop)
+    run.run()
+    model.load_state_dict(run.best_weights)
+    return model.eval()
+
+
+def day_users(world: World, day: int, max_len: int, model: UserEncoder) -> tuple[np.ndarray, np.ndarray]:
+    """(user indices, (U, D) vectors under `model`) of every user with a history up to `day`."""
+    who, table = world.sequences(day, max_len)
+    items = _padded(table.column("item_idx").to_pylist(), max_len)
+    codes = _padded(table.column("event_type").to_pylist(), max_len)
+    return who, user_vectors(model, items, codes)
+
+
+def _padded(rows: list[list[int]], max_len: int) -> np.ndarray:
+    out = np.zeros((len(rows), max_len), np.int64)
+    for i, row in enumerate(rows):
+        tail = row[-max_len:]
+        out[i, max_len - len(tail):] = tail
+    return out
+
+
+def next_day_hr(users: np.ndarray, items: np.ndarray, item_ids: np.ndarray, targets: list[set[int]],
+                k: int = 10) -> float:
+    """HR@k of next-day plays: (U, D) user vectors against (N, D) item vectors with ids `item_ids`."""
+    return hit_rate_multi(top_k(users, items, k, item_ids), targets)
+
+
+def recall_at_k(users: np.ndarray, items: np.ndarray, item_ids: np.ndarray, targets: list[set[int]],
+                k: int = 10) -> float:
+    """Mean over users of |top-k ∩ targets| / |targets| (users with targets only)."""
+    top = top_k(users, items, k, item_ids)
+    shares = [len(set(row.tolist()) & t) / len(t) for row, t in zip(top, targets) if t]
+    return float(np.mean(shares)) if shares else 0.0
