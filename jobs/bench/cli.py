@@ -211,6 +211,37 @@ def inference(
 
 
 @bench_app.command()
+def taste(
+    users_per_group: Annotated[int, typer.Option(help="Users given each probe edit (more, less, forget).")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of probe users.")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "taste_profile.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Taste-profile edits on a small generated world: steering, forget leakage, shifted users' HR@10
+    (see jobs/bench/taste_profile.py; a fresh world under <state_dir>/bench/taste_profile)."""
+    from jobs.bench import taste_profile as bench
+
+    setup_logging()
+    command = invocation("taste")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
+                           progress=lambda line: typer.echo(line, err=True))
+        result["command"] = command
+        summary = bench.summary_rows(result)
+        if mlflow:
+            import mlflow as tracking
+
+            with benchmark_run(cfg, "taste_profile", "taste_profile.json", result):
+                tracking.log_metrics(flat_metrics("", {k: v for k, v in result.items() if k != "world"}))
+        return write_result(out, result, summary)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command()
 def compatibility(
     promotions: Annotated[int, typer.Option(help="Daily warm-started retrains after the first model (each promoted).")] = 3,
     compat_weight: Annotated[float, typer.Option(help="train.compat_weight of the run with compatibility on.")] = 10.0,
@@ -300,37 +331,6 @@ def sid_items(
         return bench.run_benchmark(out, command, data, minutes, log=log, movielens=movielens, sid_index=sid_index,
                                    levels=levels, codes_per_level=codes, cold_share=cold_share, max_len=max_len, seed=seed,
                                    progress=lambda line: typer.echo(line, err=True))
-
-    report(measure, bench.render_markdown, out)
-
-
-@bench_app.command()
-def taste(
-    users_per_group: Annotated[int, typer.Option(help="Users given each probe edit (more, less, forget).")] = 25,
-    seed: Annotated[int, typer.Option(help="Seed of the choice of probe users.")] = 0,
-    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "taste_profile.json",
-    mlflow: MlflowOption = True,
-    config: ConfigOption = None,
-) -> None:
-    """Taste-profile edits on a small generated world: steering, forget leakage, shifted users' HR@10
-    (see jobs/bench/taste_profile.py; a fresh world under <state_dir>/bench/taste_profile)."""
-    from jobs.bench import taste_profile as bench
-
-    setup_logging()
-    command = invocation("taste")
-
-    def measure() -> dict:
-        cfg = load_config(config)
-        result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
-                           progress=lambda line: typer.echo(line, err=True))
-        result["command"] = command
-        summary = bench.summary_rows(result)
-        if mlflow:
-            import mlflow as tracking
-
-            with benchmark_run(cfg, "taste_profile", "taste_profile.json", result):
-                tracking.log_metrics(flat_metrics("", {k: v for k, v in result.items() if k != "world"}))
-        return write_result(out, result, summary)
 
     report(measure, bench.render_markdown, out)
 
