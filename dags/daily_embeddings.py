@@ -3,7 +3,8 @@
 
 One run per logical date `ds`: validate the day's listening logs, build per-user sequences with
 Spark, (re)train the user encoder with Ray Train when due, embed every user with Ray Data, rebuild
-or extend the semantic-ID codebooks, index the items with faiss, evaluate yesterday's embeddings on
+or extend the semantic-ID codebooks, index the items with faiss, build each user's taste profile
+(with the steered vectors of people's profile edits), evaluate yesterday's embeddings on
 today's plays, publish the day, and (only if generative.enabled) train the generative SID
 recommender. Each task is one `jobs.steps.<step>.run(ds, cfg)`; every task's MLflow run is nested
 under the day's parent run (tag `factory.run_key` = this DAG run's id).

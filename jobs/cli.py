@@ -38,6 +38,9 @@ app.add_typer(bench_app, name="bench")
 cluster_app = typer.Typer(help="A local Spark standalone cluster and a two-node Ray on this machine (addresses from the config).",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(cluster_app, name="cluster")
+profile_app = typer.Typer(help="Taste profiles: what the factory thinks a user likes, and the user's edits of it.",
+                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(profile_app, name="profile")
 app.command("faults")(faults_command)
 console = Console(stderr=True)
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c",
@@ -294,6 +297,90 @@ def sid_prefix(
         "depth": lookup.trie.depth, "next_tokens": lookup.trie.next_tokens(tokens),
         "complete_item": lookup.trie.item(tokens), "items": len(items), "first_items": items[:limit],
     }))
+
+
+# --- factory profile: a readable, editable taste profile (jobs/steps/profile.py, profile_edits.py) --
+
+FacetsOption = Annotated[list[str] | None, typer.Option(metavar="KIND:NAME",
+                                                        help="Repeatable; kinds: genre, artist, show, item.")]
+
+
+@profile_app.command("show")
+def profile_show(
+    user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000001.")],
+    ds: Annotated[str | None, typer.Option("--ds", help="Day of the profile (default: the latest built).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The user's taste profile of a day: the text, its facets and regions, and the user's edits."""
+    from jobs.serving.taste_profile import show_profile
+
+    cfg = _config(config)
+    if ds:
+        parse_ds(ds)
+    profile = show_profile(cfg, user_id, ds)
+    if as_json:
+        print(json.dumps(profile, indent=2, default=str))
+        return
+    out = Console()
+    out.print(f"[bold]{user_id}[/] on {profile['ds']} (model {profile['model_version'] or '-'}"
+              f"{', vector steered by edits' if profile['steered'] else ''})", highlight=False)
+    out.print(profile["text"], highlight=False)
+    facets = Table(title="facets (share of the window's plays) and nearest catalog regions (cosine)")
+    for column in ("kind", "name", "weight"):
+        facets.add_column(column)
+    for facet in [*profile["facets"], *profile["regions"]]:
+        facets.add_row(facet["kind"], facet["name"], f"{facet['weight']:.2f}")
+    out.print(facets)
+    if profile["edits"]:
+        edits = Table(title="edits")
+        for column in ("edit", "status", "source", "edited at"):
+            edits.add_column(column)
+        for edit in profile["edits"]:
+            edits.add_row(edit["edit"], edit["status"], edit["source"], str(edit["edited_at"])[:19])
+        out.print(edits)
+
+
+@profile_app.command("edit")
+def profile_edit(
+    user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000001.")],
+    more: FacetsOption = None, less: FacetsOption = None, forget: FacetsOption = None,
+    withdraw: FacetsOption = None,
+    from_ds: Annotated[str | None, typer.Option("--from-ds", help="First day the edits apply (default: the next run).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Record edits (--more/--less/--forget KIND:NAME) or withdraw them (--withdraw KIND:NAME); the next
+    daily run applies them. Repeating an edit changes nothing."""
+    from jobs.serving.taste_profile import check_user
+    from jobs.steps.profile_edits import catalog_names, parse_facet, record_edit, resolve_name, withdraw_edit
+
+    cfg = _config(config)
+    if from_ds:
+        parse_ds(from_ds)
+    asked = [(action, parse_facet(text)) for action, texts in
+             (("more", more), ("less", less), ("forget", forget), ("withdraw", withdraw)) for text in texts or []]
+    if not asked:
+        _fail("Nothing to do; pass --more, --less, --forget or --withdraw KIND:NAME.")
+    check_user(cfg, user_id)
+    for action, (kind, name) in asked:
+        if action == "withdraw":
+            changed = withdraw_edit(cfg, user_id, kind, name, from_ds)
+        else:
+            name = resolve_name(kind, name, catalog_names(cfg, kind))  # the catalog's spelling, as recorded
+            changed = record_edit(cfg, user_id, action, kind, name, from_ds, source="cli")
+        done = f"withdrew {kind}:{name}" if action == "withdraw" else f"recorded {action} {kind}:{name}"
+        console.print(done + ("" if changed else " (unchanged: it already was)"), highlight=False)
+
+
+@profile_app.command("withdraw")
+def profile_withdraw(
+    user_id: Annotated[str, typer.Argument(help="A user id, e.g. u_000001.")],
+    facet: Annotated[list[str], typer.Argument(metavar="KIND:NAME", help="The edited facets to withdraw.")],
+    from_ds: Annotated[str | None, typer.Option("--from-ds", help="First day without the edit (default: the next run).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Withdraw edits (the same as `factory profile edit USER --withdraw KIND:NAME`)."""
+    profile_edit(user_id, withdraw=facet, from_ds=from_ds, config=config)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

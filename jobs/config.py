@@ -70,6 +70,12 @@ class GeneratorConfig:
     sessions_per_active_user: float = 2.0
     mean_session_length: float = 12.0
     malformed_share: float = 0.01  # share of raw lines with an injected defect
+    # Taste shifts (issue 21): on day index taste_shift_day (0 = never) this share of the users so far
+    # switch to a music genre they hardly played; for taste_shift_edit_share of them an edit saying so
+    # ("more genre:G") lands in _generator/taste_shifts/ds=DS.jsonl for the profile_edits table.
+    taste_shift_day: int = 0
+    taste_shift_share: float = 0.0
+    taste_shift_edit_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,30 @@ class GenerativeConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """Step `profile` (jobs/steps/profile.py): readable taste profiles, and what people's edits do.
+
+    A "more"/"less" edit moves the user's vector v (unit) by w = steer_strength * (unit direction of
+    sum(more facets) - sum(less facets)), a facet's direction being the normalised mean of its items'
+    vectors; the published steered vector is (v + w) / |v + w|, at most asin(steer_strength) away
+    from v (30 degrees at 0.5). "forget" removes the named items' events from the user's sequence.
+    """
+
+    apply_edits: bool = True  # off: edits are recorded but change no sequence, vector or recommendation
+    steer_strength: float = 0.5  # the bound of a steered vector's move (above)
+    top_facets: int = 3  # facets per kind in the profile (genres, artists, shows)
+    recent_events: int = 10  # the newest events of a sequence that "lately" compares with the whole
+    lately_margin: float = 0.15  # a genre's recent share must exceed its overall share by this to be "lately more"
+    regions: int = 2  # nearest catalog regions (semantic-ID first tokens) named in the profile
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.steer_strength < 1.0:
+            raise ConfigError(f"profile.steer_strength must be in [0, 1); got {self.steer_strength!r}.")
+        if min(self.top_facets, self.recent_events) < 1 or self.regions < 0:
+            raise ConfigError("profile.top_facets and recent_events must be >= 1, profile.regions >= 0.")
+
+
+@dataclass(frozen=True)
 class FactoryConfig:
     root: str = "."  # directory relative paths are resolved against (set by the loader)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -349,6 +379,7 @@ class FactoryConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     generative: GenerativeConfig = field(default_factory=GenerativeConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     # Derived locations: one place that knows where the local run keeps things.
     @property

@@ -19,6 +19,10 @@ def factory(*args: str, env_state: str) -> subprocess.CompletedProcess:
     (("run", "--ds", "2026-01-01", "--step", "nope"), "Unknown step(s) nope"),
     (("run", "--ds", "2026-01-01", "--step", "catalog"), "No catalog drop for ds=2026-01-01"),
     (("backfill", "--from", "2026-01-05", "--to", "2026-01-01"), "the end is before the start"),
+    (("profile", "show", "u_000001"), "No taste profiles yet; run a day through the profile step first"),
+    (("profile", "edit", "u_000001", "--more", "genr:jazz"), "Unknown kind 'genr' in 'genr:jazz'; kinds are genre"),
+    (("profile", "edit", "u_000001", "--less", "genre:jazz"), "No day has been built yet"),
+    (("profile", "edit", "u_000001"), "Nothing to do; pass --more, --less, --forget or --withdraw KIND:NAME."),
 ])
 def test_user_mistake_prints_one_error_line_and_exits_1(tmp_path, args, message):
     done = factory(*args, env_state=str(tmp_path))
@@ -28,7 +32,7 @@ def test_user_mistake_prints_one_error_line_and_exits_1(tmp_path, args, message)
 
 
 def test_every_command_has_help(tmp_path):
-    for command in ("generate", "run", "backfill", "show", "demo", "airflow", "mlflow-ui", "sid"):
+    for command in ("generate", "run", "backfill", "show", "demo", "airflow", "mlflow-ui", "sid", "profile"):
         done = factory(command, "--help", env_state=str(tmp_path))
         assert done.returncode == 0 and "Usage" in done.stdout, command
 

@@ -40,7 +40,8 @@ pytestmark = pytest.mark.cluster
 
 WORLD = {**TINY_WORLD, "generator.days": "2"}
 # Tables written from the model's outputs (and the day's record of them): compared by shape, not rows.
-FROM_TRAINING = {USER_EMBEDDINGS.name, ITEM_EMBEDDINGS.name, EVAL_METRICS.name, PUBLISH.name}
+FROM_TRAINING = {USER_EMBEDDINGS.name, ITEM_EMBEDDINGS.name, EVAL_METRICS.name, PUBLISH.name,
+                 "taste_profiles"}  # regions and model version come from the vectors
 # Next-day HR@10 of the cluster run (2 workers) against the embedded run (1 worker), absolute. On the
 # tiny world (~150 users, 2 epochs) one user's hit moves HR@10 by ~0.01; the two runs see other batches.
 HR_TOLERANCE = 0.1

@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "jobs.cli": {BASE, "jobs.lakehouse", "jobs.runtime", "jobs.pipeline", "jobs.serving", "jobs.steps",
                  "jobs.synthetic", "jobs.bench.cli", "jobs.faults.cli"},  # the two mounted apps, nothing else of them
     "jobs.bench": {BASE, "jobs.lakehouse", "jobs.tracking", "jobs.runtime", "jobs.steps", "jobs.pipeline",
-                   "jobs.synthetic", "jobs.bench", "models"},
+                   "jobs.synthetic", "jobs.bench", "models",
+                   "jobs.serving"},  # bench taste judges what `factory neighbours` serves
     "jobs.faults": {BASE, "jobs.lakehouse", "jobs.tracking", "jobs.runtime", "jobs.steps", "jobs.pipeline",
                     "jobs.synthetic", "jobs.faults", "jobs.cli"},  # inject runs the CLI with a pause installed
     "dags": {BASE, "jobs.lakehouse", "jobs.steps", "jobs.pipeline", "jobs.runtime", "airflow"},

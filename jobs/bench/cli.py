@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from jobs.bench.common import RESULTS, invocation, parse_ints, report, setup_logging, write_result
+from jobs.bench.common import (
+    RESULTS,
+    benchmark_run,
+    flat_metrics,
+    invocation,
+    parse_ints,
+    report,
+    setup_logging,
+    write_result,
+)
 from jobs.bench.perf import SECTIONS
 from jobs.config import load_config, with_overrides
 from jobs.days import parse_ds
@@ -197,6 +206,37 @@ def inference(
         result = bench.run(sizes, load_config(config), configs, reps=reps, active_share=active_share)
         result["command"] = invocation("inference")
         return write_result(out, result, bench.summary_rows(result))
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command()
+def taste(
+    users_per_group: Annotated[int, typer.Option(help="Users given each probe edit (more, less, forget).")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of probe users.")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "taste_profile.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Taste-profile edits on a small generated world: steering, forget leakage, shifted users' HR@10
+    (see jobs/bench/taste_profile.py; a fresh world under <state_dir>/bench/taste_profile)."""
+    from jobs.bench import taste_profile as bench
+
+    setup_logging()
+    command = invocation("taste")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
+                           progress=lambda line: typer.echo(line, err=True))
+        result["command"] = command
+        summary = bench.summary_rows(result)
+        if mlflow:
+            import mlflow as tracking
+
+            with benchmark_run(cfg, "taste_profile", "taste_profile.json", result):
+                tracking.log_metrics(flat_metrics("", {k: v for k, v in result.items() if k != "world"}))
+        return write_result(out, result, summary)
 
     report(measure, bench.render_markdown, out)
 

@@ -166,9 +166,39 @@ PUBLISH = TableSpec(
     scale="small", small_below=1_000_000,
 )
 
+FACET = pa.struct([("kind", pa.string()), ("name", pa.string()), ("weight", pa.float64())])
+
+TASTE_PROFILES = TableSpec(
+    "taste_profiles",
+    pa.schema([
+        ("user_id", pa.string()), ("text", pa.string()), ("facets", pa.list_(FACET)),
+        ("regions", pa.list_(FACET)), ("edits", pa.list_(pa.string())), ("steered_embedding", VECTOR),
+        ("model_version", pa.string()), ("ds", pa.string()),
+    ]),
+    key=("user_id",), partition_by=("ds",), owner="profile",
+    doc="A readable taste profile per user of ds's user_sequences: text, facets (kind genre/artist/show/"
+        "item_type, weight = share of the window's plays), nearest catalog regions (kind sid_prefix), the "
+        "edits in force, and for users with more/less edits the steered vector beside user_embeddings' raw one.",
+    scale="per_user",
+)
+
+PROFILE_EDITS = TableSpec(
+    "profile_edits",
+    pa.schema([
+        ("user_id", pa.string()), ("kind", pa.string()), ("name", pa.string()), ("action", pa.string()),
+        ("from_ds", pa.string()), ("withdrawn_from_ds", pa.string()), ("edited_at", TS),
+        ("withdrawn_at", TS), ("source", pa.string()),
+    ]),
+    key=("user_id", "kind", "name"), partition_by=(), owner="profile",
+    doc="People's edits of their taste profile (`factory profile edit`, jobs/steps/profile_edits.py): one "
+        "standing instruction (more, less, forget) per user and facet, in force from from_ds until "
+        "withdrawn_from_ds; the features and profile steps apply it. The profile step creates it empty.",
+    scale="small", small_below=10_000_000,
+)
+
 ALL_TABLES: tuple[TableSpec, ...] = (
     EVENTS, QUARANTINE, ITEMS, ITEM_VOCAB, USER_SEQUENCES, USER_EMBEDDINGS, ITEM_EMBEDDINGS,
-    CONTENT_VECTORS, CODEBOOKS, ITEM_TOKENS, EVAL_METRICS, PUBLISH,
+    CONTENT_VECTORS, CODEBOOKS, ITEM_TOKENS, EVAL_METRICS, PUBLISH, TASTE_PROFILES, PROFILE_EDITS,
 )
 TABLES_BY_NAME = {t.name: t for t in ALL_TABLES}
 

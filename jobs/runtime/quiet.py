@@ -14,6 +14,8 @@ warnings and errors that mean something still come through:
 * py4j: INFO lines such as "Closing down clientserver connection", logged from `__del__` at
   interpreter exit, when the stream of a handler may be closed already ("--- Logging error ---"),
   and the traceback of a connection it re-opens ("Exception while sending command", INFO).
+* Ray Data: its INFO lines on the console for every job (start, plan, finish), through Ray Data's own
+  logging config (ray-data-logging.yaml, RAY_DATA_LOGGING_CONFIG); its log file keeps them.
 * MLflow: the system-metrics monitor's four INFO lines around every step run.
 * Spark's JVM: start-up WARNs (loopback hostname, no native Hadoop library, the default log4j
   profile) in every process that starts a session: its driver logs with log4j2-quiet.properties
@@ -32,6 +34,7 @@ import warnings
 from pathlib import Path
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2-quiet.properties")
+RAY_DATA_LOGGING_CONFIG = Path(__file__).with_name("ray-data-logging.yaml")
 RUN_CONFIG_LOG_LEVEL = "WARNING"  # Ray Train's own console lines (ray.train.LoggingConfig)
 
 # Logger -> the level below which its records are dropped.
@@ -133,6 +136,7 @@ def quiet_third_parties() -> None:
     quiet_loggers()
     quiet_warnings()
     os.environ.setdefault("SPARK_SUBMIT_OPTS", f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}")
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING_CONFIG))  # read when ray.data is imported
     existing = os.environ.get("PYTHONWARNINGS")
     ours = child_warning_filters()
     if not existing:

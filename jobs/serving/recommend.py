@@ -2,7 +2,9 @@
 
 The model of the requested day (or the latest before it) generates `generative.beams` SIDs by
 constrained beam search from the user's sequence, embedding (soft token) and prompt of that day;
-the SIDs map back to items; the business rules (models/reranking.py) keep the first k.
+the SIDs map back to items; the business rules (models/reranking.py) keep the first k. The user's
+profile edits apply: the soft token is the steered vector where more/less edits are in force, and
+items a forget edit names are dropped (reason "forgotten").
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from jobs.config import FactoryConfig
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEMS
+from jobs.serving.taste_profile import forgotten_item_ids, serving_vector
 from jobs.steps.generative_data import latest_model_folder, load_day, load_model
 from jobs.steps.generative_training import Examples, generate
 from models.generative import TrieTables
-from models.reranking import Candidate, RerankRules, rerank
+from models.reranking import Candidate, Decision, RerankRules, rerank
 from models.residual_quantizer import sid_string
 
 
@@ -33,6 +36,8 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     users = None
     if meta["user_dim"]:
         vector = day.embeddings[ds].get(user_id)
+        if vector is not None:  # the steered vector where the user's more/less edits are in force
+            vector = serving_vector(cfg, user_id, ds)
         if vector is None:
             raise FactoryError(f"User {user_id!r} has no embedding on {ds}; run the embed step for that day.")
         users = vector[None, :]
@@ -55,7 +60,9 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     g = cfg.generative
     rules = RerankRules(k=k, type_quotas={"episode": g.max_episodes} if g.max_episodes >= 0 else {},
                         prefix_len=g.prefix_len, max_per_prefix=g.max_per_prefix)
-    decisions = rerank(candidates, set(items), rules)
+    forgotten = forgotten_item_ids(cfg, user_id, ds)  # the user's forget edits: dropped before re-ranking
+    decisions = rerank([c for c in candidates if c.item_id not in forgotten], set(items), rules)
+    decisions += [Decision(c, False, "forgotten: the user's profile edit") for c in candidates if c.item_id in forgotten]
     return {"user_id": user_id, "ds": ds, "model": str(folder), "history_items": len(history),
             "soft_token": bool(meta["user_dim"]), "prompt": day.prompt(items) if meta["prompt"] else [],
             "decisions": [{"sid": sid_string(d.candidate.sid), "item_id": d.candidate.item_id,

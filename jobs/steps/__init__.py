@@ -39,6 +39,7 @@ STEPS = (
     Step("embed", services=("ray", "spark")),
     Step("semantic_ids", flags=(FORCE_CODEBOOK_REBUILD,)),
     Step("index"),
+    Step("profile", services=("spark",)),  # taste profiles, and the steered vectors of people's edits
     Step("evaluate", services=("spark",)),
     Step("publish"),
     Step("generative"),  # optional (generative.enabled); when off it only records that it was disabled

@@ -19,20 +19,27 @@ length, and an event's item is in the vocabulary from the event's day on (the ca
 before its first play). A full re-read of the window runs when yesterday's partition is missing, when
 `features.incremental` is off, and every `features.full_rebuild_every_days` days, where it also
 counts the rows in which the increment would have differed (metric incremental_drift_rows; 0 expected).
+
+Profile edits' "forget" (jobs/steps/taste_feedback.py): every event read is less the (user, item)
+pairs forgotten on ds, in both paths, so the increment stays equal to the full recompute; a user whose
+edits start or are withdrawn on ds is rebuilt from the window on an incremental day (`rebuild_for_edits`).
+Without edits (or with profile.apply_edits off) nothing of this runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.config import FactoryConfig
 from jobs.days import parse_ds, shift
 from jobs.lakehouse import delta
-from jobs.lakehouse.spark import read_snapshot, to_arrow, write_partition
+from jobs.lakehouse.spark import read_snapshot, spark_session, to_arrow, write_partition
 from jobs.lakehouse.tables import EVENTS, ITEM_VOCAB, ITEMS, USER_SEQUENCES
+from jobs.steps import taste_feedback
 from jobs.tracking.runs import StepResult, track_step
 
 EVENT_TYPE_CODES = {"play": 1, "skip": 2, "save": 3}  # 0 is padding in the encoder
@@ -57,24 +64,27 @@ def extend_vocab(cfg: FactoryConfig, ds: str, step) -> int:
     return largest + added.num_rows
 
 
-def build_user_sequences(cfg: FactoryConfig, ds: str, step) -> DataFrame:
-    """The full recompute: every event of the window, re-read."""
+def build_user_sequences(cfg: FactoryConfig, ds: str, step, forgotten: pa.Table | None = None) -> DataFrame:
+    """The full recompute: every event of the window, re-read (less the `forgotten` (user_id, item_id))."""
     window = [shift(ds, -i) for i in range(cfg.features.window_days)]
     events_version, events = read_snapshot(cfg, EVENTS, where_in={"ds": window})
+    events = _remembered(cfg, events, forgotten)
     vocab_version, vocab = read_snapshot(cfg, ITEM_VOCAB)
     step.read(EVENTS, events_version)
     return user_sequences(events, vocab, ds, cfg.features.max_seq_len)
 
 
-def update_user_sequences(cfg: FactoryConfig, ds: str, step) -> DataFrame | None:
+def update_user_sequences(cfg: FactoryConfig, ds: str, step, forgotten: pa.Table | None = None) -> DataFrame | None:
     """The increment: yesterday's sequences updated with today's events and the day that left the
-    window; None when yesterday's partition does not exist (a full recompute is needed)."""
+    window (less the `forgotten` pairs); None when yesterday's partition does not exist (a full
+    recompute is needed)."""
     yesterday, expired_day = shift(ds, -1), shift(ds, -cfg.features.window_days)
     previous_version, files = delta.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [yesterday]})
     if not files:
         return None
     _, previous = read_snapshot(cfg, USER_SEQUENCES, where_in={"ds": [yesterday]}, version=previous_version)
     events_version, events = read_snapshot(cfg, EVENTS, where_in={"ds": [ds, expired_day]})
+    events = _remembered(cfg, events, forgotten)
     _, vocab = read_snapshot(cfg, ITEM_VOCAB)
     step.read(EVENTS, events_version)
     step.read(USER_SEQUENCES, previous_version)
@@ -111,6 +121,31 @@ def updated_sequences(previous: DataFrame, today: DataFrame, left: DataFrame, ds
         "user_id", updated("item_idx", "int"), updated("event_type", "tinyint"), updated("ts", "bigint"),
         count.alias("events_in_window"), F.coalesce("t_last_ts", "p_last_ts").alias("last_ts"), F.lit(ds).alias("ds"),
     ).where(F.col("events_in_window") > 0)
+
+
+def _remembered(cfg: FactoryConfig, events: DataFrame, forgotten: pa.Table | None) -> DataFrame:
+    return events if forgotten is None else taste_feedback.without_forgotten(spark_session(cfg), events, forgotten)
+
+
+def rebuild_for_edits(cfg: FactoryConfig, ds: str, sequences: DataFrame, users: list[str], forgotten: pa.Table) -> DataFrame:
+    """Profile edits' "forget" (jobs/steps/taste_feedback.py) on an incremental day: the increment already
+    left out the forgotten pairs, but yesterday's sequences of `users` (whose edits started or were
+    withdrawn on ds) still hold items now forgotten, or lack returned ones: their rows are rebuilt from
+    the window's events less the forgotten pairs. Every other row is left exactly as it is."""
+    who = F.broadcast(spark_session(cfg).createDataFrame(pa.table({"user_id": users})))
+    window = [shift(ds, -i) for i in range(cfg.features.window_days)]
+    _, events = read_snapshot(cfg, EVENTS, where_in={"ds": window})
+    _, vocab = read_snapshot(cfg, ITEM_VOCAB)
+    events = _remembered(cfg, events.join(who, "user_id", "left_semi"), forgotten)
+    rebuilt = user_sequences(events, vocab, ds, cfg.features.max_seq_len)
+    return _without(cfg, sequences, users).unionByName(rebuilt)
+
+
+def _without(cfg: FactoryConfig, sequences: DataFrame, users: list[str]) -> DataFrame:
+    if not users:
+        return sequences
+    return sequences.join(F.broadcast(spark_session(cfg).createDataFrame(pa.table({"user_id": users}))),
+                          "user_id", "left_anti")
 
 
 def sequence_events(events: DataFrame, vocab: DataFrame) -> DataFrame:
@@ -167,15 +202,24 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
     with track_step(cfg, ds, "features", run_key) as step:
         step.params(window_days=cfg.features.window_days, max_seq_len=cfg.features.max_seq_len)
         extend_vocab(cfg, ds, step)
-        sequences = None if full_rebuild_day(cfg, ds) else update_user_sequences(cfg, ds, step)
+        # Forget edits in force (a small table; None without any): their events never enter a sequence,
+        # and users whose edits changed today are rebuilt from the window (rebuild_for_edits).
+        forgotten = taste_feedback.forgotten_on(cfg, ds) if taste_feedback.any_edits(cfg) else None
+        changed = taste_feedback.users_to_rebuild(cfg, ds) if forgotten is not None else []
+        if forgotten is not None:
+            step.metrics(items_forgotten=forgotten.num_rows, users_rebuilt_for_edits=len(changed))
+        sequences = None if full_rebuild_day(cfg, ds) else update_user_sequences(cfg, ds, step, forgotten)
         step.params(mode="full" if sequences is None else "incremental")
         if sequences is None:
-            sequences = build_user_sequences(cfg, ds, step)
+            sequences = build_user_sequences(cfg, ds, step, forgotten)
             if cfg.features.incremental:
-                increment = update_user_sequences(cfg, ds, step)
-                if increment is not None:  # the periodic check of the increments
-                    step.metrics(incremental_drift_rows=sequences.exceptAll(increment).count()
-                                 + increment.exceptAll(sequences).count())
+                increment = update_user_sequences(cfg, ds, step, forgotten)
+                if increment is not None:  # the periodic check of the increments (users rebuilt today aside)
+                    full, increment = _without(cfg, sequences, changed), _without(cfg, increment, changed)
+                    step.metrics(incremental_drift_rows=full.exceptAll(increment).count()
+                                 + increment.exceptAll(full).count())
+        elif changed:
+            sequences = rebuild_for_edits(cfg, ds, sequences, changed, forgotten)
         # Hash-partitioned by user and sorted within each file: the same rows give the same files and
         # row order on every run (train samples rows by position), without a global sort's sampling pass.
         shuffle = cfg.spark.shuffle_partitions

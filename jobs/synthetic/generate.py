@@ -5,6 +5,8 @@ generate_drops(cfg, landing_dir) writes, for each ds from cfg.start_date on for 
     landing_dir/catalog/ds=YYYY-MM-DD/items.jsonl   first day: the whole catalog; later: new + edited items
     landing_dir/events/ds=YYYY-MM-DD/events.jsonl   raw events sorted by ts; ~malformed_share bad lines
     landing_dir/_generator/ds=YYYY-MM-DD.json       the DaySummary (counts, injected defects per kind)
+    landing_dir/_generator/taste_shifts/ds=....jsonl on cfg.taste_shift_day only: who changed taste, to
+                                                    what, and whether they said so in a profile edit
 
 Each day: new items are published and some are edited, users arrive, a share of users is active, each
 active user has sessions (a genre, or a followed podcast show), sessions play items, tastes drift.
@@ -32,12 +34,12 @@ import numpy as np
 from jobs.config import GeneratorConfig
 from jobs.days import day_bounds_ms, shift
 from jobs.synthetic.catalog import Catalog, add_new_items, build_catalog, edit_items
-from jobs.synthetic.listening import DAY_MS, Users, add_users, drift_tastes, simulate_day
+from jobs.synthetic.listening import DAY_MS, Users, add_users, drift_tastes, shift_tastes, simulate_day
 
 DEFECT_KINDS = ("invalid_json", "missing_user_id", "unknown_item", "wrong_type", "negative_duration",
                 "ts_out_of_day", "duplicate_event", "schema_drift", "non_utf8")
 EVENT_TYPES = ("play", "skip", "save")  # indexed by generate_listening.PLAY, SKIP, SAVE
-_CATALOG, _DAY, _DEFECTS = 1, 2, 3  # random streams: (seed, stream[, day])
+_CATALOG, _DAY, _DEFECTS, _SHIFT = 1, 2, 3, 4  # random streams: (seed, stream[, day])
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ def generate_drops(cfg: GeneratorConfig, landing_dir: Path,
             edited = edit_items(catalog, cfg.edited_items_per_day, existing, rng)
         first_new_user = users.n
         add_users(users, catalog, cfg.users if day == 0 else cfg.new_users_per_day, day, rng)
+        if cfg.taste_shift_day and day == cfg.taste_shift_day and cfg.taste_shift_share > 0:
+            shifts = shift_tastes(users, catalog, cfg.taste_shift_share, cfg.taste_shift_edit_share, day,
+                                  np.random.default_rng([cfg.seed, _SHIFT, day]))
+            _write_taste_shifts(landing_dir, ds, shifts, catalog)
         start_ms, _ = day_bounds_ms(ds)
         events, n_active = simulate_day(cfg, catalog, users, day, start_ms, first_new_user, rng)
         drift_tastes(users, rng)
@@ -176,6 +182,17 @@ def _write_day(landing_dir: Path, ds: str, catalog_rows: list[dict], lines: list
     _write_file(landing_dir / "events" / f"ds={ds}" / "events.jsonl", b"".join(line + b"\n" for line in lines))
     _write_file(landing_dir / "_generator" / f"ds={ds}.json",
                 (json.dumps(dataclasses.asdict(summary), indent=2) + "\n").encode())
+
+
+def taste_shifts_path(landing_dir: Path, ds: str) -> Path:
+    """Where the generator lists the day's taste shifts (one JSON object per shifted user)."""
+    return Path(landing_dir) / "_generator" / "taste_shifts" / f"ds={ds}.jsonl"
+
+
+def _write_taste_shifts(landing_dir: Path, ds: str, shifts: list[tuple[int, int, bool]], cat: Catalog) -> None:
+    """One line per shifted user: user_id, the new genre, and whether an edit "more genre:G" (from ds) arrives."""
+    rows = [{"user_id": f"u_{u + 1:06d}", "genre": cat.labels[g], "edit": e, "ds": ds} for u, g, e in shifts]
+    _write_file(taste_shifts_path(landing_dir, ds), b"".join(_dumps(r) + b"\n" for r in rows))
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -305,3 +305,27 @@ def drift_tastes(users: Users, rng: np.random.Generator) -> None:
     has_recent = users.recent.sum(1, keepdims=True) > 0
     taste = np.where(has_recent, 0.95 * taste + 0.05 * users.recent, taste)
     users.taste = taste / taste.sum(1, keepdims=True)
+
+
+def shift_tastes(users: Users, cat: Catalog, share: float, edit_share: float, day: int,
+                 rng: np.random.Generator) -> list[tuple[int, int, bool]]:
+    """A share of the users change taste today: each switches to a music genre from the less liked half
+    of their own (taste 0.1 old + 0.9 new, recent sessions all new, 2-3 favourite artists of it). Returns
+    (user index, new genre index, whether the user also says so in an edit) per shifted user."""
+    n = int(round(share * users.n))
+    if n == 0:
+        return []
+    chosen = np.sort(rng.choice(users.n, n, replace=False))
+    half = max(1, cat.n_music_genres // 2)
+    weakest = np.argsort(users.taste[chosen], axis=1, kind="stable")[:, :half]
+    genre = weakest[np.arange(n), rng.integers(0, half, n)]
+    new = np.zeros((n, cat.n_music_genres))
+    new[np.arange(n), genre] = 1.0
+    users.taste[chosen] = 0.1 * users.taste[chosen] + 0.9 * new
+    users.recent[chosen] = new
+    _, _, artists_by_genre, _ = _track_samplers(cat, day)
+    favourites = artists_by_genre.sample(np.repeat(genre, FAVOURITES), rng.random(n * FAVOURITES)).reshape(n, FAVOURITES)
+    favourites[np.arange(FAVOURITES)[None, :] >= rng.integers(2, 4, n)[:, None]] = -1
+    users.favourites[chosen] = favourites
+    edits = rng.random(n) < edit_share
+    return [(int(u), int(g), bool(e)) for u, g, e in zip(chosen, genre, edits)]

@@ -189,7 +189,8 @@ def test_a_writer_killed_before_its_commit_leaves_invisible_files_that_vacuum_re
 def test_every_table_states_its_scale_and_small_tables_their_row_bound():
     for spec in ALL_TABLES:
         assert (spec.scale == "small") == (spec.small_below is not None), spec.name
-    assert {s.name for s in ALL_TABLES if s.scale != "small"} == {"events", "quarantine", "user_sequences", "user_embeddings"}
+    assert {s.name for s in ALL_TABLES if s.scale != "small"} == {"events", "quarantine", "user_sequences", "user_embeddings",
+                                                                     "taste_profiles"}
 
 
 def test_spark_executors_write_a_partition_equal_to_the_arrow_path(lake_cfg, tmp_path):

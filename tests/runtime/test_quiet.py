@@ -1,6 +1,9 @@
 """jobs/runtime/quiet.py: known chatter is dropped by logger and message, everything else stays."""
 
 import logging
+import os
+import subprocess
+import sys
 import warnings
 
 from jobs.runtime import quiet
@@ -74,3 +77,15 @@ def test_a_timed_out_resource_request_is_dropped_but_other_failures_of_it_stay(c
             except Exception:
                 logger.warning("Failed to send resource request for train-1.", exc_info=True)
     assert [r.exc_info[1].args[0] for r in caplog.records] == ["actor died"]
+
+
+def test_ray_data_shows_warnings_on_the_console_but_not_its_per_job_info_lines():
+    """Ray Data configures its loggers when imported: in a fresh process, after quiet_third_parties()."""
+    code = ("from jobs.runtime.quiet import quiet_third_parties; quiet_third_parties()\n"
+            "import logging, ray.data\n"
+            "console = [h for h in logging.getLogger('ray.data').handlers if type(h).__name__ == 'PlainRayHandler']\n"
+            "print([logging.getLevelName(h.level) for h in console], logging.getLogger('ray.data').level)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DATA_LOGGING_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['WARNING']", "10"]  # console WARNING; the logger (and its file) DEBUG
