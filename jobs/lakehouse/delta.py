@@ -203,6 +203,8 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
     def write() -> int:
         table = open_table(cfg, spec)
         payload, options = write_payload(spec, data)
+        if table is not None and _lacks_columns(table, spec):  # a column added to the TableSpec since
+            options = {**options, "schema_mode": "merge"}  # older rows read it as null
         write_deltalake(
             table if table is not None else table_uri(cfg, spec), payload, mode="overwrite", predicate=predicate,
             partition_by=list(spec.partition_by) or None, storage_options=cfg.lake.storage_options or None, **options,
@@ -210,6 +212,12 @@ def replace_partition(cfg: FactoryConfig, spec: TableSpec, data: pa.Table, where
         return table.version() if table is not None else current_version(cfg, spec)
 
     return with_commit_retries(spec, f"replacing partition {where}", write)
+
+
+def _lacks_columns(table: DeltaTable, spec: TableSpec) -> bool:
+    """True when the stored table has fewer columns than its TableSpec (the spec gained one)."""
+    stored = {field.name for field in table.schema().fields}
+    return bool(set(spec.schema.names) - stored)
 
 
 def append(cfg: FactoryConfig, spec: TableSpec, data: pa.Table) -> int | None:

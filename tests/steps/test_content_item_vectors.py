@@ -118,3 +118,18 @@ def test_the_map_is_fitted_on_items_the_encoder_has_evidence_for_when_enough_hav
     assert fit_mask(known, counts, min_events=10).sum() == MIN_FIT_ITEMS
     assert fit_mask(known, {1: 30}, min_events=10).all()  # too few: every known item
     assert fit_mask(known, None, min_events=10).all() and fit_mask(known, counts, min_events=0).all()
+
+
+def test_a_lake_written_before_vector_source_existed_takes_the_new_column(tmp_path):
+    from deltalake import write_deltalake
+
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path)})
+    old_schema = pa.schema([f for f in ITEM_EMBEDDINGS.schema if f.name != "vector_source"])
+    old_day = pa.table({"item_id": ["a"], "item_idx": pa.array([1], pa.int32()), "embedding": [[1.0, 0.0]],
+                        "model_version": ["1"], "ds": [D1]}, schema=old_schema)
+    write_deltalake(delta.table_uri(cfg, ITEM_EMBEDDINGS), old_day, partition_by=["ds"])
+    new_day = pa.table({"item_id": ["a", "b"], "item_idx": pa.array([1, 2], pa.int32()), "embedding": [[1.0, 0.0], [0.0, 1.0]],
+                        "model_version": ["1", "1"], "vector_source": [ENCODER, CONTENT], "ds": [D2, D2]})
+    delta.replace_partition(cfg, ITEM_EMBEDDINGS, new_day, {"ds": D2})
+    assert delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": D2}).column("vector_source").to_pylist() == [ENCODER, CONTENT]
+    assert delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": D1}).column("vector_source").to_pylist() == [None]
