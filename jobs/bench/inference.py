@@ -289,8 +289,16 @@ def run(users: int | list[int] = 100_000, cfg: FactoryConfig | None = None,
     return result
 
 
+# The roofline bar (≥ 50%) is judged from this width up. At d_model 64 the GEMMs are 64-wide and
+# about half the time goes to attention, LayerNorm/GELU and Python around them (the profile in each
+# run), so there the share is reported with the profile, not judged (issue 20: "report d64 whatever
+# it is, with the profile").
+ROOFLINE_JUDGED_FROM_D_MODEL = 256
+
+
 def summary_rows(result: dict) -> list[dict]:
-    """The judged figures of each run: Ray vs the loops (≤ 1.2x time), vs the roofline (≥ 50%)."""
+    """The judged figures of each run: Ray vs the loops (≤ 1.2x time), vs the roofline (≥ 50% from
+    ROOFLINE_JUDGED_FROM_D_MODEL up; reported with the profile below it)."""
     rows = []
     for r in result["runs"]:
         e, inc = r["encoder"], r["incremental"]
@@ -298,14 +306,21 @@ def summary_rows(result: dict) -> list[dict]:
         ray, roof = r["ray_users_per_s"], r["roofline_users_per_s"]
         per_core = r["median_seconds"]["ray"] / r["median_seconds"]["loop_1_thread"]
         one_thread = r["loop_1_thread_share_of_1_thread_roofline"]
+        judged = e["d_model"] >= ROOFLINE_JUDGED_FROM_D_MODEL
+        profile = ", ".join(f"{kind.split(' (')[0]} {share:.0%}" for kind, share in
+                            r.get("profile", {}).get("share_of_wall", {}).items() if share >= 0.05)
         rows += [
             summary_row(f"{name}: Ray / plain loop time ({r['cores']} threads, same cores)", r["ray_over_loop_time"], "x",
                         "≤ 1.2", r["ray_over_loop_time"] <= 1.2, f"{ray:,.0f} vs {r['loop_users_per_s']:,.0f} users/s"),
             summary_row(f"{name}: Ray / 1-thread loop time", per_core, "x", "≤ 1.2", per_core <= 1.2,
                         f"{ray:,.0f} vs {r['loop_1_thread_users_per_s']:,.0f} users/s"),
-            summary_row(f"{name}: Ray / GEMM roofline", r["ray_share_of_roofline"], "share", "≥ 0.5",
-                        r["ray_share_of_roofline"] >= 0.5, f"{ray:,.0f} of {roof:,.0f} users/s; {gemm_detail(r)}"),
-            summary_row(f"{name}: 1-thread loop / 1-thread roofline", one_thread, "share", "≥ 0.5", one_thread >= 0.5),
+            summary_row(f"{name}: Ray / GEMM roofline", r["ray_share_of_roofline"], "share", "≥ 0.5" if judged else "",
+                        r["ray_share_of_roofline"] >= 0.5 if judged else None,
+                        f"{ray:,.0f} of {roof:,.0f} users/s; {gemm_detail(r)}"
+                        + ("" if judged else f"; reported, not judged below d{ROOFLINE_JUDGED_FROM_D_MODEL}: "
+                                             f"one actor's time is {profile}")),
+            summary_row(f"{name}: 1-thread loop / 1-thread roofline", one_thread, "share", "≥ 0.5" if judged else "",
+                        one_thread >= 0.5 if judged else None),
             *([summary_row(f"{name}: Ray Data map_batches (a new actor pool per call) / plain loop time",
                            r["ray_data_over_loop_time"], "x", detail=f"{r['ray_data_users_per_s']:,.0f} users/s; "
                            f"the pool's cold start {r['pool_cold_start_seconds']:.1f} s, once per process")]
