@@ -1,4 +1,4 @@
-"""Step `embed` (Ray Data): embed the day's users with the champion; write item vectors too.
+"""Step `embed` (Ray actors): embed the day's users with the champion; write item vectors too.
 
 Users come from the day's user_sequences files (one Delta version) and flow through Ray actors that
 write the user_embeddings Parquet files themselves and return only (path, rows); the driver commits
