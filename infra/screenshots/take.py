@@ -194,8 +194,16 @@ def mlflow_pages(cfg: FactoryConfig, url: str, browser: Browser) -> list[str]:
     failures = [] if clicked else [f"no expander in the row of {parent.info.run_name} on {day_runs}"]
     failures += page(browser, None, "mlflow-day-runs.png",
                      list(dict.fromkeys([parent.info.run_name] + [c.info.run_name for c in children])))
-    failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", "mlflow-step-metrics.png",
-                     [step.info.run_name, "users_embedded", "items_embedded"])
+    # The step logs more metrics than one screen holds: filter the charts as a user would, in the page's
+    # own search box, to the two headline counts.
+    browser.open(f"{url}/#/experiments/{exp}/runs/{run}/model-metrics", [step.info.run_name, "Search metric charts"])
+    browser.evaluate("""(() => {
+        const input = document.querySelector('input[placeholder="Search metric charts"]');
+        if (!input) return false;
+        Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(input, '_embedded');
+        input.dispatchEvent(new Event('input', {bubbles: true}));
+        return true; })()""")
+    failures += page(browser, None, "mlflow-step-metrics.png", [step.info.run_name, "users_embedded", "items_embedded"])
     plot = next((a.path for a in client.list_artifacts(run, "plots") if a.path.endswith(".png")), "")
     failures += page(browser, f"{url}/#/experiments/{exp}/runs/{run}/artifacts/{plot}", "mlflow-step-artifacts.png",
                      [step.info.run_name, plot.rsplit("/", 1)[-1] or "a .png plot"])
