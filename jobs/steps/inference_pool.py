@@ -132,8 +132,10 @@ def embed(paths: list[str], predictor_kwargs: dict, actors: int, num_cpus: float
 
 
 def weights_fingerprint(state_dict: dict) -> str:
-    """A hash of every tensor's name, shape and a strided sample of at most 4,096 of its values: two
-    models that differ anywhere in training differ here, at a cost independent of the item table's size."""
+    """A hash of every tensor's name, shape and a strided sample of at most 4,096 of its values, at a
+    cost independent of the item table's size. Training moves every sampled value, so two trained
+    models differ here; a hand edit of a few unsampled values would not (the model version and the
+    settings are in the pool's key too)."""
     digest = hashlib.sha1()
     for name, tensor in state_dict.items():
         flat = tensor.detach().reshape(-1)
