@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.config import GeneratorConfig
+from jobs.config import GeneratorConfig, TrainConfig
 from jobs.days import day_bounds_ms, shift
 from jobs.steps.catalog import item_text
 from jobs.steps.compatibility import user_vectors
-from jobs.steps.encoder_training import LoopConfig, TrainingRun, build_training_data
+from jobs.steps.encoder_training import PATIENCE, LoopConfig, TrainingRun, build_training_data
 from jobs.synthetic.catalog import Catalog, add_new_items, build_catalog, edit_items
 from jobs.synthetic.generate import _CATALOG, _DAY
 from jobs.synthetic.listening import PLAY, SAVE, SKIP, Users, add_users, drift_tastes, simulate_day
@@ -92,17 +92,20 @@ def simulate(cfg: GeneratorConfig) -> World:
     return World(catalog, users_.astype(np.int64), items.astype(np.int64), codes.astype(np.int64), days.astype(np.int64))
 
 
+TRAIN = TrainConfig()  # the nightly job's defaults: the benchmarks train what the pipeline trains
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """The encoder and loop of the benchmarks: [train]'s defaults (a warm start trains as long as a cold one)."""
 
-    d_model: int = 64
+    d_model: int = TRAIN.d_model
     max_len: int = 30
-    epochs: int = 8
-    warm_epochs: int = 8
-    patience: int = 2
-    lr: float = 3e-3
-    batch_size: int = 128
+    epochs: int = TRAIN.epochs
+    warm_epochs: int = TRAIN.epochs
+    patience: int = PATIENCE
+    lr: float = TRAIN.lr
+    batch_size: int = TRAIN.batch_size
     seed: int = 0
 
 
@@ -112,8 +115,9 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
     from `start` (its item table grown, as the train step does) with the compatibility term if asked;
     `item_table` (e.g. models.sid_item_table.SidItemTable) replaces a fresh model's per-item table."""
     num_items = world.items_by(day)
-    cfg = UserEncoderConfig(num_items=num_items, max_len=settings.max_len, d_model=settings.d_model, n_layers=2,
-                            n_heads=2, dropout=0.2, temperature=0.05)
+    cfg = UserEncoderConfig(num_items=num_items, max_len=settings.max_len, d_model=settings.d_model,
+                            n_layers=TRAIN.n_layers, n_heads=TRAIN.n_heads, dropout=TRAIN.dropout,
+                            temperature=TRAIN.temperature)
     torch.manual_seed(settings.seed + day)
     model = UserEncoder(cfg)
     if start is not None:

@@ -34,6 +34,7 @@ MIN_FIT_ITEMS = 20  # fewer known items with enough events: fit on every known i
 def item_event_counts(cfg: FactoryConfig, ds: str) -> dict[int, int]:
     """item_idx -> events of it in ds's user_sequences (Spark; one row per item reaches the driver)."""
     _, sequences = read_snapshot(cfg, USER_SEQUENCES, {"ds": [ds]})
+    # Bounded: one row per item of the day (an item table: small, like item_vocab), not per event or user.
     counts = sequences.select(F.explode("item_idx").alias("item_idx")).groupBy("item_idx").count().toArrow()
     return dict(zip(counts.column("item_idx").to_pylist(), counts.column("count").to_pylist()))
 

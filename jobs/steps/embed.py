@@ -138,6 +138,11 @@ def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: regis
     return sum(int(row["rows"]) for row in written.take_all())
 
 
+def _staging_uri(cfg: FactoryConfig) -> str:
+    """A fresh folder under the lake for users to embed that live in no table file (removed after use)."""
+    return f"{cfg.lake_uri.rstrip('/')}/_staging/embed-{uuid.uuid4().hex}"
+
+
 def _pool_resources(cfg: FactoryConfig) -> dict:
     return {"actors": actor_count(cfg), "num_cpus": cfg.ray.actor_num_cpus, "num_gpus": actor_num_gpus(cfg),
             "batch_size": cfg.ray.inference_batch_size}
@@ -147,7 +152,7 @@ def _embed_table_with_pool(cfg: FactoryConfig, table: pa.Table, champion: regist
     """embed_users of an in-memory table (the benchmark's incremental day): staged as one Parquet file."""
     if table.num_rows == 0:
         return OUTPUT_SCHEMA.empty_table()
-    staging = f"{cfg.lake_uri.rstrip('/')}/_staging/embed-{uuid.uuid4().hex}"
+    staging = _staging_uri(cfg)
     fs, folder = pafs.FileSystem.from_uri(staging if "://" in staging else f"file://{staging}")
     fs.create_dir(folder, recursive=True)
     try:
@@ -177,7 +182,7 @@ def embed_day_to_folders(cfg: FactoryConfig, ds: str, sequences_version: int, fi
         (F.col("t.item_idx") == F.col("b.item_idx")) & (F.col("t.event_type") == F.col("b.event_type"))).select("user_id")
     carried_rows = previous.join(same, "user_id", "left_semi")
     carried = write_files(cfg, carried_rows, USER_EMBEDDINGS, {"ds": ds})  # executors copy yesterday's rows
-    staging = f"{cfg.lake_uri.rstrip('/')}/_staging/embed-{uuid.uuid4().hex}"
+    staging = _staging_uri(cfg)
     try:
         today.join(carried_rows.select("user_id"), "user_id", "left_anti").write.parquet(staging)
         changed = [f"{staging}/{name}" for name in _parquet_names(staging)]

@@ -11,12 +11,13 @@ torch, models/): Ray actors load only these two modules. Used by the `ray_data` 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs.steps.user_predictor import UserEmbeddingPredictor
+from jobs.steps.user_predictor import OUTPUT_SCHEMA, UserEmbeddingPredictor
 
 FILE_METADATA = pa.schema([("path", pa.string()), ("rows", pa.int64())])
 
@@ -33,9 +34,17 @@ class UserEmbeddingWriter:
 
     def write(self, batch: pa.Table, folder_uri: str) -> pa.Table:
         """Embed `batch`, write it as part-<uuid>.parquet under folder_uri; return its path and row count."""
-        rows = self.predictor(batch)  # user_id, embedding, model_version: the table's data columns
-        fs, folder = pafs.FileSystem.from_uri(folder_uri if "://" in folder_uri else f"file://{folder_uri}")
-        fs.create_dir(folder, recursive=True)
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        pq.write_table(rows, f"{folder.rstrip('/')}/{name}", filesystem=fs)
-        return pa.table({"path": [f"{folder_uri.rstrip('/')}/{name}"], "rows": [rows.num_rows]}, schema=FILE_METADATA)
+        return write_part(folder_uri, [self.predictor(batch)])
+
+
+def write_part(folder_uri: str, tables: Iterable[pa.Table]) -> pa.Table:
+    """Write user_embeddings rows (user_id, embedding, model_version), streamed table by table, as one
+    part-<uuid>.parquet under folder_uri; return its (path, rows) as one FILE_METADATA row."""
+    fs, folder = pafs.FileSystem.from_uri(folder_uri if "://" in folder_uri else f"file://{folder_uri}")
+    fs.create_dir(folder, recursive=True)
+    name, rows = f"part-{uuid.uuid4().hex}.parquet", 0
+    with pq.ParquetWriter(f"{folder.rstrip('/')}/{name}", OUTPUT_SCHEMA, filesystem=fs) as writer:
+        for table in tables:
+            writer.write_table(table)
+            rows += table.num_rows
+    return pa.table({"path": [f"{folder_uri.rstrip('/')}/{name}"], "rows": [rows]}, schema=FILE_METADATA)

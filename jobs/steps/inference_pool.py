@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import uuid
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -31,9 +30,9 @@ import pyarrow.parquet as pq
 import ray
 from ray.util import ActorPool
 
+from jobs.steps.embedding_writer import write_part
 from jobs.steps.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredictor
 
-FILE_METADATA = pa.schema([("path", pa.string()), ("rows", pa.int64())])
 MAX_ITEM_BATCHES = 64  # an item is at most this many inference batches (bounds an actor's memory)
 
 
@@ -82,13 +81,7 @@ class EmbeddingActor:
         batches = (self.predictor(rows.slice(first, batch_size)) for first in range(0, rows.num_rows, batch_size))
         if folder_uri is None:
             return pa.concat_tables(list(batches)) if rows.num_rows else OUTPUT_SCHEMA.empty_table()
-        fs, folder = pafs.FileSystem.from_uri(folder_uri if "://" in folder_uri else f"file://{folder_uri}")
-        fs.create_dir(folder, recursive=True)
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        with pq.ParquetWriter(f"{folder.rstrip('/')}/{name}", OUTPUT_SCHEMA, filesystem=fs) as writer:
-            for batch in batches:
-                writer.write_table(batch)
-        return pa.table({"path": [f"{folder_uri.rstrip('/')}/{name}"], "rows": [rows.num_rows]}, schema=FILE_METADATA)
+        return write_part(folder_uri, batches)
 
     def _read(self, item: WorkItem) -> pa.Table:
         """The item's rows: the row groups that hold them, decoded once and kept for the next item."""
