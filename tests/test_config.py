@@ -53,3 +53,8 @@ def test_negative_training_sample_or_budget_is_rejected(tmp_path):
     (tmp_path / "f.toml").write_text("[train]\nmax_users = -1\n")
     with pytest.raises(ConfigError, match="train.max_users and train.minutes must be >= 0"):
         load_config(tmp_path / "f.toml")
+
+
+def test_negative_train_threads_is_a_clear_error():
+    with pytest.raises(ConfigError, match="train.threads must be >= 0"):
+        load_config(overrides={"train.threads": "-1"})

@@ -25,7 +25,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer
 
-from jobs.config import FactoryConfig
+from jobs.config import FactoryConfig, TrainConfig
 from jobs.errors import FactoryError
 from jobs.runtime.compute import device_name, uses_gpu
 from jobs.runtime.quiet import RUN_CONFIG_LOG_LEVEL
@@ -138,7 +138,7 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
     # Reading shards needs Ray Data tasks: with a dataset the workers leave one CPU of the cluster
     # to them (torch still runs cores // workers threads: the reads are over before training starts).
     cpus = max(1, (total - (dataset is not None)) // workers)
-    loop = dataclasses.replace(loop or loop_config(cfg.train), threads=max(1, total // workers))
+    loop = dataclasses.replace(loop or loop_config(cfg.train), threads=worker_threads(cfg.train, total, workers))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -165,6 +165,11 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
         model, marks, state = load_training_checkpoint(folder, encoder_cfg)
     placement = {k: int(result.metrics.get(k, 1)) for k in ("train_workers", "train_nodes", "train_examples")}
     return FitResult(model, state.history, marks, state, result.checkpoint.path, placement)
+
+def worker_threads(t: TrainConfig, cluster_cpus: int, workers: int) -> int:
+    """torch threads per Ray Train worker: train.threads, or the cluster's CPUs shared by the workers."""
+    return t.threads or max(1, cluster_cpus // workers)
+
 
 def _worker_parts(dataset: ray.data.Dataset, workers: int) -> dict[str, ray.data.Dataset]:
     """{"train_<rank>": that worker's part}: contiguous, nearly equal parts of the (order-preserving,

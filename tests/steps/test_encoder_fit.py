@@ -138,3 +138,11 @@ def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_o
     assert fitted.state.epoch == 2 and fitted.state.stop_reason == "max_epochs"
     assert all(np.isfinite(r["train_loss"]) for r in fitted.history if r["kind"] == "epoch")
     assert encoder_training.weights_are_finite(fitted.model)
+
+
+def test_train_threads_fixes_each_workers_torch_threads_and_zero_shares_the_cluster_cpus():
+    shared = load_config().train
+    assert encoder_fit.worker_threads(shared, cluster_cpus=8, workers=2) == 4
+    assert encoder_fit.worker_threads(shared, cluster_cpus=1, workers=2) == 1
+    fixed = load_config(overrides={"train.threads": "1"}).train
+    assert encoder_fit.worker_threads(fixed, cluster_cpus=8, workers=2) == 1
