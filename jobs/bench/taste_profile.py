@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.bench.common import summary_row
@@ -44,6 +45,7 @@ from jobs.lakehouse.tables import (
 from jobs.pipeline import run_day
 from jobs.serving.neighbours import nearest_items
 from jobs.steps.profile_edits import record_edit
+from jobs.steps.taste_feedback import facet_directions, steer
 from jobs.synthetic.generate import generate_drops, generated_days, taste_shifts_path
 
 # The generator's default world (3,000 users, 3,000 items in 12 genres) over 4 days, with 50-item
@@ -55,6 +57,7 @@ WORLD = {"generator.days": "4", "generator.malformed_share": "0.0",
          "features.max_seq_len": "50", "train.d_model": "32", "train.epochs": "4", "train.retrain_every_days": "1"}
 STEPS = ["catalog", "ingest", "features", "train", "embed", "semantic_ids", "index", "profile"]
 MORE_BAR, LESS_BAR, HR_BAR = 2.0, 0.5, 1.2
+STRENGTH_CURVE = (0.0, 0.25, 0.5, 0.75, 0.9)  # steer strengths of the shifted users' HR@10 curve (reported, not judged)
 K = 10
 
 
@@ -74,6 +77,7 @@ class Day:
     """One day's raw user vectors, steered vectors, and the catalog's item vectors with their facets."""
 
     def __init__(self, cfg: FactoryConfig, ds: str):
+        self.ds = ds
         self.users = delta.read(cfg, USER_EMBEDDINGS, where={"ds": ds})
         self.profiles = delta.read(cfg, TASTE_PROFILES, where={"ds": ds})
         items = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": ds})
@@ -191,7 +195,37 @@ def shifted_hit_rates(cfg: FactoryConfig, day: Day, next_ds: str, edited: dict[s
     without = hit_rate(day.raw_top(users), users) if users else 0.0
     return {"users": len(users), "hr_with_edits": with_edits, "hr_without_edits": without,
             "ratio": with_edits / without if without else None,
+            "hr_by_steer_strength": hr_by_strength(cfg, day, users, edited, hit_rate),
+            "by_shift_day_plays": by_shift_day_plays(cfg, day, users, hit_rate),
             "shifted_without_edit_users": len(others), "shifted_without_edit_hr": hit_rate(day.raw_top(others), others)}
+
+
+def by_shift_day_plays(cfg: FactoryConfig, day: Day, users: list[str],
+                       hit_rate: Callable[[np.ndarray, list[str]], float]) -> dict[str, dict]:
+    """The same HR@10s for the users who played on the shift day (their raw vector already saw some of
+    the new taste) and for those who did not (only the edit says it)."""
+    events = delta.read(cfg, EVENTS, where={"ds": day.ds}, columns=["user_id", "event_type"])
+    played = set(events.filter(pc.equal(events.column("event_type"), "play")).column("user_id").to_pylist())
+    out = {}
+    for name, group in (("played_on_shift_day", [u for u in users if u in played]),
+                        ("no_plays_on_shift_day", [u for u in users if u not in played])):
+        out[name] = {"users": len(group), "hr_without_edits": hit_rate(day.raw_top(group), group) if group else 0.0,
+                     "hr_with_edits": hit_rate(day.steered_top(group), group) if group else 0.0}
+    return out
+
+
+def hr_by_strength(cfg: FactoryConfig, day: Day, users: list[str], edited: dict[str, str],
+                   hit_rate: Callable[[np.ndarray, list[str]], float]) -> dict[str, float]:
+    """{strength: HR@10} of the same users had profile.steer_strength been `strength` (their only edit is
+    "more genre:G", so the move is strength x G's direction): is the steer's bound what limits the figure?"""
+    if not users:
+        return {}
+    items = delta.read(cfg, ITEMS, columns=["item_id", "genre", "artist", "show"])
+    vectors = pa.table({"item_id": day.item_ids, "embedding": [list(v) for v in day.items]})
+    directions = facet_directions(sorted({("genre", edited[u]) for u in users}), items, vectors)
+    raw = vectors_of(day.users, "embedding", users)
+    toward = np.stack([directions[("genre", edited[u])] for u in users])
+    return {f"{s:g}": hit_rate(top_k(steer(raw, s * toward), day.items), users) for s in STRENGTH_CURVE}
 
 
 def summary_rows(result: dict) -> list[dict]:

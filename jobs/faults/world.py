@@ -30,6 +30,7 @@ from jobs.days import shift
 from jobs.faults.inject import Pause
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ALL_TABLES
+from jobs.steps import STEP_NAMES
 from jobs.synthetic.worlds import FAULT_WORLD
 
 log = logging.getLogger(__name__)
@@ -173,26 +174,31 @@ STAGE_NAMES = ("before_d3", "before_features", "after_features", "before_embed",
                "after_d4", "after_d7")
 
 
-def build_stages(world: FaultWorld, fresh: bool, until: str | None = None) -> None:
-    """The world's snapshots, in order, up to `until` (default: all); a build resumes after the last
-    snapshot that exists.
-
-    before_d3 (days 1-2 run), before_features (day 3 catalog + ingest), after_features, before_embed
-    (train), before_sid (embed), after_sid (semantic_ids), after_d3 (index, evaluate, publish),
-    after_d4, after_d7. Day 3 runs one process per step, as Airflow runs it.
-    """
-    d1, d2, d3, d4, *rest = world.days
-    stages = [
+def stage_commands(days: list[str]) -> list[tuple[str, list[list[str]]]]:
+    """(snapshot name, the `factory` commands that lead to it from the previous snapshot) for every stage."""
+    d1, d2, d3, d4, *rest = days
+    return [
         ("before_d3", [["run", "--ds", d1], ["run", "--ds", d2]]),
         ("before_features", [["run", "--ds", d3, "--step", "catalog"], ["run", "--ds", d3, "--step", "ingest"]]),
         ("after_features", [["run", "--ds", d3, "--step", "features"]]),
         ("before_embed", [["run", "--ds", d3, "--step", "train"]]),
         ("before_sid", [["run", "--ds", d3, "--step", "embed"]]),
         ("after_sid", [["run", "--ds", d3, "--step", "semantic_ids"]]),
-        ("after_d3", [["run", "--ds", d3, "--step", step] for step in ("index", "evaluate", "publish")]),
+        ("after_d3", [["run", "--ds", d3, "--step", step] for step in STEP_NAMES[STEP_NAMES.index("semantic_ids") + 1:]]),
         ("after_d4", [["run", "--ds", d4]]),
         ("after_d7", [["run", "--ds", ds] for ds in rest]),
     ]
+
+
+def build_stages(world: FaultWorld, fresh: bool, until: str | None = None) -> None:
+    """The world's snapshots, in order, up to `until` (default: all); a build resumes after the last
+    snapshot that exists.
+
+    before_d3 (days 1-2 run), before_features (day 3 catalog + ingest), after_features, before_embed
+    (train), before_sid (embed), after_sid (semantic_ids), after_d3 (every later step: index, profile, ...),
+    after_d4, after_d7. Day 3 runs one process per step, as Airflow runs it.
+    """
+    stages = stage_commands(world.days)
     assert tuple(name for name, _ in stages) == STAGE_NAMES
     if until is not None:
         stages = stages[:STAGE_NAMES.index(until) + 1]

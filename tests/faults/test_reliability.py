@@ -546,3 +546,17 @@ def test_each_partial_faults_run_keeps_the_lines_of_the_earlier_ones(tmp_path):
     assert "full run" in block and "Re-run on monday: a only" in block and "Re-run on tuesday: new scenario" in block
     rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| ") and "scenario" not in line]
     assert rows == ["a", "b", "n"]
+
+
+def test_the_fault_worlds_step_by_step_day_runs_every_step_of_the_dag_in_order():
+    """Day 3 of the fault world runs one process per step; a step missing there (profile once was)
+    makes "backfill = daily runs" compare against a day without that step's table rows."""
+    from jobs.faults.world import STAGE_NAMES, stage_commands
+    from jobs.steps import STEP_NAMES
+
+    days = [shift("2026-01-01", i) for i in range(7)]
+    stages = stage_commands(days)
+    assert tuple(name for name, _ in stages) == STAGE_NAMES
+    day3 = [command[command.index("--step") + 1] for _, commands in stages for command in commands
+            if command[:3] == ["run", "--ds", days[2]]]
+    assert tuple(day3) == STEP_NAMES
