@@ -196,6 +196,9 @@ class TrieTables:
     tokens: (N, depth) SID codes of the N generatable items (row i = item i), all distinct.
     At depth d, node j is one distinct prefix of length d; allowed[d] (nodes_d, level_size_d) says
     which codes may follow it and child[d] the node they lead to (at the last depth: the item row).
+    item_node[d] (N,) is each item's node after d + 1 codes (at the last depth: the item row itself)
+    and leaves[d] (nodes_{d+1},) how many items lie under each such node: what `blocked` needs to
+    close a prefix whose items a user has all consumed.
     """
 
     def __init__(self, tokens: np.ndarray, level_sizes: tuple[int, ...]):
@@ -205,7 +208,7 @@ class TrieTables:
         if len(np.unique(tokens, axis=0)) != len(tokens):
             raise ValueError("TrieTables: two items have the same SID; every generatable SID must be unique.")
         self.depth, self.items = tokens.shape[1], len(tokens)
-        self.allowed, self.child = [], []
+        self.allowed, self.child, self.item_node, self.leaves = [], [], [], []
         node = np.zeros(len(tokens), dtype=np.int64)  # each item's node at the current depth (root = 0)
         nodes = 1
         for d, size in enumerate(level_sizes):
@@ -219,14 +222,35 @@ class TrieTables:
             self.child.append(torch.from_numpy(child))
             self.allowed.append(torch.from_numpy(child >= 0))
             node, nodes = next_node, int(next_node.max()) + 1 if len(next_node) else 0
+            self.item_node.append(node)
+            self.leaves.append(np.bincount(node, minlength=nodes))
+
+    def blocked(self, exclude: list[np.ndarray]) -> list[torch.Tensor]:
+        """Per depth d, (B, nodes_{d+1}) True where every item under the node is in that row's
+        `exclude` (item rows, e.g. what the user already consumed): a beam must not enter it."""
+        rows = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude]
+        rows = [r[(r >= 0) & (r < self.items)] for r in rows]
+        owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+        items = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        out = []
+        for item_node, leaves in zip(self.item_node, self.leaves):
+            nodes = len(leaves)
+            consumed = np.bincount(owner * nodes + item_node[items], minlength=len(rows) * nodes).reshape(len(rows), nodes)
+            out.append(torch.from_numpy(consumed == leaves[None, :]))
+        return out
 
 
 @torch.inference_mode()
 def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            users: torch.Tensor | None, trie: TrieTables, beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+                            users: torch.Tensor | None, trie: TrieTables, beams: int,
+                            exclude: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top `beams` complete SIDs per row, by summed log-probability, never leaving the trie.
 
     input_ids, attention_mask: (B, T) left-padded prompts ending in SEP; users: (B, U) or None.
+    exclude: per row, item rows it must not return (the user's consumed items): masked inside the
+    search, so no beam is spent on them. A prefix whose items are all excluded is closed as soon as
+    it would be entered, and at the last level the excluded leaves are, so the `beams` slots go to
+    the best items that remain (fewer only when fewer remain).
     Returns item rows (B, beams) into the trie's token matrix (-1 where fewer than `beams` SIDs exist)
     and their scores (B, beams), best first. beams=1 is greedy decoding.
     A hand-written search rather than generate(prefix_allowed_tokens_fn=...): SIDs have a fixed
@@ -240,10 +264,16 @@ def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tenso
     score, suffix = torch.zeros(B, 1), torch.zeros(B, 1, 0, dtype=torch.long)  # (B, K), (B, K, d) generated ids
     last = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     rows = 1  # beams per row the prompt cache holds
+    blocked = trie.blocked(exclude) if exclude is not None else None
     for d in range(trie.depth):
         start, size = vocab.level_start(d), vocab.level_sizes[d]
         logp = F.log_softmax(logits.float(), dim=-1)[:, start:start + size]  # (B*K, size)
-        logp = logp.masked_fill(~trie.allowed[d][node.reshape(-1)], float("-inf")).view(B, -1, size)
+        closed = ~trie.allowed[d][node.reshape(-1)]  # (B*K, size)
+        if blocked is not None:
+            child = trie.child[d][node.reshape(-1)]  # (B*K, size) the node each code leads to, -1 = none
+            owner = torch.arange(B).repeat_interleave(node.shape[1])[:, None]  # (B*K, 1) the beam's row
+            closed |= blocked[d][owner, child.clamp(min=0)]
+        logp = logp.masked_fill(closed, float("-inf")).view(B, -1, size)
         total = (score[:, :, None] + logp).view(B, -1)  # (B, K * size)
         score, flat = total.topk(min(beams, total.shape[1]), dim=1)  # (B, k)
         origin, code = flat // size, flat % size

@@ -14,9 +14,10 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    time it is applied to their embeddings as they are (no per-user training).
 4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
    (history SIDs only), + soft token, + prompt, + both. Each is evaluated on every user's test item
-   (or a fixed random `--eval-users` subset): beam search constrained to valid SIDs (`--beams`),
-   consumed items dropped (the re-ranking rule; ML-1M users never rate a movie twice), HR@10,
-   HR@30, NDCG@10; and greedy decoding (beam 1). Reference: the encoder's dot-product ranking of
+   (or a fixed random `--eval-users` subset): beam search constrained to valid SIDs (`--beams`)
+   with the user's consumed items masked inside the search (ML-1M users never rate a movie twice),
+   HR@10, HR@30, NDCG@10; beside it the same beam with consumed items dropped after decoding (the
+   re-ranking rule) and the share of the unmasked beam they took; and greedy decoding (beam 1). Reference: the encoder's dot-product ranking of
    all items for the same users (seen items removed).
 """
 
@@ -125,27 +126,40 @@ def build_examples(sequences, sids, prompts, embed, users: np.ndarray, history: 
 
 def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen, targets: np.ndarray, beams: int,
              unseen: np.ndarray) -> dict:
-    """Beam (consumed dropped by the re-ranking rule, and raw) and greedy metrics, with decoding speed."""
+    """Beam metrics with the consumed items masked inside the search (the headline), dropped after
+    decoding by the re-ranking rule, and kept (raw); the share of each raw beam spent on consumed
+    items; greedy; decoding speed."""
     started = time.perf_counter()
     rows, scores = generate(model, examples, trie, beams)
     beam_seconds = time.perf_counter() - started
+    consumed_rows = [np.asarray(c, dtype=np.int64) - 1 for c in seen]  # trie row i = SASRec item i + 1
+    masked_rows, _ = generate(model, examples, trie, beams, exclude=consumed_rows)
     rules = RerankRules(k=beams)
-    raw, filtered = [], []
-    for r, s, consumed in zip(rows, scores, seen):
-        items = [int(i) + 1 for i in r if i >= 0]  # trie row i = SASRec item i + 1
+    raw, filtered, masked = [], [], []
+    for r, s, consumed, m in zip(rows, scores, seen, masked_rows):
+        items = [int(i) + 1 for i in r if i >= 0]
         raw.append(items)
         candidates = [Candidate(str(i), tuple(sids[i]), float(x)) for i, x in zip(items, s)]
         filtered.append([int(d.candidate.item_id) for d in rerank(candidates, set(map(str, consumed)), rules) if d.kept])
+        masked.append([int(i) + 1 for i in m if i >= 0])
     started = time.perf_counter()
     greedy, _ = generate(model, examples, trie, 1)
     greedy_seconds = time.perf_counter() - started
     greedy_hit = float(np.mean(greedy[:, 0] + 1 == targets))
-    return {f"beam{beams}": hit_metrics(filtered, targets) | {"hr1": hit_metrics(filtered, targets, ks=(1,), ndcg_ks=())["hr1"]},
+
+    def consumed_share(lists: list[list[int]]) -> float:
+        return float(np.mean([np.mean([i in set(c) for i in lst]) if lst else 0.0 for lst, c in zip(lists, seen)]))
+
+    with_hr1 = lambda lists: hit_metrics(lists, targets) | {"hr1": hit_metrics(lists, targets, ks=(1,), ndcg_ks=())["hr1"]}  # noqa: E731
+    return {f"beam{beams}": with_hr1(masked),
+            f"beam{beams}_masked_after_decoding": with_hr1(filtered),
             f"beam{beams}_consumed_kept": hit_metrics(raw, targets),
-            "unseen_users": hit_metrics([f for f, u in zip(filtered, unseen) if u], targets[unseen]) if unseen.any() else {},
+            "unseen_users": hit_metrics([f for f, u in zip(masked, unseen) if u], targets[unseen]) if unseen.any() else {},
             "greedy": {"hr1": greedy_hit, "greedy_in_history_share": float(np.mean([g + 1 in set(c) for g,
                                                                                     c in zip(greedy[:, 0], seen)]))},
+            "beam_consumed_share": {"raw": consumed_share(raw), "masked_in_beam": consumed_share(masked)},
             "valid_sid_share": float(np.mean(rows >= 0)), "mean_list_after_rerank": float(np.mean([len(f) for f in filtered])),
+            "mean_list_masked_in_beam": float(np.mean([len(m) for m in masked])),
             "beam_users_per_s": len(examples) / beam_seconds, "greedy_users_per_s": len(examples) / greedy_seconds}
 
 
@@ -331,17 +345,19 @@ def _log_mlflow(cfg, result: dict) -> None:
 
 def render_markdown(result: dict) -> str:
     beams = result["settings"]["beams"]
-    lines = ["| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | greedy HR@1 | unseen users HR@10 | talk HR@30 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | HR@10 masked after decoding | consumed share of "
+             "the raw beam | greedy HR@1 | unseen users HR@10 | talk HR@30 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["results"].items():
         s = r["summary"]
         b, g, u = s[f"beam{beams}"], s["greedy"], s.get("unseen_users", {})
+        after, share = s.get(f"beam{beams}_masked_after_decoding"), s.get("beam_consumed_share")
         cell = lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}"  # noqa: E731
         lines.append(f"| {name} | {cell(b['hr10'])} | {cell(b['hr30'])} | {cell(b['ndcg10'])} | {cell(b['hr1'])} | "
+                     f"{cell(after['hr10']) if after else '–'} | {cell(share['raw']) if share else '–'} | "
                      f"{cell(g['hr1'])} | {cell(u['hr10']) if u else '–'} | {result['talk_hr30'][name]:.2%} |")
     ref = result["reference_encoder"]
     lines.append(f"| encoder dot product (reference) | {ref['hr10']:.4f} | {ref['hr30']:.4f} | {ref['ndcg10']:.4f} | "
-                 f"{ref['hr1']:.4f} | – | {ref['unseen_users_hr10']:.4f} | – |")
+                 f"{ref['hr1']:.4f} | – | – | – | {ref['unseen_users_hr10']:.4f} | – |")
     lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached):"]
     for name, r in result["results"].items():
         per_seed = [(run["seed"], run["eval"][f"beam{beams}"], run["fit"]["steps"]) for run in r["runs"]]

@@ -2,7 +2,8 @@
 
 The model of the requested day (or the latest before it) generates `generative.beams` SIDs by
 constrained beam search from the user's sequence, embedding (soft token) and prompt of that day;
-the SIDs map back to items; the business rules (models/reranking.py) keep the first k. The user's
+the SIDs map back to items; the business rules (models/reranking.py) keep the first k. Items the
+user already consumed are masked inside the search, so every beam goes to a new item. The user's
 profile edits apply: the soft token is the steered vector where more/less edits are in force, and
 items a forget edit names are dropped (reason "forgotten").
 """
@@ -47,7 +48,9 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     trie = TrieTables(day.lookup.tokens[rows_of], vocab.level_sizes)
     example = Examples([np.array(history, np.int64).reshape(len(history), vocab.depth - 1)],
                        [day.prompt(items)] if meta["prompt"] else None, users, None)
-    rows, scores = generate(model, example, trie, max(cfg.generative.beams, k))
+    trie_row = {day.lookup.item_ids[r]: t for t, r in enumerate(rows_of)}
+    consumed = np.array(sorted({trie_row[i] for i in items if i in trie_row}), dtype=np.int64)
+    rows, scores = generate(model, example, trie, max(cfg.generative.beams, k), exclude=[consumed])  # no beam on them
     titles = dict(zip(*(delta.read(cfg, ITEMS, columns=["item_id",
                                                         "title"]).column(c).to_pylist() for c in ("item_id", "title"))))
     candidates = []

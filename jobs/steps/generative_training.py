@@ -114,13 +114,16 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
             "stop_reason": "time_budget" if out_of_time else "max_steps" if stopped_by_steps else "max_epochs"}
 
 def generate(model: GenerativeRecommender, examples: Examples, trie: TrieTables, beams: int,
-             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Constrained beam search for every example: item rows (N, beams) into the trie (-1 = none) and scores."""
+             batch_size: int = 64, exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Constrained beam search for every example: item rows (N, beams) into the trie (-1 = none) and scores.
+    exclude: per example, trie rows masked inside the search (e.g. the user's consumed items)."""
     model.eval()
     rows, scores = [], []
     for start in range(0, len(examples), batch_size):
-        ids, mask, users = examples.rows(np.arange(start, min(start + batch_size, len(examples)))).tensors(model.vocab, False)
-        items, score = constrained_beam_search(model, ids, mask, users, trie, beams)
+        batch = np.arange(start, min(start + batch_size, len(examples)))
+        ids, mask, users = examples.rows(batch).tensors(model.vocab, False)
+        items, score = constrained_beam_search(model, ids, mask, users, trie, beams,
+                                               exclude=None if exclude is None else [exclude[i] for i in batch])
         rows.append(items.numpy())
         scores.append(score.numpy())
     return np.concatenate(rows), np.concatenate(scores)

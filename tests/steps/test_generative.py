@@ -81,6 +81,38 @@ def test_beam_search_equals_exhaustive_scoring_and_greedy_is_beam_one(one_torch_
     assert [int(tokens[g][0]) for g in greedy[:, 0]] == first.tolist()
 
 
+def test_excluded_items_are_masked_inside_the_beam_and_the_freed_slots_go_to_the_next_best(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    model, trie = model_for(vocab, seed=1), TrieTables(tokens, LEVELS)
+    ids, mask, _ = inputs(vocab, tokens, seed=1)
+    full, full_scores = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens))  # exact ranking
+    exclude = [full[r, [0, 2, 5]].numpy() for r in range(3)]  # each row's 1st, 3rd and 6th best
+    masked, scores = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens), exclude=exclude)
+    for r in range(3):
+        rest = [i for i in full[r].tolist() if i not in set(exclude[r].tolist())]
+        assert masked[r, :len(rest)].tolist() == rest  # the same order, nothing excluded
+        assert (masked[r, len(rest):] == -1).all()
+        torch.testing.assert_close(scores[r, :len(rest)], full_scores[r][~np.isin(full[r].numpy(), exclude[r])])
+    few, _ = constrained_beam_search(model, ids, mask, None, trie, beams=3, exclude=exclude)
+    assert (few >= 0).all() and not any(set(few[r].tolist()) & set(exclude[r].tolist()) for r in range(3))
+
+
+def test_a_prefix_whose_items_are_all_excluded_is_closed_even_when_the_model_wants_it(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    model, trie = model_for(vocab), TrieTables(tokens, LEVELS)
+    favourite = int(tokens[0, 0])  # every item starting with this code is excluded
+    bias = torch.zeros(vocab.size)
+    bias[vocab.level_start(0) + favourite] = 50.0
+    with torch.no_grad():
+        model.lm.lm_head.bias = torch.nn.Parameter(bias)
+    ids, mask, _ = inputs(vocab, tokens, rows=2)
+    under = np.flatnonzero(tokens[:, 0] == favourite)
+    plain, _ = constrained_beam_search(model, ids, mask, None, trie, beams=1)
+    assert (tokens[plain[:, 0].numpy(), 0] == favourite).all()
+    greedy, _ = constrained_beam_search(model, ids, mask, None, trie, beams=1, exclude=[under, under])
+    assert (greedy[:, 0] >= 0).all() and (tokens[greedy[:, 0].numpy(), 0] != favourite).all()
+
+
 def test_every_generated_item_exists_in_the_catalog(one_torch_thread):
     vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(15)
     model, trie = model_for(vocab, seed=2), TrieTables(tokens, LEVELS)
@@ -241,8 +273,9 @@ def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, 
     assert 0 < len(kept) <= 3 and answer["soft_token"]
     consumed = {f"{'ep' if i % 3 == 0 else 'trk'}_{i:03d}" for i in range(12)}  # ids of the catalog
     assert all(d["item_id"] in consumed for d in answer["decisions"])  # every generated item exists
-    assert {d["reason"].split(":")[0].split(" ")[0] for d in answer["decisions"] if not d["kept"]} <= {"consumed", "quota",
-                                                                                                       "prefix", "list"}
+    assert {d["reason"].split(":")[0].split(" ")[0] for d in answer["decisions"] if not d["kept"]} <= {"quota", "prefix",
+                                                                                                       "list"}
+    assert not any(d["reason"].startswith("consumed") for d in answer["decisions"])  # masked inside the beam
     with pytest.raises(FactoryError, match="no listening sequence"):
         recommend(cfg, "u_999")
     out = CliRunner().invoke(app, ["recommend", "u_002", "--k", "2", "--json"], env={"FACTORY__PATHS__STATE_DIR": str(tmp_path)})
