@@ -128,8 +128,10 @@ def sid(
 
 @bench_app.command()
 def generative(
-    data: Annotated[Path, typer.Option(help="SASRec-format ml-1m.txt; its folder must hold movies.dat, users.dat, "
-                                            "item_map.csv, user_map.csv.")],
+    data: Annotated[Path, typer.Option(help="SASRec-format file (ml-1m.txt, beauty.txt). Titles (movies.dat, item_map.csv) "
+                                            "and users (users.dat, user_map.csv) beside it are used where present.")],
+    sids: Annotated[Path | None, typer.Option(help="Published SIDs: item_id0 -> ['<a_x>', ...] JSON (LETTER's "
+                                                   "Beauty.index.json) instead of the factory's codes.")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (each configuration trains once per seed).")] = "0,1,2",
     minutes: Annotated[float, typer.Option(help="Training clock per configuration and seed (caps --steps).")] = 2.5,
     steps: Annotated[int, typer.Option(help="Optimiser steps per configuration and seed (0 = the clock only): the same "
@@ -148,18 +150,18 @@ def generative(
     out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/generative_<folder>.json).")] = None,
     mlflow: MlflowOption = True,
 ) -> None:
-    """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on MovieLens-1M."""
+    """Generative retrieval ablation (baseline, + soft token, + prompt, + both) on a SASRec-format file."""
     from jobs.bench import generative as bench
     from models.generative import TinyLlamaConfig
 
     setup_logging(with_time=True)
-    out = out or RESULTS / f"generative_{data.parent.name}.json"
+    out = out or RESULTS / f"generative_{data.parent.name}{'_' + sids.stem.split('.')[0] if sids else ''}.json"
     command = invocation("generative")
     report(lambda: bench.run_benchmark(
         data, seeds=parse_ints(seeds, "seeds"), minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
         history=history, targets_per_user=targets_per_user, train_user_share=train_user_share, eval_users=eval_users,
         beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers, intermediate=4 * hidden), model_dir=model_dir,
-        out=out, command=command, log_to_mlflow=mlflow,
+        out=out, command=command, log_to_mlflow=mlflow, sids_file=sids,
     ), bench.render_markdown, out)
 
 

@@ -1,24 +1,28 @@
-"""`factory bench generative`: the soft-token / prompt ablation of generative retrieval on MovieLens-1M.
+"""`factory bench generative`: the soft-token / prompt ablation of generative retrieval on a SASRec-format file.
 
 Protocol (leave-one-out, as `factory bench encoder`): each user's last item is the test target;
 nothing of it reaches the encoder, the soft token, the prompt or any training example.
 1. The user encoder trains on everything but each user's last two items (jobs/steps/encoder_training.py's loop,
    in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
-2. Every item gets a SID from its title: MiniLM vectors -> residual k-means (levels x codes) ->
-   de-duplication token (jobs.bench.sid.codes_for), so every SID names one item. Vectors and codes
-   are cached under .state/bench_generative/.
+2. Every item gets a SID (`item_sids`): published codes with `--sids FILE` (LETTER's index JSON),
+   else its title where the data's folder has movies.dat (MiniLM -> residual k-means, levels x
+   codes), else the factory's residual k-means over the encoder's item vectors (no item text, e.g.
+   Amazon Beauty); a de-duplication token makes every SID name one item. Title codes are cached
+   under .state/bench_generative/.
 3. Examples: for a random `--train-user-share` of users, the last `--targets-per-user` items
    before the test item are targets; history = the `--history` items before each target (as SIDs),
    soft token = the encoder's embedding of the whole history before the target, prompt = users.dat
-   (gender, age, occupation, first zip digit). The projector never sees the other users: at test
-   time it is applied to their embeddings as they are (no per-user training).
+   (gender, age, occupation, first zip digit) where the folder has it (else the prompt
+   configurations are skipped). The projector never sees the other users: at test time it is
+   applied to their embeddings as they are (no per-user training).
 4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
    (history SIDs only), + soft token, + prompt, + both. Each is evaluated on every user's test item
    (or a fixed random `--eval-users` subset): beam search constrained to valid SIDs (`--beams`)
-   with the user's consumed items masked inside the search (ML-1M users never rate a movie twice),
-   HR@10, HR@30, NDCG@10; beside it the same beam with consumed items dropped after decoding (the
-   re-ranking rule) and the share of the unmasked beam they took; and greedy decoding (beam 1). Reference: the encoder's dot-product ranking of
-   all items for the same users (seen items removed).
+   with the user's consumed items masked inside the search (seen-filtered), HR@10, HR@30, NDCG@10;
+   beside it the same beam with consumed items dropped after decoding (the re-ranking rule), the
+   unmasked beam (unfiltered: TIGER's protocol) and the share of it spent on consumed items; and
+   greedy decoding (beam 1). Reference: the encoder's dot-product ranking of all items for the
+   same users, seen-filtered and unfiltered.
 """
 
 from __future__ import annotations
@@ -84,6 +88,37 @@ def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cached, out)
     return out
+
+
+def with_dedup(codes: np.ndarray) -> np.ndarray:
+    """(N, L) codes -> (N, L + 1): a last token numbering the items that share the same L codes
+    (0, 1, ... in item order), so every SID names one item."""
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    dedup, taken = np.zeros(len(codes), np.int64), {}
+    for i, g in enumerate(group.reshape(-1).tolist()):
+        dedup[i], taken[g] = taken.get(g, 0), taken.get(g, 0) + 1
+    return np.hstack([codes, dedup[:, None]])
+
+
+def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path, sids_file: Path | None,
+              encoder) -> tuple[np.ndarray, str]:
+    """((num_items + 1, depth) SID codes by SASRec item id, row 0 unused; where they come from):
+    published codes (`sids_file`, LETTER/TIGER index JSON), else MovieLens titles (MiniLM + residual
+    k-means) where the folder has movies.dat, else the factory's quantiser over the encoder's item
+    vectors (a dataset without item text, e.g. Amazon Beauty)."""
+    zero = lambda depth: np.zeros((1, depth), np.int64)  # noqa: E731
+    if sids_file is not None:
+        from jobs.bench.sid_items import index_codes
+
+        published = with_dedup(index_codes(sids_file, num_items)[0])
+        return np.vstack([zero(published.shape[1]), published]), f"published codes from {sids_file}"
+    if (folder / "movies.dat").is_file():
+        return movielens_sids(folder, num_items, levels, codes, cache_dir), "MiniLM titles + residual k-means"
+    from jobs.bench.sid import codes_for
+
+    vectors = encoder.item_embeddings()[1:].detach().numpy()
+    tokens, _, _ = codes_for(vectors, levels, codes, seed=0)
+    return np.vstack([zero(tokens.shape[1]), tokens]), "residual k-means over the encoder's item vectors"
 
 
 def movielens_prompts(folder: Path, user_ids: np.ndarray) -> list[list[str]]:
@@ -189,6 +224,8 @@ class Ablation:
     seen: list[np.ndarray]
     unseen_user: np.ndarray  # (E,) evaluated users whose examples never trained the model
     reference: dict  # the encoder's own ranking of all items for the same users
+    sid_source: str = ""  # where the SIDs come from (item_sids)
+    has_prompts: bool = True  # users.dat beside the data: the prompt configurations can run
 
 
 def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0,
@@ -197,7 +234,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
-                  log_to_mlflow: bool = True) -> dict:
+                  log_to_mlflow: bool = True, sids_file: Path | None = None) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -205,7 +242,9 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
         dataset = read_sasrec(data)
         user_ids = np.unique(pd.read_csv(data, sep=r"\s+", header=None, usecols=[0], dtype=np.int64)[0].to_numpy())
         ab, train_users, evaluated = _prepare(cfg, data, dataset, user_ids, encoder_minutes, levels, codes, history,
-                                              targets_per_user, train_user_share, eval_users, cache_dir, phases)
+                                              targets_per_user, train_user_share, eval_users, cache_dir, phases, sids_file)
+        if not ab.has_prompts:  # no users.dat: nothing to say in a prompt
+            configs = tuple(name for name in configs if not CONFIGS[name][1])
         results = {}
         for name in configs:
             runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams) for seed in seeds]
@@ -224,13 +263,16 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                      "targets_per_user": targets_per_user,
                      "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
                      "batch_size": batch_size, "model_dir": model_dir, "vocab_size": ab.vocab.size,
-                     "prompt_fields": "users.dat gender, age band, occupation, first zip digit",
+                     "sids": ab.sid_source,
+                     "prompt_fields": "users.dat gender, age band, occupation, first zip digit" if ab.has_prompts
+                     else "none (no users.dat beside the data)",
                      "loss": "cross-entropy on the target SID's tokens only",
                      "history_tokens": "levels codes per item (no dedup token)",
                      "fit": f"AdamW, lr warmup 20 steps then cosine over the time budget, batch {batch_size}, "
                             "1 torch thread per run"},
         "reference_encoder": ab.reference, "results": results,
-        "talk_hr30": TALK_HR30, "machine": machine(), "load": load.summary(),
+        "talk_hr30": TALK_HR30 if ab.has_prompts else {},  # the talk's numbers are MovieLens-1M's
+        "machine": machine(), "load": load.summary(),
         "wall_seconds": {"total": time.perf_counter() - started, **phases},
     }
     if out is not None:
@@ -242,7 +284,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
 
 def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: float, levels: int, codes: int,
              history: int, targets_per_user: int, train_user_share: float, eval_users: int, cache_dir: Path,
-             phases: dict) -> tuple[Ablation, np.ndarray, np.ndarray]:
+             phases: dict, sids_file: Path | None = None) -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
     max_len, folder = 200, data.parent
     training, test = leave_one_out(dataset, max_len)
@@ -257,10 +299,11 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
     encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
     t = time.perf_counter()
-    sids = movielens_sids(folder, dataset.num_items, levels, codes, cache_dir)
+    sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder)
     phases["semantic_ids"] = time.perf_counter() - t
-    level_sizes = tuple([codes] * levels + [int(sids[1:, -1].max()) + 1])
-    prompts = movielens_prompts(folder, user_ids)
+    level_sizes = tuple(int(size) for size in sids[1:].max(0) + 1)
+    has_users = (folder / "users.dat").is_file() and (folder / "user_map.csv").is_file()
+    prompts = movielens_prompts(folder, user_ids) if has_users else [[] for _ in user_ids]
     vocab = SidVocabulary(tuple(sorted({p for row in prompts for p in row})), level_sizes)
 
     t = time.perf_counter()
@@ -278,13 +321,15 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
     phases["examples_and_embeddings"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _, filtered_ranks = encoder_training.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated], targets, seen)
+    plain_ranks, filtered_ranks = encoder_training.rank_targets(encoder, test.inputs[evaluated], test.events[evaluated],
+                                                                targets, seen)
     reference = {"hr10": hit_rate_at_k(filtered_ranks, 10), "hr30": hit_rate_at_k(filtered_ranks, 30),
                  "ndcg10": ndcg_at_k(filtered_ranks, 10), "hr1": hit_rate_at_k(filtered_ranks, 1),
-                 "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10)}
+                 "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10),
+                 "unfiltered_hr10": hit_rate_at_k(plain_ranks, 10), "unfiltered_ndcg10": ndcg_at_k(plain_ranks, 10)}
     phases["encoder_reference"] = time.perf_counter() - t
     ablation = Ablation(encoder_cfg, vocab, level_sizes, sids, TrieTables(sids[1:], level_sizes), examples, test_examples,
-                        targets, seen, unseen_user, reference)
+                        targets, seen, unseen_user, reference, sid_source, has_users)
     return ablation, train_users, evaluated
 
 
@@ -325,9 +370,16 @@ def summary_rows(result: dict) -> list[dict]:
             rows.append(summary_row(f"generative {name}: beam-{beams} {label} (mean over seeds)", m["mean"], "",
                                     f"talk: {talk:.4f}" if talk is not None else "", None,
                                     f"± {m['std']:.4f} over {len(m['per_seed'])} seeds"))
+        unfiltered = r["summary"].get(f"beam{beams}_consumed_kept")
+        if unfiltered:  # no masking at all: TIGER's protocol
+            rows.append(summary_row(f"generative {name}: beam-{beams} unfiltered HR@10 (mean over seeds)",
+                                    unfiltered["hr10"]["mean"], "", detail=f"NDCG@10 {unfiltered['ndcg10']['mean']:.4f}"))
     ref = result["reference_encoder"]
     rows.append(summary_row("generative reference: the encoder's dot-product ranking, HR@10", ref["hr10"], "",
                             detail=f"HR@30 {ref['hr30']:.4f}, NDCG@10 {ref['ndcg10']:.4f}"))
+    if "unfiltered_hr10" in ref:
+        rows.append(summary_row("generative reference: the encoder's dot-product ranking, unfiltered HR@10",
+                                ref["unfiltered_hr10"], "", detail=f"NDCG@10 {ref['unfiltered_ndcg10']:.4f}"))
     return rows
 
 
@@ -354,7 +406,8 @@ def render_markdown(result: dict) -> str:
         cell = lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}"  # noqa: E731
         lines.append(f"| {name} | {cell(b['hr10'])} | {cell(b['hr30'])} | {cell(b['ndcg10'])} | {cell(b['hr1'])} | "
                      f"{cell(after['hr10']) if after else '–'} | {cell(share['raw']) if share else '–'} | "
-                     f"{cell(g['hr1'])} | {cell(u['hr10']) if u else '–'} | {result['talk_hr30'][name]:.2%} |")
+                     f"{cell(g['hr1'])} | {cell(u['hr10']) if u else '–'} | "
+                     f"{format(result['talk_hr30'][name], '.2%') if name in result['talk_hr30'] else '–'} |")
     ref = result["reference_encoder"]
     lines.append(f"| encoder dot product (reference) | {ref['hr10']:.4f} | {ref['hr30']:.4f} | {ref['ndcg10']:.4f} | "
                  f"{ref['hr1']:.4f} | – | – | – | {ref['unseen_users_hr10']:.4f} | – |")

@@ -1,6 +1,7 @@
 """`factory bench generative`'s evaluation: consumed items masked inside the beam vs after decoding."""
 
 import numpy as np
+import pytest
 
 from jobs.bench.generative import evaluate
 from jobs.steps.generative_training import Examples, generate
@@ -21,3 +22,40 @@ def test_masking_inside_the_beam_spends_no_slot_on_consumed_items_and_keeps_full
     assert ev["beam_consumed_share"]["masked_in_beam"] == 0.0
     assert ev["mean_list_masked_in_beam"] == 5 and ev["mean_list_after_rerank"] == 2
     assert ev["beam5"]["hr1"] == 1.0  # the 4th raw item is the best one left once the 3 are masked
+
+
+def tiny_sasrec(folder, users: int = 30, items: int = 40, seed: int = 0):
+    """A SASRec-format file (user item per line, in order) with nothing beside it: no titles, no users.dat."""
+    rng = np.random.default_rng(seed)
+    lines = [f"{u} {i}" for u in range(1, users + 1) for i in rng.choice(np.arange(1, items + 1), rng.integers(5, 10),
+                                                                         replace=False)]
+    path = folder / "tiny.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_the_ablation_runs_on_a_dataset_without_text_or_users_and_reports_both_protocols(tmp_path, published,
+                                                                                          one_torch_thread):
+    import json
+
+    from jobs.bench.generative import run_benchmark
+    from models.generative import TinyLlamaConfig
+
+    data = tiny_sasrec(tmp_path)
+    sids_file = None
+    if published:  # LETTER's format: 0-based item -> codes; two items share their codes (a de-duplication token follows)
+        codes = {str(i): [f"<a_{i % 4}>", f"<b_{i // 4 % 4}>", f"<c_{i // 16}>"] for i in range(40)}
+        codes["39"] = codes["38"]
+        sids_file = tmp_path / "tiny.index.json"
+        sids_file.write_text(json.dumps(codes))
+    result = run_benchmark(data, seeds=(0,), minutes=0.2, steps=2, encoder_minutes=0.02, levels=2, codes=4, beams=5,
+                           lm=TinyLlamaConfig(hidden=16, layers=1, heads=2, intermediate=32, max_positions=256),
+                           cache_dir=tmp_path / "cache", log_to_mlflow=False, sids_file=sids_file)
+    assert set(result["results"]) == {"baseline", "+ soft token"}  # no users.dat: the prompt configurations are skipped
+    assert ("published" if published else "encoder's item vectors") in result["settings"]["sids"]
+    assert len(result["settings"]["level_sizes"]) == (4 if published else 3)
+    for r in result["results"].values():
+        assert r["summary"]["beam_consumed_share"]["masked_in_beam"]["mean"] == 0.0
+        assert "hr10" in r["summary"]["beam5_consumed_kept"]  # unfiltered beside seen-filtered
+    assert {"unfiltered_hr10", "unfiltered_ndcg10", "hr10"} <= set(result["reference_encoder"])
