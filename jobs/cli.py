@@ -227,17 +227,22 @@ def recommend(
     ds: Annotated[str | None, typer.Option("--ds", help="Day (default: the day of the latest generative model).")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="How many items to keep after re-ranking.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    model_from: Annotated[str, typer.Option("--model-from", help="auto (this host's state folder, else MLflow), local, "
+                                                                  "or mlflow (the generative run's logged model).")] = "auto",
     config: ConfigOption = None,
 ) -> None:
     """Generated SIDs for a user -> items -> why each was kept or dropped (needs generative.enabled)."""
     from jobs.serving.recommend import recommend as ask
+    from jobs.steps.generative_data import MODEL_SOURCES
 
     cfg = _config(config)
     if ds:
         parse_ds(ds)
     if k < 1:
         _fail(f"--k must be >= 1, got {k}.")
-    answer = ask(cfg, user_id, ds, k)
+    if model_from not in MODEL_SOURCES:
+        _fail(f"--model-from must be one of {', '.join(MODEL_SOURCES)}, got {model_from!r}.")
+    answer = ask(cfg, user_id, ds, k, model_from)
     if as_json:
         print(json.dumps(answer, indent=2))
         return

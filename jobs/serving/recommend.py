@@ -1,6 +1,7 @@
 """`factory recommend USER`: ask the generative model for a user's next items, and say why each survived.
 
-The model of the requested day (or the latest before it) generates `generative.beams` SIDs by
+The model of the requested day (or the latest before it; from this host's state folder, else from
+the generative step's MLflow run) generates `generative.beams` SIDs by
 constrained beam search from the user's sequence, embedding (soft token) and prompt of that day;
 the SIDs map back to items; the business rules (models/reranking.py) keep the first k. Items the
 user already consumed are masked inside the search, so every beam goes to a new item. The user's
@@ -17,16 +18,17 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEMS
 from jobs.serving.taste_profile import forgotten_item_ids, serving_vector
-from jobs.steps.generative_data import latest_model_folder, load_day, load_model
+from jobs.steps.generative_data import load_day, load_model, serving_model_folder
 from jobs.steps.generative_training import Examples, generate
 from models.generative import TrieTables
 from models.reranking import Candidate, Decision, RerankRules, rerank
 from models.residual_quantizer import sid_string
 
 
-def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 10) -> dict:
-    """{'user_id', 'ds', 'model', 'history', 'decisions': [{sid, item_id, type, title, score, kept, reason}]}."""
-    folder = latest_model_folder(cfg, ds)
+def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 10, model_from: str = "auto") -> dict:
+    """{'user_id', 'ds', 'model', 'history', 'decisions': [{sid, item_id, type, title, score, kept, reason}]}.
+    model_from: "local" (this host's state folder), "mlflow" (the generative run's logged artifact) or "auto"."""
+    folder = serving_model_folder(cfg, ds, model_from)
     model, meta = load_model(folder)
     ds = ds or meta["ds"]
     day = load_day(cfg, ds, embedding_days=(0,))

@@ -61,7 +61,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
         folder = day_data.model_folder(cfg, ds)
         day_data.save_model(folder, model, {"ds": ds, "user_dim": user_dim, "soft_token": soft, "prompt": g.prompt,
                                             "history": g.history, "codebook_version": day.lookup.codebook_version})
-        mlflow.log_artifacts(str(folder), "generative_model")
+        mlflow.log_artifacts(str(folder), day_data.MODEL_ARTIFACT)
         step.params(soft_token=soft, prompt=g.prompt, model_dir=g.model_dir or "tiny llama from scratch",
                     codebook_version=day.lookup.codebook_version, model_folder=folder)
         step.metrics(enabled=1.0, users=len(users), examples=len(examples), epochs=fitted["epochs"], steps=fitted["steps"],

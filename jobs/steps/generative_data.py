@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
 
@@ -142,6 +143,47 @@ def latest_model_folder(cfg: FactoryConfig, ds: str | None) -> Path:
         raise FactoryError(f"No generative model trained{'' if ds is None else f' on or before {ds}'}; set "
                            "generative.enabled = true and run `factory run --ds D --step generative`.")
     return root / f"ds={days[-1]}"
+
+
+MODEL_ARTIFACT = "generative_model"  # the artifact folder of the generative step's MLflow run
+MODEL_SOURCES = ("auto", "local", "mlflow")
+
+
+def logged_model_folder(cfg: FactoryConfig, ds: str | None) -> Path:
+    """The model logged to MLflow by the newest finished generative run of ds (or of the latest day
+    before it), downloaded once under <state_dir>/generative/mlflow/<run id>: how a host that does not
+    share the training host's state folder serves it."""
+    from jobs.tracking.runs import TAG_DS, TAG_KIND, TAG_STEP, configure_mlflow
+
+    experiment = configure_mlflow(cfg)
+    runs = mlflow.search_runs([experiment], output_format="list",
+                              filter_string=f"tags.`{TAG_KIND}` = 'step' AND tags.`{TAG_STEP}` = 'generative' "
+                                            "AND metrics.enabled = 1 AND attributes.status = 'FINISHED'")
+    runs = [r for r in runs if ds is None or r.data.tags.get(TAG_DS, "") <= ds]
+    if not runs:
+        when = "" if ds is None else f" on or before {ds}"
+        raise FactoryError(f"No generative model logged to MLflow ({cfg.mlflow_tracking_uri}){when}; "
+                           "set generative.enabled = true and run `factory run --ds D --step generative`.")
+    newest = max(runs, key=lambda r: (r.data.tags[TAG_DS], r.info.start_time))
+    target = cfg.state_dir / "generative" / "mlflow" / newest.info.run_id
+    if not (target / MODEL_ARTIFACT / "meta.json").is_file():
+        mlflow.artifacts.download_artifacts(run_id=newest.info.run_id, artifact_path=MODEL_ARTIFACT, dst_path=str(target))
+    return target / MODEL_ARTIFACT
+
+
+def serving_model_folder(cfg: FactoryConfig, ds: str | None, source: str = "auto") -> Path:
+    """Where `factory recommend` loads the model from: this host's state folder ("local"), the
+    generative run's MLflow artifact ("mlflow"), or the local one when present, else MLflow ("auto")."""
+    if source not in MODEL_SOURCES:
+        raise FactoryError(f"model source must be one of {', '.join(MODEL_SOURCES)}; got {source!r}.")
+    if source == "mlflow":
+        return logged_model_folder(cfg, ds)
+    try:
+        return latest_model_folder(cfg, ds)
+    except FactoryError:
+        if source == "local":
+            raise
+        return logged_model_folder(cfg, ds)
 
 
 def new_model(cfg: FactoryConfig, vocab: SidVocabulary, user_dim: int) -> GenerativeRecommender:
