@@ -49,7 +49,7 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     rows_of = np.flatnonzero(fits)
     trie = TrieTables(day.lookup.tokens[rows_of], vocab.level_sizes)
     example = Examples([np.array(history, np.int64).reshape(len(history), vocab.depth - 1)],
-                       [day.prompt(items)] if meta["prompt"] else None, users, None)
+                       [day.prompt(items, user_id=user_id)] if meta["prompt"] else None, users, None)
     trie_row = {day.lookup.item_ids[r]: t for t, r in enumerate(rows_of)}
     consumed = np.array(sorted({trie_row[i] for i in items if i in trie_row}), dtype=np.int64)
     rows, scores = generate(model, example, trie, max(cfg.generative.beams, k), exclude=[consumed])  # no beam on them
@@ -69,7 +69,7 @@ def recommend(cfg: FactoryConfig, user_id: str, ds: str | None = None, k: int = 
     decisions = rerank([c for c in candidates if c.item_id not in forgotten], set(items), rules)
     decisions += [Decision(c, False, "forgotten: the user's profile edit") for c in candidates if c.item_id in forgotten]
     return {"user_id": user_id, "ds": ds, "model": str(folder), "history_items": len(history),
-            "soft_token": bool(meta["user_dim"]), "prompt": day.prompt(items) if meta["prompt"] else [],
+            "soft_token": bool(meta["user_dim"]), "prompt": day.prompt(items, user_id=user_id) if meta["prompt"] else [],
             "decisions": [{"sid": sid_string(d.candidate.sid), "item_id": d.candidate.item_id,
                            "type": d.candidate.item_type, "title": titles.get(d.candidate.item_id, ""),
                            "score": d.candidate.score, "kept": d.kept, "reason": d.reason} for d in decisions]}

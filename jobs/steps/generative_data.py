@@ -23,6 +23,7 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.steps.generative_training import Examples
+from jobs.steps.profile_edits import edits_in_force
 from jobs.steps.sid_lookup import SidLookup, load_lookup
 from models.generative import (
     GenerativeRecommender,
@@ -34,6 +35,14 @@ from models.generative import (
 )
 
 PROMPT_TOKENS = tuple(f"episodes={v}" for v in ("none", "some", "most")) + tuple(f"activity={v}" for v in ("low", "mid", "high"))
+# A user's more/less edits in force enter the prompt as text, one token per edit ("more:genre=jazz"),
+# for the kinds whose names form a small closed set (the catalog's genres and shows); artists and
+# single items are too many for a from-scratch vocabulary (their edits still steer the soft token).
+EDIT_PROMPT_KINDS = ("genre", "show")
+
+
+def edit_token(action: str, kind: str, name: str) -> str:
+    return f"{action}:{kind}={name}"
 
 
 @dataclasses.dataclass
@@ -44,27 +53,30 @@ class DayData:
     item_type: dict[str, str]
     sequences: dict[str, tuple[list[str], np.ndarray]]  # user_id -> (item ids oldest first, ts in ms)
     embeddings: dict[str, dict[str, np.ndarray]]  # ds -> user_id -> vector
+    edit_vocabulary: tuple[str, ...] = ()  # every edit token the catalog allows (EDIT_PROMPT_KINDS)
+    edits: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # user_id -> edit tokens in force
 
     def sid(self, item_id: str) -> np.ndarray | None:
         row = self.lookup._row.get(item_id)
         return None if row is None else self.lookup.tokens[row]
 
-    def prompt(self, items: list[str], events_in_window: int | None = None) -> list[str]:
+    def prompt(self, items: list[str], events_in_window: int | None = None, user_id: str | None = None) -> list[str]:
+        """Prompt tokens: the share of episodes, the activity, and the user's more/less edits in force."""
         share = np.mean([self.item_type.get(i) == "episode" for i in items]) if items else 0.0
         n = len(items) if events_in_window is None else events_in_window
         return [f"episodes={'none' if share == 0 else 'some' if share < 0.5 else 'most'}",
-                f"activity={'low' if n < 10 else 'mid' if n < 40 else 'high'}"]
+                f"activity={'low' if n < 10 else 'mid' if n < 40 else 'high'}", *self.edits.get(user_id, [])]
 
     def vocabulary(self) -> SidVocabulary:
         tokens = self.lookup.tokens
         sizes = tuple(int(tokens[:, level].max()) + 1 for level in range(tokens.shape[1]))
-        return SidVocabulary(PROMPT_TOKENS, sizes)
+        return SidVocabulary(PROMPT_TOKENS + self.edit_vocabulary, sizes)
 
 
 def load_day(cfg: FactoryConfig, ds: str, embedding_days=(0, -1)) -> DayData:
     """SIDs, item types, the sequences of ds and the user embeddings of ds + each shift in embedding_days."""
     lookup = load_lookup(cfg, policy="dedup")
-    items = delta.read(cfg, ITEMS, columns=["item_id", "item_type"])
+    items = delta.read(cfg, ITEMS, columns=["item_id", "item_type", *EDIT_PROMPT_KINDS])
     vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_id", "item_idx"])
     by_idx = dict(zip(vocab.column("item_idx").to_pylist(), vocab.column("item_id").to_pylist()))
     rows = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=["user_id", "item_idx", "ts"])
@@ -80,7 +92,20 @@ def load_day(cfg: FactoryConfig, ds: str, embedding_days=(0, -1)) -> DayData:
         embeddings[day] = dict(zip(table.column("user_id").to_pylist(),
                                    (np.asarray(v, np.float32) for v in table.column("embedding").to_pylist())))
     return DayData(lookup, dict(zip(items.column("item_id").to_pylist(), items.column("item_type").to_pylist())),
-                   sequences, embeddings)
+                   sequences, embeddings, *edit_prompts(cfg, ds, items))
+
+
+def edit_prompts(cfg: FactoryConfig, ds: str, items) -> tuple[tuple[str, ...], dict[str, list[str]]]:
+    """(every edit token of the catalog's genres and shows, user_id -> the tokens of their more/less
+    edits in force on ds)."""
+    vocabulary = tuple(edit_token(action, kind, name) for kind in EDIT_PROMPT_KINDS
+                       for name in sorted({n for n in items.column(kind).to_pylist() if n})
+                       for action in ("more", "less"))
+    by_user: dict[str, list[str]] = {}
+    for edit in edits_in_force(cfg, ds).to_pylist():
+        if edit["action"] in ("more", "less") and edit["kind"] in EDIT_PROMPT_KINDS:
+            by_user.setdefault(edit["user_id"], []).append(edit_token(edit["action"], edit["kind"], edit["name"]))
+    return vocabulary, by_user
 
 
 def training_examples(day: DayData, ds: str, history: int, per_user: int, users: list[str], soft: bool):
@@ -98,7 +123,7 @@ def training_examples(day: DayData, ds: str, history: int, per_user: int, users:
             if target is None or any(b is None for b in before):
                 continue  # an item without a SID (none yet in this codebook) cannot be generated
             histories.append(np.array([b[:-1] for b in before]).reshape(-1, len(target) - 1))
-            prompts.append(day.prompt(items[:t]))
+            prompts.append(day.prompt(items[:t], user_id=user))
             vectors.append(yesterday[user] if soft else None)
             targets.append(target)
     dim = len(next(iter(yesterday.values()))) if yesterday else 0
