@@ -138,6 +138,9 @@ def generative(
                                              "compute for every run however busy the machine is.")] = 0,
     encoder_minutes: Annotated[float, typer.Option(help="Training clock of the user encoder (soft tokens, "
                                                         "reference row).")] = 5.0,
+    encoder_model: Annotated[str, typer.Option(help="Reuse the encoder `factory bench encoder` registered on the same "
+                                                    "file instead of training one, e.g. "
+                                                    "models:/user_encoder_bench_ml-1m@bench.")] = "",
     history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence.")] = 20,
     targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 16,
     train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its "
@@ -161,7 +164,7 @@ def generative(
         data, seeds=parse_ints(seeds, "seeds"), minutes=minutes, steps=steps, encoder_minutes=encoder_minutes,
         history=history, targets_per_user=targets_per_user, train_user_share=train_user_share, eval_users=eval_users,
         beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers, intermediate=4 * hidden), model_dir=model_dir,
-        out=out, command=command, log_to_mlflow=mlflow, sids_file=sids,
+        out=out, command=command, log_to_mlflow=mlflow, sids_file=sids, encoder_model=encoder_model,
     ), bench.render_markdown, out)
 
 

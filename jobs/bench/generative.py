@@ -234,7 +234,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
-                  log_to_mlflow: bool = True, sids_file: Path | None = None) -> dict:
+                  log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "") -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -242,7 +242,8 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
         dataset = read_sasrec(data)
         user_ids = np.unique(pd.read_csv(data, sep=r"\s+", header=None, usecols=[0], dtype=np.int64)[0].to_numpy())
         ab, train_users, evaluated = _prepare(cfg, data, dataset, user_ids, encoder_minutes, levels, codes, history,
-                                              targets_per_user, train_user_share, eval_users, cache_dir, phases, sids_file)
+                                              targets_per_user, train_user_share, eval_users, cache_dir, phases, sids_file,
+                                              encoder_model)
         if not ab.has_prompts:  # no users.dat: nothing to say in a prompt
             configs = tuple(name for name in configs if not CONFIGS[name][1])
         results = {}
@@ -258,7 +259,8 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                     "evaluated_users": int(len(evaluated)),
                     "evaluated_unseen_users": int(ab.unseen_user.sum())},
         "settings": {"seeds": list(seeds), "minutes_per_config": minutes, "steps_per_config": steps,
-                     "encoder_minutes": encoder_minutes, "levels": levels,
+                     "encoder_minutes": 0 if encoder_model else encoder_minutes, "encoder_model": encoder_model or None,
+                     "levels": levels,
                      "codes": codes, "level_sizes": list(ab.level_sizes), "history_items": history,
                      "targets_per_user": targets_per_user,
                      "train_user_share": train_user_share, "beams": beams, "lm": dataclasses.asdict(lm), "lr": lr,
@@ -282,21 +284,54 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
     return result
 
 
+def registered_encoder(cfg, uri: str, dataset):
+    """The encoder registered by `factory bench encoder` on the same file (models:/NAME/VERSION or
+    models:/NAME@ALIAS): its split is this benchmark's (test = last item, validation = the one before),
+    so its soft tokens never saw a test item. Refused when it was trained on other data."""
+    import mlflow
+
+    from jobs.tracking.runs import configure_mlflow
+
+    configure_mlflow(cfg)
+    name, _, which = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    try:
+        version = (client.get_model_version_by_alias(name, which) if which else
+                   client.get_model_version(*name.rsplit("/", 1)))
+    except (mlflow.exceptions.MlflowException, TypeError) as err:
+        raise FactoryError(f"--encoder-model {uri}: no such registered model version ({err}); use models:/NAME/VERSION "
+                           "or models:/NAME@ALIAS, e.g. models:/user_encoder_bench_ml-1m@bench.") from err
+    trained_on = version.tags.get("data_sha256")
+    if trained_on != dataset.sha256:
+        raise FactoryError(f"--encoder-model {uri} was trained on data with sha256 {trained_on}, not on this file "
+                           f"({dataset.sha256}); its split would not be this benchmark's.")
+    encoder = mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location="cpu").eval()
+    if encoder.cfg.num_items != dataset.num_items:
+        raise FactoryError(f"--encoder-model {uri} has {encoder.cfg.num_items} items; the data has {dataset.num_items}.")
+    return encoder
+
+
 def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: float, levels: int, codes: int,
              history: int, targets_per_user: int, train_user_share: float, eval_users: int, cache_dir: Path,
-             phases: dict, sids_file: Path | None = None) -> tuple[Ablation, np.ndarray, np.ndarray]:
+             phases: dict, sids_file: Path | None = None,
+             encoder_model: str = "") -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
     max_len, folder = 200, data.parent
     training, test = leave_one_out(dataset, max_len)
     if len(test.targets) != len(dataset.sequences):
         raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
     t = time.perf_counter()
-    encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                    dropout=0.2, temperature=0.05)
-    loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0, schedule="cosine",
-                                       warmup_steps=100, minutes=encoder_minutes, select_on="val_ndcg10_seen_filtered",
-                                       threads=2)
-    encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
+    if encoder_model:
+        encoder = registered_encoder(cfg, encoder_model, dataset)
+        encoder_cfg, max_len = encoder.cfg, encoder.cfg.max_len
+        training, test = leave_one_out(dataset, max_len)
+    else:
+        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
+                                        dropout=0.2, temperature=0.05)
+        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
+                                           schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
+                                           select_on="val_ndcg10_seen_filtered", threads=2)
+        encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
     t = time.perf_counter()
     sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder)

@@ -59,3 +59,36 @@ def test_the_ablation_runs_on_a_dataset_without_text_or_users_and_reports_both_p
         assert r["summary"]["beam_consumed_share"]["masked_in_beam"]["mean"] == 0.0
         assert "hr10" in r["summary"]["beam5_consumed_kept"]  # unfiltered beside seen-filtered
     assert {"unfiltered_hr10", "unfiltered_ndcg10", "hr10"} <= set(result["reference_encoder"])
+
+
+def test_a_registered_bench_encoder_of_the_same_file_is_reused_and_one_of_other_data_is_refused(tmp_path, monkeypatch,
+                                                                                                  one_torch_thread):
+    import mlflow
+
+    from jobs.bench.encoder import read_sasrec
+    from jobs.bench.generative import registered_encoder, run_benchmark
+    from jobs.config import load_config
+    from jobs.errors import FactoryError
+    from jobs.tracking import registry
+    from jobs.tracking.runs import configure_mlflow
+    from models.generative import TinyLlamaConfig
+    from models.user_encoder import UserEncoder, UserEncoderConfig
+
+    monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path / "state"))
+    data = tiny_sasrec(tmp_path)
+    dataset = read_sasrec(data)
+    cfg = load_config(overrides={"mlflow.registered_model": "enc_bench_tiny"})
+    configure_mlflow(cfg)
+    encoder = UserEncoder(UserEncoderConfig(num_items=dataset.num_items, max_len=20, d_model=8, n_layers=1, n_heads=2))
+    with mlflow.start_run():
+        registry.register(cfg, encoder, {"data_sha256": dataset.sha256}, "bench")
+        registry.register(cfg, encoder, {"data_sha256": "other"}, "elsewhere")
+    with pytest.raises(FactoryError, match="trained on data with sha256 other"):
+        registered_encoder(cfg, "models:/enc_bench_tiny@elsewhere", dataset)
+    with pytest.raises(FactoryError, match="no such registered model version"):
+        registered_encoder(cfg, "models:/enc_bench_tiny@nope", dataset)
+    result = run_benchmark(data, seeds=(0,), steps=2, minutes=0.2, levels=2, codes=4, beams=5, configs=("+ soft token",),
+                           lm=TinyLlamaConfig(hidden=16, layers=1, heads=2, intermediate=32, max_positions=256),
+                           cache_dir=tmp_path / "cache", log_to_mlflow=False, encoder_model="models:/enc_bench_tiny@bench")
+    assert result["settings"]["encoder_model"] == "models:/enc_bench_tiny@bench"
+    assert result["settings"]["encoder_minutes"] == 0  # loaded, not trained
