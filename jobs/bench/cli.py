@@ -13,9 +13,11 @@ import typer
 
 from jobs.bench.common import (
     RESULTS,
+    LoadSampler,
     benchmark_run,
     flat_metrics,
     invocation,
+    machine,
     parse_ints,
     report,
     setup_logging,
@@ -232,9 +234,10 @@ def taste(
 
     def measure() -> dict:
         cfg = load_config(config)
-        result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
-                           progress=lambda line: typer.echo(line, err=True))
-        result["command"] = command
+        with LoadSampler() as load:
+            result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
+                               progress=lambda line: typer.echo(line, err=True))
+        result.update(command=command, machine=machine(), load=load.summary())
         summary = bench.summary_rows(result)
         if mlflow:
             import mlflow as tracking
