@@ -222,9 +222,34 @@ def commit_replace(cfg: FactoryConfig, folders: WriterFolder | Sequence[WriterFo
         raise ValueError(f"{spec.name}: a replace selects partitions by partition columns, not {sorted(where)}")
 
     def write() -> int:
-        return _commit(cfg, spec, delta.open_table(cfg, spec), actions, "overwrite", where)
+        table = delta.open_table(cfg, spec)
+        if table is not None and actions and not _partition_files(table, where):
+            table = _claim(cfg, spec, table, actions[0].partition_values)
+        return _commit(cfg, spec, table, actions, "overwrite", where)
 
     return delta.with_commit_retries(spec, f"replacing partition {where}", write)
+
+
+def _partition_files(table: DeltaTable, where: dict[str, str]) -> list[str]:
+    return table.file_uris(file_pruning_predicate=[(c, "=", v) for c, v in where.items()])
+
+
+def _claim(cfg: FactoryConfig, spec: TableSpec, table: DeltaTable, partition: dict[str, str]) -> DeltaTable:
+    """Append one zero-row file to an empty partition and return the snapshot after it.
+
+    delta-rs (1.6) sees no conflict between two overwrites of a partition that holds no files: each
+    removes nothing, so both commit and the partition holds both writers' rows (the fault suite found
+    it: one day ingested twice at once). With a claim in it, every overwrite removes at least one
+    file, so of two concurrent writers the second to commit fails ("a concurrent transaction deleted
+    data this operation read") and with_commit_retries redoes it on the new snapshot. Readers never
+    see the claim: it has no rows, and the overwrite removes it."""
+    folder = writer_folder(cfg, spec, partition)
+    fs, path = _filesystem(folder.uri)
+    fs.create_dir(path, recursive=True)
+    data_schema = pa.schema([spec.schema.field(c) for c in folder.columns])
+    pq.write_table(data_schema.empty_table(), f"{path}/claim.parquet", filesystem=fs)
+    _commit(cfg, spec, table, file_actions(folder), "append", None)
+    return delta.open_table(cfg, spec)
 
 
 def commit_append(cfg: FactoryConfig, folders: WriterFolder | Sequence[WriterFolder], read_version: int | None) -> int | None:

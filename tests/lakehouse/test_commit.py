@@ -140,6 +140,26 @@ def test_a_concurrent_commit_of_the_same_partition_is_detected_and_the_replace_r
     assert version == 2 and rows(lake_cfg, USER_SEQUENCES) == sequences(DS, 3, rows=4).to_pylist()
 
 
+def test_two_writers_of_a_new_partition_conflict_and_the_partition_holds_one_writers_rows(lake_cfg, monkeypatch):
+    """delta-rs sees no conflict between two overwrites of a partition with no files: without the
+    claim, both commit and the day holds both writers' rows (the fault suite's "one day twice")."""
+    commit.commit_replace(lake_cfg, staged(lake_cfg, USER_SEQUENCES, sequences("2026-01-04", 9), {"ds": "2026-01-04"}))
+    other = staged(lake_cfg, USER_SEQUENCES, sequences(DS, 2), {"ds": DS})
+    ours = staged(lake_cfg, USER_SEQUENCES, sequences(DS, 3, rows=4), {"ds": DS})
+    calls = []
+
+    def other_writer_commits_between_our_snapshot_and_our_commit(spec, actions):
+        calls.append(len(actions))
+        if len(actions) == 2 and calls.count(2) == 1:  # our overwrite, the first time
+            commit.commit_replace(lake_cfg, other)
+
+    monkeypatch.setattr(commit, "before_commit", other_writer_commits_between_our_snapshot_and_our_commit)
+    commit.commit_replace(lake_cfg, ours)
+    assert calls == [1, 2, 2, 2]  # our claim, our overwrite, the other's overwrite, ours again after the conflict
+    assert rows(lake_cfg, USER_SEQUENCES, where={"ds": DS}) == sequences(DS, 3, rows=4).to_pylist()
+    assert rows(lake_cfg, USER_SEQUENCES, where={"ds": "2026-01-04"}) == sequences("2026-01-04", 9).to_pylist()
+
+
 def test_concurrent_writers_of_one_partition_all_commit_and_never_mix(lake_cfg):
     failures = []
 
