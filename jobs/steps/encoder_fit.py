@@ -166,6 +166,7 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
     placement = {k: int(result.metrics.get(k, 1)) for k in ("train_workers", "train_nodes", "train_examples")}
     return FitResult(model, state.history, marks, state, result.checkpoint.path, placement)
 
+
 def worker_threads(t: TrainConfig, cluster_cpus: int, workers: int) -> int:
     """torch threads per Ray Train worker: train.threads, or the cluster's CPUs shared by the workers."""
     return t.threads or max(1, cluster_cpus // workers)
