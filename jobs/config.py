@@ -199,8 +199,9 @@ class TrainConfig:
     # torch threads per Ray Train worker; 0 = the cluster's CPUs / train workers. With one thread a fit
     # is bitwise reproducible from process to process; with more, a fresh process's first optimiser
     # step now and then comes out different in the last bits (measured: 0 to 1 of every 8-20 fresh
-    # processes on this 2-core machine under load; docs/reliability.md), and the difference grows to ~1e-5 per weight by the end of the
-    # fit. The fault world sets 1 so that a backfill and day-by-day runs agree bit for bit.
+    # processes on this 2-core machine under load; docs/reliability.md), and the difference grows to
+    # ~1e-5 per weight by the end of the fit. The fault world sets 1 so that a backfill and
+    # day-by-day runs agree bit for bit.
     threads: int = 0
 
     def __post_init__(self) -> None:
