@@ -54,6 +54,7 @@ from models.generative import (
 )
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
 from models.reranking import Candidate, RerankRules, rerank
+from models.residual_quantizer import dedup_tokens
 from models.sequences import pad_left
 from models.user_encoder import UserEncoderConfig
 
@@ -90,16 +91,6 @@ def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_
     return out
 
 
-def with_dedup(codes: np.ndarray) -> np.ndarray:
-    """(N, L) codes -> (N, L + 1): a last token numbering the items that share the same L codes
-    (0, 1, ... in item order), so every SID names one item."""
-    _, group = np.unique(codes, axis=0, return_inverse=True)
-    dedup, taken = np.zeros(len(codes), np.int64), {}
-    for i, g in enumerate(group.reshape(-1).tolist()):
-        dedup[i], taken[g] = taken.get(g, 0), taken.get(g, 0) + 1
-    return np.hstack([codes, dedup[:, None]])
-
-
 def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path, sids_file: Path | None,
               encoder) -> tuple[np.ndarray, str]:
     """((num_items + 1, depth) SID codes by SASRec item id, row 0 unused; where they come from):
@@ -110,7 +101,8 @@ def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: 
     if sids_file is not None:
         from jobs.bench.sid_items import index_codes
 
-        published = with_dedup(index_codes(sids_file, num_items)[0])
+        codes = index_codes(sids_file, num_items)[0]
+        published = np.hstack([codes, dedup_tokens(codes)[:, None]])  # every SID names one item
         return np.vstack([zero(published.shape[1]), published]), f"published codes from {sids_file}"
     if (folder / "movies.dat").is_file():
         return movielens_sids(folder, num_items, levels, codes, cache_dir), "MiniLM titles + residual k-means"
