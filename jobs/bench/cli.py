@@ -225,7 +225,7 @@ def taste(
     mlflow: MlflowOption = True,
     config: ConfigOption = None,
 ) -> None:
-    """Taste-profile edits on a small generated world: steering, forget leakage, shifted users' HR@10
+    """Taste-profile edits on a generated 3,000-user world: steering, forget leakage, shifted users' HR@10
     (see jobs/bench/taste_profile.py; a fresh world under <state_dir>/bench/taste_profile)."""
     from jobs.bench import taste_profile as bench
 

@@ -1,4 +1,4 @@
-"""Taste profiles and their edits on a small generated world (issue 21): do edits steer, forget, and help?
+"""Taste profiles and their edits on a generated 3,000-user world (issue 21): do edits steer, forget, and help?
 
 The world (WORLD, a fresh lake under <state_dir>/bench/taste_profile) has a taste shift on its third
 day: generator.taste_shift_share of the users switch to a genre they hardly played, and for half of
