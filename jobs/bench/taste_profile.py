@@ -32,7 +32,9 @@ import pyarrow.compute as pc
 
 from jobs.bench.common import summary_row
 from jobs.config import FactoryConfig, load_config
+from jobs.errors import FactoryError
 from jobs.lakehouse import delta
+from jobs.lakehouse.spark import read_snapshot
 from jobs.lakehouse.tables import (
     EVENTS,
     ITEM_EMBEDDINGS,
@@ -44,8 +46,9 @@ from jobs.lakehouse.tables import (
 )
 from jobs.pipeline import run_day
 from jobs.serving.neighbours import nearest_items
+from jobs.steps.profile import steering_plays
 from jobs.steps.profile_edits import record_edit
-from jobs.steps.taste_feedback import facet_directions, steer
+from jobs.steps.taste_feedback import facet_directions, facets_of, personal_directions, steer, steer_moves
 from jobs.synthetic.generate import generate_drops, generated_days, taste_shifts_path
 
 # The generator's default world (3,000 users, 3,000 items in 12 genres) over 4 days, with 50-item
@@ -57,7 +60,8 @@ WORLD = {"generator.days": "4", "generator.malformed_share": "0.0",
          "features.max_seq_len": "50", "train.d_model": "32", "train.epochs": "4", "train.retrain_every_days": "1"}
 STEPS = ["catalog", "ingest", "features", "train", "embed", "semantic_ids", "index", "profile"]
 MORE_BAR, LESS_BAR, HR_BAR = 2.0, 0.5, 1.2
-STRENGTH_CURVE = (0.0, 0.25, 0.5, 0.75, 0.9)  # steer strengths of the shifted users' HR@10 curve (reported, not judged)
+STRENGTH_CURVE = (0.0, 0.25, 0.5, 0.75, 0.9)  # steer strengths of the shifted users' HR@10 grid (reported, not judged)
+PERSONAL_CURVE = (0.0, 0.5, 1.0)  # profile.personal_weight values of the same grid
 K = 10
 
 
@@ -118,10 +122,14 @@ def choose_probes(day: Day, cfg: FactoryConfig, ds: str, candidates: list[str], 
     return probes
 
 
-def run(base: FactoryConfig, state: Path, per_group: int = 25, seed: int = 0,
+def run(base: FactoryConfig, state: Path, per_group: int = 25, seed: int = 0, world_seed: int | None = None,
         progress: Callable[[str], None] = print) -> dict:
+    """world_seed: generator.seed of the world (None = the generator's default); another seed gives a
+    world to choose settings on without touching the reported one."""
     shutil.rmtree(state, ignore_errors=True)
-    cfg = load_config(overrides={**WORLD, "paths.state_dir": str(state), "spark.master": base.spark.master})
+    seeded = {} if world_seed is None else {"generator.seed": str(world_seed)}
+    steering = {f"profile.{k}": str(getattr(base.profile, k)) for k in ("steer_strength", "personal_weight")}
+    cfg = load_config(overrides={**WORLD, **seeded, **steering, "paths.state_dir": str(state), "spark.master": base.spark.master})
     generate_drops(cfg.generator, Path(cfg.landing_uri))
     day1, day2, day3, day4 = generated_days(cfg.generator)
     for ds in (day1, day2):
@@ -145,7 +153,8 @@ def run(base: FactoryConfig, state: Path, per_group: int = 25, seed: int = 0,
     progress(f"[taste] {day3} built with the edits, {day4} ingested")
 
     day = Day(cfg, day3)
-    result = {"world": WORLD, "days": [day1, day2, day3, day4], "steer_strength": cfg.profile.steer_strength,
+    result = {"world": WORLD, "world_seed": cfg.generator.seed, "days": [day1, day2, day3, day4],
+              "steer_strength": cfg.profile.steer_strength, "personal_weight": cfg.profile.personal_weight,
               "shifted_users": len(shifted), "shifted_users_with_edit": len(edited_shifts)}
     for action in ("more", "less"):
         users = [u for u in probes[action] if u in set(day.profiles.column("user_id").to_pylist())]
@@ -167,13 +176,18 @@ def forget_leakage(cfg: FactoryConfig, day: Day, ds: str, forgets: dict[str, str
     vocab = {r["item_idx"]: r["item_id"] for r in delta.read(cfg, ITEM_VOCAB).to_pylist()}
     artist = dict(zip(day.item_ids, day.artist))
     meta = {r["item_id"]: r["artist"] for r in delta.read(cfg, ITEMS, columns=["item_id", "artist"]).to_pylist()}
-    in_sequences = in_recommendations = 0
+    in_sequences = in_recommendations = without_vector = 0
     for user, name in forgets.items():
         row = sequences.get(user)
         in_sequences += sum(meta.get(vocab[i]) == name for i in (row["item_idx"] if row else []))
-        in_recommendations += sum(artist.get(r["item_id"]) == name for r in nearest_items(cfg, user, ds, k=K))
+        try:
+            served = nearest_items(cfg, user, ds, k=K)
+        except FactoryError:  # every play of the window was forgotten: no vector, nothing served
+            without_vector += 1
+            continue
+        in_recommendations += sum(artist.get(r["item_id"]) == name for r in served)
     return {"users": len(forgets), "in_sequences": in_sequences, "in_recommendations": in_recommendations,
-            "leakage": in_sequences + in_recommendations}
+            "users_left_without_a_vector": without_vector, "leakage": in_sequences + in_recommendations}
 
 
 def shifted_hit_rates(cfg: FactoryConfig, day: Day, next_ds: str, edited: dict[str, str], shifted: set[str]) -> dict:
@@ -195,7 +209,7 @@ def shifted_hit_rates(cfg: FactoryConfig, day: Day, next_ds: str, edited: dict[s
     without = hit_rate(day.raw_top(users), users) if users else 0.0
     return {"users": len(users), "hr_with_edits": with_edits, "hr_without_edits": without,
             "ratio": with_edits / without if without else None,
-            "hr_by_steer_strength": hr_by_strength(cfg, day, users, edited, hit_rate),
+            "hr_by_personal_weight_and_strength": hr_by_steer(cfg, day, users, edited, hit_rate),
             "by_shift_day_plays": by_shift_day_plays(cfg, day, users, hit_rate),
             "shifted_without_edit_users": len(others), "shifted_without_edit_hr": hit_rate(day.raw_top(others), others)}
 
@@ -214,18 +228,30 @@ def by_shift_day_plays(cfg: FactoryConfig, day: Day, users: list[str],
     return out
 
 
-def hr_by_strength(cfg: FactoryConfig, day: Day, users: list[str], edited: dict[str, str],
-                   hit_rate: Callable[[np.ndarray, list[str]], float]) -> dict[str, float]:
-    """{strength: HR@10} of the same users had profile.steer_strength been `strength` (their only edit is
-    "more genre:G", so the move is strength x G's direction): is the steer's bound what limits the figure?"""
+def hr_by_steer(cfg: FactoryConfig, day: Day, users: list[str], edited: dict[str, str],
+                hit_rate: Callable[[np.ndarray, list[str]], float]) -> dict[str, dict[str, float]]:
+    """{personal_weight: {strength: HR@10}} of the same users had profile.personal_weight and
+    steer_strength been those (their only edit is "more genre:G"; the moves come from the step's own
+    functions): which direction serves a shifted user, and is the steer's bound what limits the figure?"""
     if not users:
         return {}
     items = delta.read(cfg, ITEMS, columns=["item_id", "genre", "artist", "show"])
     vectors = pa.table({"item_id": day.item_ids, "embedding": [list(v) for v in day.items]})
-    directions = facet_directions(sorted({("genre", edited[u]) for u in users}), items, vectors)
+    edits = pa.table({"user_id": users, "action": ["more"] * len(users), "kind": ["genre"] * len(users),
+                      "name": [edited[u] for u in users]})
+    catalog_directions = facet_directions(facets_of(edits), items, vectors)
+    _, sequences = read_snapshot(cfg, USER_SEQUENCES, {"ds": [day.ds]})
+    _, vocab = read_snapshot(cfg, ITEM_VOCAB)
+    _, catalog = read_snapshot(cfg, ITEMS)
+    plays = steering_plays(sequences, vocab.join(catalog, "item_id"), users)
+    personal = personal_directions(edits, plays, vectors)
     raw = vectors_of(day.users, "embedding", users)
-    toward = np.stack([directions[("genre", edited[u])] for u in users])
-    return {f"{s:g}": hit_rate(top_k(steer(raw, s * toward), day.items), users) for s in STRENGTH_CURVE}
+    grid = {}
+    for weight in PERSONAL_CURVE:
+        moves = steer_moves(edits, catalog_directions, 1.0, personal, weight)
+        toward = np.stack([moves[u] for u in users])
+        grid[f"{weight:g}"] = {f"{s:g}": hit_rate(top_k(steer(raw, s * toward), day.items), users) for s in STRENGTH_CURVE}
+    return grid
 
 
 def summary_rows(result: dict) -> list[dict]:
@@ -239,7 +265,9 @@ def summary_rows(result: dict) -> list[dict]:
                     f"{less['users']} users: share {less['share_raw']:.3f} -> {less['share_steered']:.3f}"),
         summary_row("forget leakage", forget["leakage"], "items", "0", forget["leakage"] == 0,
                     f"{forget['users']} users: {forget['in_sequences']} in sequences, "
-                    f"{forget['in_recommendations']} in neighbours' top-10"),
+                    f"{forget['in_recommendations']} in neighbours' top-10"
+                    + (f"; {forget['users_left_without_a_vector']} left without a vector (all their plays forgotten)"
+                       if forget.get("users_left_without_a_vector") else "")),
         summary_row("shifted users HR@10 with / without edits", hr["ratio"], "x", f"≥ {HR_BAR:g}",
                     hr["ratio"] is not None and hr["ratio"] >= HR_BAR,
                     f"{hr['users']} users: HR@10 {hr['hr_without_edits']:.3f} -> {hr['hr_with_edits']:.3f}; shifted users "

@@ -83,6 +83,19 @@ def history_facets(sequences: DataFrame, catalog: DataFrame, p: ProfileConfig) -
     return facets.join(lately, "user_id", "left")
 
 
+def steering_plays(sequences: DataFrame, catalog: DataFrame, users: list[str]) -> pa.Table:
+    """user_id, item_id, genre, artist, show of every play in the windows of `users` (the users with
+    more/less edits: as few as the edits table is small, so their rows may reach the driver)."""
+    if not users:
+        return pa.table({c: pa.array([], pa.string()) for c in ("user_id", "item_id", "genre", "artist", "show")})
+    chosen = sequences.sparkSession.createDataFrame([(u,) for u in users], "user_id string")
+    events = sequences.join(F.broadcast(chosen), "user_id").select(
+        "user_id", F.explode(F.arrays_zip("item_idx", "event_type")).alias("e"))
+    plays = events.where(F.col("e.event_type") == EVENT_TYPE_CODES["play"]).select(
+        "user_id", F.col("e.item_idx").alias("item_idx"))
+    return plays.join(F.broadcast(catalog), "item_idx").select("user_id", "item_id", "genre", "artist", "show").toArrow()
+
+
 def catalog_regions(items: pa.Table, tokens: pa.Table, vectors: pa.Table) -> pa.Table:
     """One row per first semantic-ID token: prefix, label (its top genres), centroid (the normalised
     mean of its items' vectors). items: item_id, genre; tokens: item_id, tokens; vectors: item_id, embedding."""
@@ -154,7 +167,7 @@ def build_profiles(cfg: FactoryConfig, ds: str, sequences: DataFrame, embeddings
     _, items = read_snapshot(cfg, ITEMS)
     vocab_version, vocab = read_snapshot(cfg, ITEM_VOCAB)
     step.read(ITEM_VOCAB, vocab_version)
-    catalog = vocab.join(items, "item_id").select("item_idx", "genre", "artist", "show", "item_type")
+    catalog = vocab.join(items, "item_id").select("item_idx", "item_id", "genre", "artist", "show", "item_type")
     facets = history_facets(sequences, catalog, cfg.profile)
 
     small_items = delta.read(cfg, ITEMS, columns=["item_id", "genre"])
@@ -176,7 +189,8 @@ def build_profiles(cfg: FactoryConfig, ds: str, sequences: DataFrame, embeddings
     texts: dict[str, list[str]] = {}
     for edit in edits.to_pylist():
         texts.setdefault(edit["user_id"], []).append(profile_edits.describe(edit))
-    moves = taste_feedback.moves_on(cfg, ds, edits)
+    steering_users = taste_feedback.steering_users(edits) if cfg.profile.personal_weight else []
+    moves = taste_feedback.moves_on(cfg, ds, edits, steering_plays(sequences, catalog, steering_users))
     step.metrics(edits_in_force=edits.num_rows, users_with_edits=len(texts), users_steered=len(moves))
     edit_rows = spark.createDataFrame(pa.table({"user_id": list(texts), "edits": list(texts.values())},
                                                schema=EDIT_TEXT_SCHEMA))
@@ -198,6 +212,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
     parse_ds(ds)
     with track_step(cfg, ds, "profile", run_key) as step:
         step.params(apply_edits=cfg.profile.apply_edits, steer_strength=cfg.profile.steer_strength,
+                    personal_weight=cfg.profile.personal_weight,
                     top_facets=cfg.profile.top_facets, regions=cfg.profile.regions)
         profile_edits.ensure_table(cfg)
         sequences_version, sequences = read_snapshot(cfg, USER_SEQUENCES, {"ds": [ds]})

@@ -6,9 +6,13 @@
   the full recompute; on the day an edit starts or is withdrawn, that user's sequence is rebuilt from
   the window (yesterday's still holds the forgotten items, or lacks the returned ones). Turning
   profile.apply_edits off does not bring events back by itself: run a full rebuild day.
-- more / less KIND:NAME: a facet's direction is the normalised mean of its items' vectors (the
-  encoder's shared space, item_embeddings of ds). A user's move is w = s * unit(sum of "more"
-  directions - sum of "less" directions), s = profile.steer_strength < 1; the steered vector is
+- more / less KIND:NAME: a facet's catalog direction is the normalised mean of its items' vectors
+  (the encoder's shared space, item_embeddings of ds); its personal direction for a user is the
+  normalised mean of the vectors of the facet's items among the user's plays in the window ("more
+  jazz" = more of the jazz this user plays). The direction of an edit is unit((1 - p) * catalog + p *
+  personal), p = profile.personal_weight (the catalog direction alone when the user played none of
+  the facet). A user's move is w = s * unit(sum of "more" directions - sum of "less" directions),
+  s = profile.steer_strength < 1; the steered vector is
   unit(v + w), published in taste_profiles.steered_embedding beside user_embeddings' raw v (kept
   unchanged). Since |w| = s and |v| = 1, the angle between v and the steered vector is at most asin(s).
 
@@ -103,12 +107,50 @@ def facet_directions(facets: list[tuple[str, str]], items: pa.Table, item_vector
     return out
 
 
-def steer_moves(edits: pa.Table, directions: dict[tuple[str, str], np.ndarray], strength: float) -> dict[str, np.ndarray]:
-    """{user_id: w} for users whose more/less edits have directions: w = strength * unit(sum more - sum less)."""
+def personal_directions(edits: pa.Table, plays: pa.Table, item_vectors: pa.Table) -> dict[tuple[str, str, str], np.ndarray]:
+    """{(user_id, kind, name): unit mean of the vectors of the facet's items among the user's plays}
+    for the more/less edits whose user played at least one item of the facet that has a vector.
+
+    plays: user_id, item_id, genre, artist, show (one row per play of the edited users' windows)."""
+    steering = steering_edits(edits).to_pylist()
+    if not steering or plays.num_rows == 0 or item_vectors.num_rows == 0:
+        return {}
+    vector_of = dict(zip(item_vectors.column("item_id").to_pylist(), item_vectors.column("embedding").to_pylist()))
+    by_user: dict[str, list[dict]] = {}
+    for play in plays.to_pylist():
+        by_user.setdefault(play["user_id"], []).append(play)
+    out = {}
+    for edit in steering:
+        column = ITEM_COLUMN[edit["kind"]]
+        vectors = [vector_of[p["item_id"]] for p in by_user.get(edit["user_id"], [])
+                   if p[column] == edit["name"] and p["item_id"] in vector_of]
+        if vectors:
+            mean = np.asarray(vectors, np.float64).mean(axis=0)
+            out[(edit["user_id"], edit["kind"], edit["name"])] = unit(mean).astype(np.float32)
+    return out
+
+
+def edit_direction(catalog: np.ndarray | None, personal: np.ndarray | None, personal_weight: float) -> np.ndarray | None:
+    """unit((1 - p) * catalog + p * personal); the catalog direction alone without a personal one."""
+    if personal is None or personal_weight == 0.0:
+        return catalog
+    if catalog is None:
+        return personal
+    blended = unit((1.0 - personal_weight) * catalog.astype(np.float64) + personal_weight * personal.astype(np.float64))
+    return blended.astype(np.float32) if np.linalg.norm(blended) > 0 else catalog
+
+
+def steer_moves(edits: pa.Table, directions: dict[tuple[str, str], np.ndarray], strength: float,
+                personal: dict[tuple[str, str, str], np.ndarray] | None = None,
+                personal_weight: float = 0.0) -> dict[str, np.ndarray]:
+    """{user_id: w} for users whose more/less edits have directions: w = strength * unit(sum more - sum less),
+    each edit's direction blending the facet's catalog direction with the user's personal one."""
     sums: dict[str, np.ndarray] = {}
+    personal = personal or {}
     for edit in edits.to_pylist():
         sign = {"more": 1.0, "less": -1.0}.get(edit["action"])
-        direction = directions.get((edit["kind"], edit["name"]))
+        direction = edit_direction(directions.get((edit["kind"], edit["name"])),
+                                   personal.get((edit["user_id"], edit["kind"], edit["name"])), personal_weight)
         if sign is None or direction is None:
             continue
         sums[edit["user_id"]] = sums.get(edit["user_id"], 0.0) + sign * direction
@@ -134,17 +176,29 @@ def steered_vector(vector: str, move: str) -> Column:
         F.transform(total, lambda x: (x / norm).cast("float")))
 
 
+def steering_edits(edits: pa.Table) -> pa.Table:
+    """The more/less rows of `edits`."""
+    return edits.filter(pc.is_in(edits.column("action"), pa.array(["more", "less"])))
+
+
 def facets_of(edits: pa.Table) -> list[tuple[str, str]]:
     """The distinct (kind, name) of the more/less edits."""
-    steering = edits.filter(pc.is_in(edits.column("action"), pa.array(["more", "less"])))
-    return sorted({(r["kind"], r["name"]) for r in steering.select(["kind", "name"]).to_pylist()})
+    return sorted({(r["kind"], r["name"]) for r in steering_edits(edits).select(["kind", "name"]).to_pylist()})
 
 
-def moves_on(cfg: FactoryConfig, ds: str, edits: pa.Table) -> dict[str, np.ndarray]:
-    """{user_id: w} for ds's more/less edits against ds's item vectors."""
+def steering_users(edits: pa.Table) -> list[str]:
+    """The users with more/less edits."""
+    return sorted(set(steering_edits(edits).column("user_id").to_pylist()))
+
+
+def moves_on(cfg: FactoryConfig, ds: str, edits: pa.Table, plays: pa.Table | None = None) -> dict[str, np.ndarray]:
+    """{user_id: w} for ds's more/less edits against ds's item vectors; plays: the steering users'
+    plays (personal_directions), none = catalog directions only."""
     facets = facets_of(edits)
     if not facets:
         return {}
     items = delta.read(cfg, ITEMS, columns=["item_id", "genre", "artist", "show"])
     vectors = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": ds}, columns=["item_id", "embedding"])
-    return steer_moves(edits, facet_directions(facets, items, vectors), cfg.profile.steer_strength)
+    personal = personal_directions(edits, plays, vectors) if plays is not None and cfg.profile.personal_weight else {}
+    return steer_moves(edits, facet_directions(facets, items, vectors), cfg.profile.steer_strength,
+                       personal, cfg.profile.personal_weight)

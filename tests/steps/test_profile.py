@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from jobs.config import load_config
@@ -24,6 +25,7 @@ from jobs.pipeline import run_day
 from jobs.serving.neighbours import nearest_items
 from jobs.serving.taste_profile import check_user, show_profile
 from jobs.steps import profile_edits, semantic_ids, taste_feedback
+from jobs.steps.features import EVENT_TYPE_CODES
 from jobs.synthetic.generate import generate_drops, generated_days
 from jobs.synthetic.worlds import TINY_WORLD
 from tests.conftest import hashed_unit_vectors
@@ -38,7 +40,8 @@ def by_user(table) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, mlflow_store):
     overrides = {**TINY_WORLD, **mlflow_store, "paths.state_dir": str(tmp_path_factory.mktemp("state")),
-                 "generator.days": "3", "features.full_rebuild_every_days": "0"}
+                 "generator.days": "3", "features.full_rebuild_every_days": "0",
+                 "profile.personal_weight": "0.5"}  # a blend, so both directions of an edit are exercised
     cfg = load_config(overrides=overrides)
     off = load_config(overrides={**overrides, "profile.apply_edits": "false"})
     generate_drops(cfg.generator, Path(cfg.landing_uri))
@@ -124,21 +127,36 @@ def test_forget_removes_the_items_events_from_the_sequence_and_recommendations(w
     assert f"your edits: forget artist:{world['artist']}" in world["profiles"][FORGET]["text"]
 
 
+def plays_of(cfg, sequences: dict[str, dict], users: list[str]):
+    """user_id, item_id, genre, artist, show of the users' plays in their sequences (the reference of
+    profile.steering_plays)."""
+    vocab, items = catalog_of(cfg)
+    rows = [{"user_id": u, "item_id": vocab[i], **{c: items[vocab[i]][c] for c in ("genre", "artist", "show")}}
+            for u in users for i, e in zip(sequences[u]["item_idx"], sequences[u]["event_type"])
+            if e == EVENT_TYPE_CODES["play"]]
+    return pa.Table.from_pylist(rows)
+
+
 def test_steering_moves_the_vector_toward_more_and_away_from_less_within_the_bound(world):
     MORE, LESS, FORGET = world["users"]
     cfg, (_, day2) = world["cfg"], world["days"]
     vectors = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": day2})
-    directions = taste_feedback.facet_directions([("genre", world["wanted"]), ("genre", world["unwanted"])],
-                                                 delta.read(cfg, ITEMS), vectors)
+    facets = [("genre", world["wanted"]), ("genre", world["unwanted"])]
+    catalog_directions = taste_feedback.facet_directions(facets, delta.read(cfg, ITEMS), vectors)
+    edits = pa.table({"user_id": [MORE, LESS], "action": ["more", "less"], "kind": ["genre", "genre"],
+                      "name": [world["wanted"], world["unwanted"]]})
+    personal = taste_feedback.personal_directions(edits, plays_of(cfg, world["seq_on"], [MORE, LESS]), vectors)
+    assert (LESS, "genre", world["unwanted"]) in personal  # LESS played the genre it asks less of
     bound = np.sqrt(1 - cfg.profile.steer_strength ** 2)
     for user, genre, sign in ((MORE, world["wanted"], 1), (LESS, world["unwanted"], -1)):
         raw = np.asarray(world["emb_on"][user]["embedding"], np.float32)
         steered = np.asarray(world["profiles"][user]["steered_embedding"], np.float32)
-        direction = directions[("genre", genre)]
+        direction = taste_feedback.edit_direction(catalog_directions[("genre", genre)], personal.get((user, "genre", genre)),
+                                                  cfg.profile.personal_weight)
         assert sign * (steered @ direction) > sign * (raw @ direction)
         assert steered @ raw >= bound - 1e-5 and np.linalg.norm(steered) == pytest.approx(1.0, abs=1e-5)
         reference = taste_feedback.steer(raw[None], cfg.profile.steer_strength * sign * direction[None])[0]
-        np.testing.assert_allclose(steered, reference, atol=1e-6)  # Spark's expression = the numpy reference
+        np.testing.assert_allclose(steered, reference, atol=1e-6)  # Spark's plays and expression = the reference
         assert world["emb_on"][user] == world["emb_off"][user]  # the raw vector is published unchanged
     top = nearest_items(cfg, MORE, day2, k=10)
     assert top[0]["score"] == pytest.approx(float(top[0]["score"]))  # served from the steered vector
