@@ -51,7 +51,8 @@ def encoder(
     workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
     d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
     n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
-    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, residuals and MLP.")] = 0.2,
+    dropout: Annotated[float | None, typer.Option(help="Dropout on embeddings, residuals and MLP (default: 0.5 for short "
+                                                       "histories, < 20 events per user; else 0.2).")] = None,
     max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,
     lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay over the budget).")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,
@@ -59,8 +60,13 @@ def encoder(
     weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 0.0,
     temperature: Annotated[float, typer.Option(help="Scores are cosine / temperature.")] = 0.05,
     patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a better validation NDCG@10.")] = 20,
-    mask_history_in_loss: Annotated[bool, typer.Option(help="Train each position against unseen items only.")] = False,
-    all_windows: Annotated[bool, typer.Option(help="Also train on transitions older than a user's last max_len.")] = False,
+    anneal_after: Annotated[int | None, typer.Option(help="After this many epochs without a better validation NDCG@10, go "
+                                                          "back to the best weights and anneal the lr to 0 over 10 epochs "
+                                                          "(0 = off; default: off).")] = None,
+    mask_history_in_loss: Annotated[bool | None, typer.Option(help="Train each position against unseen items only "
+                                                                   "(default: on for long histories, off for short).")] = None,
+    all_windows: Annotated[bool | None, typer.Option(help="Also train on transitions older than a user's last max_len "
+                                                          "(default: on for long histories, off for short).")] = None,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow and register the model.")] = True,
@@ -75,7 +81,7 @@ def encoder(
     report(lambda: bench.run_benchmark(
         data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
         max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
-        temperature=temperature, patience=patience, mask_history_in_loss=mask_history_in_loss,
+        temperature=temperature, patience=patience, anneal_after=anneal_after, mask_history_in_loss=mask_history_in_loss,
         all_windows=all_windows, bf16=bf16,
         cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
         log_to_mlflow=mlflow, run_name=run_name, command=command,
@@ -221,6 +227,8 @@ def inference(
 def taste(
     users_per_group: Annotated[int, typer.Option(help="Users given each probe edit (more, less, forget).")] = 25,
     seed: Annotated[int, typer.Option(help="Seed of the choice of probe users.")] = 0,
+    world_seed: Annotated[int | None, typer.Option(help="generator.seed of the world (default: the generator's); "
+                                                           "another seed gives a world to choose settings on.")] = None,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "taste_profile.json",
     mlflow: MlflowOption = True,
     config: ConfigOption = None,
@@ -236,7 +244,7 @@ def taste(
         cfg = load_config(config)
         with LoadSampler() as load:
             result = bench.run(cfg, cfg.state_dir / "bench" / "taste_profile", per_group=users_per_group, seed=seed,
-                               progress=lambda line: typer.echo(line, err=True))
+                               world_seed=world_seed, progress=lambda line: typer.echo(line, err=True))
         result.update(command=command, machine=machine(), load=load.summary())
         summary = bench.summary_rows(result)
         if mlflow:

@@ -144,6 +144,11 @@ class LoopConfig:
     warmup_steps: int = 0  # linear warmup from lr / warmup_steps
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0  # AdamW, decoupled
+    # Anneal on plateau: after anneal_after epochs without a better select_on, go back to the selected
+    # weights and decay the lr (cosine, from its current value to 0) over anneal_epochs epochs, then
+    # stop ("annealed"). For data that overfits long before the clock budget's own decay ends. 0 = off.
+    anneal_after: int = 0
+    anneal_epochs: int = 10
     minutes: float = 0.0  # training-clock budget (validation included); 0 = epochs only
     mark_minutes: tuple[float, ...] = ()  # also evaluate at these clock minutes and keep the selected model
     select_on: str = "val_ndcg10"  # model selection and early stopping metric (validation only)
@@ -165,6 +170,8 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.select_on must be one of {SELECTION_METRICS}, got {self.select_on!r}.")
         if self.loss not in ("full", "sampled"):
             raise ValueError(f"LoopConfig.loss must be 'full' or 'sampled', got {self.loss!r}.")
+        if self.anneal_after < 0 or self.anneal_epochs < 1:
+            raise ValueError("LoopConfig.anneal_after must be >= 0 (0 = off) and anneal_epochs >= 1.")
 
 
 def loop_config(t: TrainConfig, threads: int = 1, **overrides) -> LoopConfig:
@@ -192,7 +199,10 @@ class LoopState:
     elapsed: float = 0.0  # training clock, seconds
     best: float = -1.0  # best select_on so far
     stale: int = 0  # evaluations since the best
-    stop_reason: str = ""  # "", "diverged", "early_stop", "time_budget" or "max_epochs"
+    stop_reason: str = ""  # "", "diverged", "annealed", "early_stop", "time_budget" or "max_epochs"
+    anneal_from_step: int = -1  # the step the plateau anneal started at (-1 = not started)
+    anneal_lr: float = 0.0  # the lr it decays from
+    anneal_steps: int = 0  # its length in steps
     history: list[dict] = dataclasses.field(default_factory=list)  # one record per evaluation
 
 
@@ -251,6 +261,10 @@ class TrainingRun:
                 st.stop_reason = "diverged"  # the selected weights may predate it; the train gate refuses anyway
             elif out_of_time:
                 st.stop_reason = "time_budget"
+            elif st.anneal_from_step >= 0 and st.step - st.anneal_from_step >= st.anneal_steps:
+                st.stop_reason = "annealed"
+            elif loop.anneal_after and st.anneal_from_step < 0 and st.stale >= loop.anneal_after:
+                self._start_anneal()
             elif st.stale >= loop.patience:
                 st.stop_reason = "early_stop"
             elif st.epoch >= loop.max_epochs:
@@ -258,6 +272,13 @@ class TrainingRun:
             st.elapsed = self._agreed(time.perf_counter() - started)
             on_epoch(self)
         return st
+
+    def _start_anneal(self) -> None:
+        """Back to the selected weights; the lr decays from its current value to 0 over anneal_epochs."""
+        st = self.state
+        self.encoder.load_state_dict(self.best_weights)
+        st.anneal_from_step, st.anneal_lr, st.stale = st.step, self.optimizer.param_groups[0]["lr"], 0
+        st.anneal_steps = self.loop.anneal_epochs * self._steps_per_epoch
 
     def planned_steps(self) -> int:
         """Optimiser steps of this worker in max_epochs (an early stop or the clock may end the run before)."""
@@ -276,7 +297,7 @@ class TrainingRun:
         loop, st = self.loop, self.state
         lengths = (self.data.inputs != 0).sum(1)
         batches = length_buckets(lengths, max(1, loop.batch_size // self.world), self.rng) if len(lengths) else []
-        steps_per_epoch = int(self._summed([len(batches)], op="max")[0])
+        steps_per_epoch = self._steps_per_epoch = int(self._summed([len(batches)], op="max")[0])
         totals = [0.0, 0, 0, 0]  # loss x targets, targets, sequences, positions
         self.model.train()
         for index in range(steps_per_epoch):
@@ -289,8 +310,12 @@ class TrainingRun:
                 self._evaluate(kind="mark")
             progress = max(st.step / (loop.max_epochs * steps_per_epoch),
                            st.elapsed / (60 * loop.minutes) if loop.minutes else 0.0)
+            lr = learning_rate(loop, st.step, progress)
+            if st.anneal_from_step >= 0:
+                done = (st.step - st.anneal_from_step) / max(st.anneal_steps, 1)
+                lr = st.anneal_lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(loop, st.step, progress)
+                group["lr"] = lr
             weight = 1.0 if self.world == 1 else count / max(global_count, 1) * self.world
             loss = self._step(rows, weight)
             st.step += 1

@@ -89,9 +89,33 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert [p["minute"] for p in result["curve"]] == [0.01, 0.02]  # marks beyond the budget are dropped
     assert result["training"]["stop_reason"] == "time_budget"
     assert result["load"]["samples"] and result["load"]["cores"] == os.cpu_count()
-    assert result["machine"]["nproc"] == os.cpu_count() and result["published_ml1m"] is None
+    assert result["machine"]["nproc"] == os.cpu_count() and result["known_dataset"] is None
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
     assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
 
 
+
+
+def test_a_known_datasets_bars_are_judged_only_within_their_training_clock():
+    beauty = bench_encoder._known("3033c84a07a0e9fb2626aa640919393edb983a63acfd129481c199bf07c9e537")
+    metrics = {"hr10": 0.071, "ndcg10": 0.036, "hr50": 0.15, "ndcg50": 0.05, "hr200": 0.25}
+    result = {"results": {"encoder": {"test": {"seen_filtered": metrics, "unfiltered": metrics}},
+                          "popularity": {"test": {"seen_filtered": metrics, "unfiltered": metrics}}},
+              "known_dataset": beauty, "seed": 0, "minutes": 30.0,
+              "training": {"train_sequences_per_s": 1.0, "epochs": 1, "trained_minutes": 1.0, "stop_reason": "early_stop"},
+              "inference": {"sequences_per_s": 1.0, "users": 1}}
+    judged = {row["figure"]: row["met"] for row in bench_encoder.summary_rows(result) if row["met"] is not None}
+    assert judged == {"amazon-beauty: encoder test HR@10 (unfiltered) within 30 min": True,
+                      "amazon-beauty: encoder test NDCG@10 (unfiltered) within 30 min": False}
+    assert not [row for row in bench_encoder.summary_rows({**result, "minutes": 31.0}) if row["met"] is not None]
+    unfiltered_hr = bench_encoder.summary_rows(result)[2]
+    assert "published: SASRec 0.0605, TIGER 0.0648" in unfiltered_hr["detail"]
+
+
+def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_path, write_sasrec):
+    write_sasrec(tmp_path / "short.txt")  # 4-15 items per user
+    assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "short.txt")) == bench_encoder.SHORT
+    (tmp_path / "long.txt").write_text("".join(f"{u} {i % 30 + 1}\n" for u in (1, 2) for i in range(25)))
+    assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "long.txt")) == bench_encoder.LONG
+    assert bench_encoder.SHORT.dropout > bench_encoder.LONG.dropout

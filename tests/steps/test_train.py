@@ -96,6 +96,24 @@ def test_training_run_resumes_from_its_checkpoint_exactly(tmp_path, tiny_split):
         torch.testing.assert_close(resumed.encoder.state_dict()[key], value)
 
 
+def test_a_plateau_goes_back_to_the_selected_weights_and_anneals_the_lr_to_zero_then_stops(tiny_split, monkeypatch):
+    _, training, _ = tiny_split
+    scores = iter([0.5, 0.4, 0.45, 0.45, 0.45, 0.45])  # epoch 1 is the best; epoch 2 starts the plateau
+    monkeypatch.setattr(encoder_training, "validation_metrics", lambda *a, **k: {"val_ndcg10_seen_filtered": next(scores)})
+    run = encoder_training.TrainingRun(UserEncoder(tiny_encoder()), training,
+                                       tiny_loop(max_epochs=20, patience=10, anneal_after=1, anneal_epochs=2))
+    restored = []
+    run.run(on_epoch=lambda r: restored.append(all(torch.equal(v, r.best_weights[k]) for k, v in r.encoder.state_dict().items())))
+    st = run.state
+    assert st.stop_reason == "annealed" and st.epoch == 4  # best, plateau, then 2 epochs of annealing
+    assert restored[:2] == [True, True]  # after epoch 2 the encoder is back at epoch 1's weights
+    steps_per_epoch = st.anneal_steps // 2
+    assert st.anneal_from_step == 2 * steps_per_epoch and st.anneal_lr == pytest.approx(run.loop.lr)
+    lrs = [r["lr"] for r in st.history]
+    assert lrs[2] < run.loop.lr and lrs[3] < lrs[2]  # the lr of each epoch's last step decays ...
+    assert lrs[3] < 0.05 * run.loop.lr  # ... to ~0 at the end of the anneal
+
+
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     loop = tiny_loop(schedule="cosine", warmup_steps=4, min_lr_ratio=0.1)
     lrs = [encoder_training.learning_rate(loop, step, progress) for step, progress in [(0, 0.0), (3, 0.0), (10, 0.5), (20, 1.0)]]
