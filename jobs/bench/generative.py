@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
-from jobs.bench.encoder import leave_one_out, read_sasrec
+from jobs.bench.encoder import leave_one_out, read_sasrec, regime_for
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
@@ -317,13 +317,16 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         encoder = registered_encoder(cfg, encoder_model, dataset)
         encoder_cfg, max_len = encoder.cfg, encoder.cfg.max_len
         training, test = leave_one_out(dataset, max_len)
-    else:
+    else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
+        regime = regime_for(dataset)
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                        dropout=0.2, temperature=0.05)
+                                        dropout=regime.dropout, temperature=0.05)
         loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
-                                           select_on="val_ndcg10_seen_filtered", threads=2)
-        encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
+                                           select_on="val_ndcg10_seen_filtered", threads=2,
+                                           mask_history_in_loss=regime.mask_history_in_loss, anneal_after=regime.anneal_after)
+        windows = leave_one_out(dataset, max_len, regime.all_windows)[0]  # the same test split
+        encoder = encoder_fit.fit_in_process(cfg, windows, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
     t = time.perf_counter()
     sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder)
