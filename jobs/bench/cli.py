@@ -47,7 +47,9 @@ def encoder(
     data: Annotated[Path, typer.Option(help="SASRec-format file: `user item` per line, each user's lines in time order.")],
     minutes: Annotated[float, typer.Option(help="Training-clock budget in minutes (validation included).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/encoder_<data stem>.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default: benchmarks/results/encoder_<dataset>.json, "
+                                                  "<dataset> = ml-1m / amazon-beauty for those files, "
+                                                  "else the file's stem).")] = None,
     workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
     d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
     n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
@@ -76,7 +78,7 @@ def encoder(
     from jobs.bench import encoder as bench
 
     setup_logging()
-    out = out or RESULTS / f"encoder_{data.stem}.json"
+    out = out or RESULTS / f"encoder_{bench.result_name(data)}.json"
     command = invocation("encoder")
     report(lambda: bench.run_benchmark(
         data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,

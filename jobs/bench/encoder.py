@@ -127,6 +127,13 @@ SHORT = Regime("short histories", dropout=0.5, mask_history_in_loss=False, all_w
 LONG = Regime("long histories", dropout=0.2, mask_history_in_loss=True, all_windows=True, anneal_after=0)
 
 
+def result_name(path: Path) -> str:
+    """The dataset's name in result files: a known file's name (ml-1m, amazon-beauty), else the file's stem."""
+    path = Path(path)
+    known = KNOWN_DATASETS.get(hashlib.sha256(path.read_bytes()).hexdigest()) if path.is_file() else None
+    return known.name if known else path.stem
+
+
 def regime_for(data: SasrecData) -> Regime:
     return SHORT if data.interactions / max(len(data.sequences), 1) < SHORT_HISTORY_EVENTS else LONG
 

@@ -119,3 +119,4 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     (tmp_path / "long.txt").write_text("".join(f"{u} {i % 30 + 1}\n" for u in (1, 2) for i in range(25)))
     assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "long.txt")) == bench_encoder.LONG
     assert bench_encoder.SHORT.dropout > bench_encoder.LONG.dropout
+    assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
