@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jobs.bench import generative
 from jobs.bench.generative import evaluate
 from jobs.steps.generative_training import Examples, generate
 from models.generative import SidVocabulary, TrieTables
@@ -92,3 +93,22 @@ def test_a_registered_bench_encoder_of_the_same_file_is_reused_and_one_of_other_
                            cache_dir=tmp_path / "cache", log_to_mlflow=False, encoder_model="models:/enc_bench_tiny@bench")
     assert result["settings"]["encoder_model"] == "models:/enc_bench_tiny@bench"
     assert result["settings"]["encoder_minutes"] == 0  # loaded, not trained
+
+
+@pytest.mark.parametrize("sids, evaluated, judged", [("residual k-means over the encoder's item vectors", 22363, True),
+                                                     ("published codes from letter.json", 22363, False),
+                                                     ("residual k-means over the encoder's item vectors", 2000, False)])
+def test_the_tiger_bar_is_judged_only_with_the_factorys_own_sids_on_every_beauty_user(sids, evaluated, judged):
+    def config(hr10, unf_hr10):
+        return {"summary": {"beam30": {"hr10": {"mean": hr10}, "hr30": {"mean": hr10, "std": 0.0, "per_seed": [hr10]}},
+                            "beam30_consumed_kept": {"hr10": {"mean": unf_hr10}, "ndcg10": {"mean": 0.04}}}}
+    result = {"settings": {"beams": 30, "seeds": [0, 1, 2], "sids": sids},
+              "dataset": {"sha256": generative.BEAUTY_SHA256, "users": 22363, "evaluated_users": evaluated},
+              "reference_encoder": {"hr10": 0.08},
+              "results": {"baseline": config(0.05, 0.05), "+ soft token": config(0.075, 0.066)}}
+    rows = {row["figure"]: row for row in generative.judged_rows(result)}
+    assert rows["generative HR@10 / encoder HR@10"]["value"] == pytest.approx(0.9375)  # the best configuration
+    assert rows["generative HR@10 / encoder HR@10"]["met"] is True
+    assert rows["generative Recall@10"]["value"] == 0.066
+    assert rows["generative Recall@10"]["met"] is (True if judged else None)
+    assert rows["generative NDCG@10"]["met"] is (True if judged else None)
