@@ -28,6 +28,7 @@ ALLOWED: dict[tuple[str, str, str, str], str] = {
     ("evaluate", "most_played", "toArrow", ""): "popularity's top-K items",
     ("content_item_vectors", "item_event_counts", "toArrow", ""): "one row per item (item_vocab is small)",
     ("evaluate", "run", "toArrow", ""): "the seeded sample of evaluate.max_users users (default 100,000)",
+    ("profile", "steering_plays", "toArrow", ""): "the plays of the users with more/less edits only (edits are few)",
     ("train_data", "read_train_input", "take_all", ""): "validation users only: <= 2,000 proposals per block, 2,000 kept",
     # In-memory versions kept for the inference benchmark and its tests (jobs/bench/inference.py); the
     # embed step itself writes through embed_day_to_folders.
