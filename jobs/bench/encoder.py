@@ -42,6 +42,7 @@ DEFAULT_MARKS = (5.0, 10.0, 20.0, 30.0, 60.0)
 PROTOCOL = ("leave-one-out (last item = test, second-to-last = validation, rest = train), target ranked "
             "against all items; seen-filtered = the user's earlier items removed from the ranking, "
             "unfiltered = nothing removed; selection and early stopping on validation NDCG@10 (seen-filtered)")
+METRIC_LABELS = {"hr10": "HR@10", "ndcg10": "NDCG@10"}  # in the order of the published (HR@10, NDCG@10) pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,10 +210,11 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
     with LoadSampler() as load:
         dataset = read_sasrec(data)
         regime = regime_for(dataset)
-        dropout = regime.dropout if dropout is None else dropout
-        mask_history_in_loss = regime.mask_history_in_loss if mask_history_in_loss is None else mask_history_in_loss
-        all_windows = regime.all_windows if all_windows is None else all_windows
-        anneal_after = regime.anneal_after if anneal_after is None else anneal_after
+        flags = {"dropout": dropout, "mask_history_in_loss": mask_history_in_loss, "all_windows": all_windows,
+                 "anneal_after": anneal_after}
+        settings = dataclasses.replace(regime, **{k: v for k, v in flags.items() if v is not None})
+        dropout, mask_history_in_loss = settings.dropout, settings.mask_history_in_loss
+        all_windows, anneal_after = settings.all_windows, settings.anneal_after
         log.info("%s: %.1f events per user, %s: dropout %s, history mask %s, all windows %s, anneal after %s",
                  data, dataset.interactions / len(dataset.sequences), regime.name, dropout, mask_history_in_loss,
                  all_windows, anneal_after)
@@ -313,7 +315,7 @@ def summary_rows(result: dict) -> list[dict]:
     known = result.get("known_dataset") or {}
     rows = []
     for protocol in ("seen_filtered", "unfiltered"):
-        for key, label, column in (("hr10", "HR@10", 0), ("ndcg10", "NDCG@10", 1)):
+        for column, (key, label) in enumerate(METRIC_LABELS.items()):
             published = ""
             if known.get("published_protocol") == protocol:
                 published = "; published: " + ", ".join(f"{name} {numbers[column]:.4f}"
@@ -322,7 +324,7 @@ def summary_rows(result: dict) -> list[dict]:
                                     None, f"popularity {pop[protocol][key]:.4f}{published}"))
     for bar in known.get("bars", []):
         if result["minutes"] <= bar["minutes"]:
-            label = {"hr10": "HR@10", "ndcg10": "NDCG@10"}[bar["metric"]]
+            label = METRIC_LABELS[bar["metric"]]
             value = enc[bar["protocol"]][bar["metric"]]
             rows.append(summary_row(f"{known['name']}: encoder test {label} ({bar['protocol'].replace('_', '-')}) "
                                     f"within {bar['minutes']:g} min", value, "", f"≥ {bar['at_least']:g}",

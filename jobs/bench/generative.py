@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 RATIO_BAR = 0.9  # issue 18: generative HR@10 at least 0.9x the encoder's, seen-filtered
 BEAUTY_SHA256 = next(sha for sha, known in KNOWN_DATASETS.items() if known.name == "amazon-beauty")
 TIGER_BEAUTY = KNOWN_DATASETS[BEAUTY_SHA256].published["TIGER"]  # (Recall@10, NDCG@10), unfiltered
+PUBLISHED_SIDS = "published codes from"  # how item_sids names SIDs read from --sids
 CONFIGS = {"baseline": (False, False), "+ soft token": (True, False), "+ prompt": (False, True),
            "+ soft token + prompt": (True, True)}
 TALK_HR30 = {"baseline": 0.1610, "+ soft token": 0.1646, "+ prompt": 0.1776, "+ soft token + prompt": 0.1830}
@@ -107,7 +108,7 @@ def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: 
 
         codes = index_codes(sids_file, num_items)[0]
         published = np.hstack([codes, dedup_tokens(codes)[:, None]])  # every SID names one item
-        return np.vstack([zero(published.shape[1]), published]), f"published codes from {sids_file}"
+        return np.vstack([zero(published.shape[1]), published]), f"{PUBLISHED_SIDS} {sids_file}"
     if (folder / "movies.dat").is_file():
         return movielens_sids(folder, num_items, levels, codes, cache_dir), "MiniLM titles + residual k-means"
     from jobs.bench.sid import codes_for
@@ -312,8 +313,8 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
              phases: dict, sids_file: Path | None = None,
              encoder_model: str = "") -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
-    max_len, folder = 200, data.parent
-    training, test = leave_one_out(dataset, max_len)
+    max_len, folder, regime = 200, data.parent, regime_for(dataset)
+    training, test = leave_one_out(dataset, max_len, regime.all_windows)
     if len(test.targets) != len(dataset.sequences):
         raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
     t = time.perf_counter()
@@ -322,15 +323,13 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         encoder_cfg, max_len = encoder.cfg, encoder.cfg.max_len
         training, test = leave_one_out(dataset, max_len)
     else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
-        regime = regime_for(dataset)
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
                                         dropout=regime.dropout, temperature=0.05)
         loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
                                            select_on="val_ndcg10_seen_filtered", threads=2,
                                            mask_history_in_loss=regime.mask_history_in_loss, anneal_after=regime.anneal_after)
-        windows = leave_one_out(dataset, max_len, regime.all_windows)[0]  # the same test split
-        encoder = encoder_fit.fit_in_process(cfg, windows, encoder_cfg, None, "bench_generative_encoder", loop).model
+        encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
     t = time.perf_counter()
     sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder)
@@ -431,7 +430,7 @@ def judged_rows(result: dict) -> list[dict]:
     unfiltered = result["results"][best]["summary"].get(f"beam{beams}_consumed_kept")
     if unfiltered:
         d = result["dataset"]
-        tiger = (d.get("sha256") == BEAUTY_SHA256 and not result["settings"]["sids"].startswith("published")
+        tiger = (d.get("sha256") == BEAUTY_SHA256 and not result["settings"]["sids"].startswith(PUBLISHED_SIDS)
                  and d.get("evaluated_users") == d.get("users"))
         for key, label, bar in (("hr10", "Recall@10", TIGER_BEAUTY[0]), ("ndcg10", "NDCG@10", TIGER_BEAUTY[1])):
             value = unfiltered[key]["mean"]

@@ -226,6 +226,7 @@ class TrainingRun:
         self.state = LoopState()
         self.best_weights = _copy(encoder.state_dict())
         self.marks: dict[float, dict] = {}  # clock minute -> selected weights at that minute
+        self._steps_per_epoch = 0  # set by each epoch (the plateau anneal's length is counted in epochs)
         self._on_step: Callable[[TrainingRun], None] = lambda run: None
         counts = np.bincount(data.targets.ravel(), minlength=encoder.cfg.num_items + 1)[: encoder.cfg.num_items + 1]
         counts[0] = 0

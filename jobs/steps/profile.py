@@ -93,6 +93,8 @@ def steering_plays(sequences: DataFrame, catalog: DataFrame, users: list[str]) -
         "user_id", F.explode(F.arrays_zip("item_idx", "event_type")).alias("e"))
     plays = events.where(F.col("e.event_type") == EVENT_TYPE_CODES["play"]).select(
         "user_id", F.col("e.item_idx").alias("item_idx"))
+    # Driver-side collection, fine only because it is small: the plays of the users with more/less edits
+    # (at most max_seq_len rows each, and edits are few), never every user's rows.
     return plays.join(F.broadcast(catalog), "item_idx").select("user_id", "item_id", "genre", "artist", "show").toArrow()
 
 

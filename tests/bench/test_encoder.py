@@ -95,8 +95,6 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
 
 
-
-
 def test_a_known_datasets_bars_are_judged_only_within_their_training_clock():
     beauty = bench_encoder._known("3033c84a07a0e9fb2626aa640919393edb983a63acfd129481c199bf07c9e537")
     metrics = {"hr10": 0.071, "ndcg10": 0.036, "hr50": 0.15, "ndcg50": 0.05, "hr200": 0.25}
