@@ -189,9 +189,15 @@ class TrainConfig:
     seed: int = 0
     max_regression: float = 0.02  # gate: a new model may lose at most this much validation NDCG@10
     # Scale: train on a seeded sample of the day's users (0 = all) within a clock budget (0 = epochs
-    # only); embed still covers every user. docs/scaling.md explains why a sample is enough.
+    # only); embed still covers every user. docs/scaling.md explains why a sample is enough. The
+    # budget is the nightly's (issue 17): 9.5 minutes of training clock, and the last step and final
+    # validation that run past it keep a day within 10; a 100k-user / 50k-item day gets about one epoch.
     max_users: int = 0
-    minutes: float = 0.0
+    minutes: float = 9.5
+    # Item vectors from catalog facets (jobs/steps/item_facets.py): genre + artist-or-show vectors,
+    # each hashed into facet_buckets per level, plus a per-item residual; false = per-item ids only.
+    item_facets: bool = True
+    facet_buckets: int = 32_768
     # Backward-compatible retrains (issue 19): a warm-started retrain adds compat_weight x the mean
     # (1 - cosine) of each known item's new vector to the champion's, keeping the space where
     # consumers of yesterday's vectors expect it. 0 = off. Its cost in quality: docs/benchmarks.md.
@@ -212,6 +218,8 @@ class TrainConfig:
             raise ConfigError("train.max_users and train.minutes must be >= 0 (0 = no limit).")
         if self.compat_weight < 0:
             raise ConfigError(f"train.compat_weight must be >= 0 (0 = off); got {self.compat_weight!r}.")
+        if self.facet_buckets < 1:
+            raise ConfigError(f"train.facet_buckets must be >= 1; got {self.facet_buckets!r}.")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ Conventions (every caller relies on them):
   trimming padding never changes an item's position embedding.
 - The output layer is the item table itself (weight tying). Users (normalised last hidden state) and
   items (normalised table rows) live on one unit hypersphere; score = cosine / temperature.
+- With `item_facets` > 0 an item's row is the sum of learned vectors of its catalog facets (e.g.
+  genre, artist or show; hashed into `facet_buckets` per level by the caller) plus a per-item
+  residual (models.sid_item_table.SidItemTable with facet codes): items that share an artist share
+  most of their vector, so a large catalog with few plays per item still gets a structured space.
 No I/O here: training loops, data loading and model registries live in jobs/.
 """
 
@@ -23,8 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.sid_item_table import SidItemTable
+
 INIT_STD = 0.02  # nanoGPT/SASRec-style init; also used for rows added by expand_item_table
 ITEM_TABLE_KEY = "item_emb.weight"  # the only parameter whose shape depends on num_items
+FACET_CODES_KEY, FACET_RESIDUAL_KEY = "item_emb.codes", "item_emb.residual"  # their twins with item_facets
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,10 @@ class UserEncoderConfig:
     # Optional time-gap feature: bucket ids from sequences.time_gap_buckets (0 = padding); 0 = off.
     n_time_buckets: int = 0
     temperature: float = 0.05  # scores = cos(user, item) / temperature
+    # Catalog facets per item (0 = per-item ids only): the item table is SidItemTable over
+    # (num_items + 1, item_facets) codes in [0, facet_buckets), set with UserEncoder.set_item_facets.
+    item_facets: int = 0
+    facet_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
@@ -60,6 +71,9 @@ class UserEncoderConfig:
             raise ValueError(f"UserEncoderConfig.n_time_buckets must be 0 (off) or >= 2, got {self.n_time_buckets}.")
         if self.temperature <= 0:
             raise ValueError(f"UserEncoderConfig.temperature must be > 0, got {self.temperature}.")
+        if self.item_facets < 0 or (self.item_facets > 0 and self.facet_buckets < 1):
+            raise ValueError("UserEncoderConfig.item_facets must be >= 0 (0 = off) and, when on, facet_buckets >= 1; "
+                             f"got {self.item_facets} and {self.facet_buckets}.")
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,7 +134,10 @@ class UserEncoder(nn.Module):
     def __init__(self, cfg: UserEncoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)  # tied output
+        self.item_emb = (  # tied output
+            SidItemTable(torch.zeros(cfg.num_items + 1, cfg.item_facets, dtype=torch.long), cfg.facet_buckets,
+                         cfg.d_model, residual=True)
+            if cfg.item_facets else nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0))
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)  # index 0 = most recent item
         self.event_emb = (
             nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0) if cfg.use_event_types else None
@@ -145,6 +162,13 @@ class UserEncoder(nn.Module):
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
+
+    def set_item_facets(self, codes: torch.Tensor) -> None:
+        """Items' facet codes, (num_items + 1, item_facets) in [0, facet_buckets) (row 0 = padding)."""
+        if not self.cfg.item_facets:
+            raise ValueError("set_item_facets needs a model with item_facets > 0.")
+        _check_facet_codes(codes, self.cfg.num_items, self.cfg.item_facets, self.cfg.facet_buckets)
+        self.item_emb.codes = codes.long().to(self.item_emb.codes.device)
 
     def forward(self, item_ids: torch.Tensor, event_types: torch.Tensor | None = None,
                 time_buckets: torch.Tensor | None = None) -> torch.Tensor:
@@ -363,25 +387,45 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits, label)
 
 
-def expand_item_table(state_dict: dict, num_items: int) -> dict:
+def expand_item_table(state_dict: dict, num_items: int, facet_codes: torch.Tensor | None = None) -> dict:
     """Warm start: grow a trained state dict's item table to ids 1..num_items.
 
     Old rows (ids 0..old_num_items) are copied unchanged; new rows are drawn from N(0, INIT_STD)
     like a fresh model's, using torch's global RNG (deterministic under torch.manual_seed).
-    Returns a new dict (the input is not modified), loadable with strict=True into
+    A model with item facets instead takes `facet_codes` (num_items + 1, levels), today's codes of
+    every item (a re-tagged item moves with its facets), and grows its residual with zero rows, as
+    a fresh model's. Returns a new dict (the input is not modified), loadable with strict=True into
     UserEncoder(replace(cfg, num_items=num_items)). Raises ValueError if num_items would shrink
     the table (item ids are never reassigned, so the vocabulary only grows).
     """
-    if ITEM_TABLE_KEY not in state_dict:
+    key = FACET_RESIDUAL_KEY if FACET_RESIDUAL_KEY in state_dict else ITEM_TABLE_KEY
+    if key not in state_dict:
         raise ValueError(f"state_dict has no '{ITEM_TABLE_KEY}'; is it a UserEncoder state dict?")
-    old = state_dict[ITEM_TABLE_KEY]  # (old_num_items + 1, D)
+    old = state_dict[key]  # (old_num_items + 1, D)
     old_num_items = old.shape[0] - 1
     if num_items < old_num_items:
         raise ValueError(
             f"num_items={num_items} is smaller than the trained table ({old_num_items} items); "
             "item ids are append-only, so pass the current vocabulary size."
         )
-    new_rows = torch.randn(num_items - old_num_items, old.shape[1]) * INIT_STD
     out = dict(state_dict)
-    out[ITEM_TABLE_KEY] = torch.cat([old, new_rows.to(dtype=old.dtype, device=old.device)])
+    if key == FACET_RESIDUAL_KEY:
+        levels = state_dict[FACET_CODES_KEY].shape[1]
+        if facet_codes is None:
+            raise ValueError("this model has item facets: pass facet_codes, today's codes of items 0..num_items.")
+        buckets = state_dict["item_emb.code_emb.weight"].shape[0] // max(levels, 1)
+        _check_facet_codes(facet_codes, num_items, levels, buckets)
+        out[FACET_CODES_KEY] = facet_codes.long().to(old.device)
+        out[key] = torch.cat([old, old.new_zeros(num_items - old_num_items, old.shape[1])])
+        return out
+    new_rows = torch.randn(num_items - old_num_items, old.shape[1]) * INIT_STD
+    out[key] = torch.cat([old, new_rows.to(dtype=old.dtype, device=old.device)])
     return out
+
+
+def _check_facet_codes(codes: torch.Tensor, num_items: int, levels: int, buckets: int) -> None:
+    if tuple(codes.shape) != (num_items + 1, levels):
+        raise ValueError(f"facet codes must be (num_items + 1, item_facets) = ({num_items + 1}, {levels}); "
+                         f"got {tuple(codes.shape)}.")
+    if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= buckets):
+        raise ValueError(f"facet codes must lie in [0, facet_buckets={buckets}).")

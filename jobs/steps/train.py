@@ -32,7 +32,7 @@ from jobs.errors import FactoryError
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import ITEM_VOCAB, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
-from jobs.steps import inference_pool
+from jobs.steps import inference_pool, item_facets
 from jobs.steps.compatibility import log_promotion
 from jobs.steps.encoder_fit import FitResult, fit, log_history
 from jobs.steps.encoder_training import (
@@ -64,24 +64,33 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         encoder_cfg = UserEncoderConfig(
             num_items=num_items, max_len=cfg.features.max_seq_len, d_model=t.d_model, n_layers=t.n_layers,
             n_heads=t.n_heads, dropout=t.dropout, temperature=t.temperature,
+            item_facets=len(item_facets.LEVELS) if t.item_facets else 0, facet_buckets=t.facet_buckets if t.item_facets else 0,
         )
         data = train_input.validation  # the validation users only; training rows stay on the cluster
+        # Today's facet codes, for a model with facets (and for the gate's copy of a champion with them).
+        buckets = encoder_cfg.facet_buckets or (champion.model.cfg.facet_buckets if champion is not None else 0)
+        codes = item_facets.facet_codes(cfg, num_items, buckets) if buckets else None
+        torch.manual_seed(t.seed)
         init_state = None
-        if champion is not None and dataclasses.replace(champion.model.cfg, num_items=num_items) == encoder_cfg:
-            torch.manual_seed(t.seed)
-            init_state = expand_item_table(champion.model.state_dict(), num_items)
+        warm = champion is not None and dataclasses.replace(champion.model.cfg, num_items=num_items) == encoder_cfg
+        if warm:
+            init_state = expand_item_table(champion.model.state_dict(), num_items, codes)
+        elif codes is not None:  # a fresh model: its weights travel to the workers with today's facet codes
+            fresh = UserEncoder(encoder_cfg)
+            fresh.set_item_facets(codes)
+            init_state = fresh.state_dict()
         loop = loop_config(t)
-        if init_state is not None:  # train.compat_weight anchors the items the champion knows
+        if warm:  # train.compat_weight anchors the items the champion knows
             loop = dataclasses.replace(loop, compat_items=champion.model.cfg.num_items)
         step.params(**dataclasses.asdict(encoder_cfg), **{f"loop_{k}": v for k, v in dataclasses.asdict(loop).items()},
-                    warm_start_from=champion.version if init_state else "none", training_users=train_input.users,
+                    warm_start_from=champion.version if warm else "none", training_users=train_input.users,
                     day_users=train_input.day_users, validation_users=len(data.val_targets))
         fitted = fit(cfg, data, encoder_cfg, init_state, f"user_encoder_{ds}_{uuid.uuid4().hex[:6]}", loop,
                      dataset=train_input.dataset, held_out=train_input.held_out)
         log_history(fitted.history)
         step.params(**fitted.placement)  # train_workers, train_nodes (where Ray Train ran), train_examples
         new = {k: v for k, v in validation_metrics(fitted.model, data).items() if k in ("val_hr10", "val_ndcg10")}
-        promote, reason = _gate(cfg, fitted, champion, data, new, step)
+        promote, reason = _gate(cfg, fitted, champion, data, new, step, codes)
         if promote and champion is not None and champion.model.cfg.d_model == encoder_cfg.d_model:
             # The space moves at a promotion: how far, and what consumers of the old vectors lose (issue 19).
             log_promotion(step, champion.model, fitted.model, data.val_inputs, data.val_events, data.val_targets,
@@ -124,8 +133,13 @@ def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, i
     return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
 
+def passes_gate(new_ndcg10: float, champion_ndcg10: float, max_regression: float) -> bool:
+    """The gate's rule: the new model loses at most max_regression validation NDCG@10 to the champion."""
+    return new_ndcg10 >= champion_ndcg10 - max_regression
+
+
 def _gate(cfg: FactoryConfig, fitted: FitResult, champion: registry.RegisteredEncoder | None, data: TrainingData,
-          new: dict[str, float], step: StepRun) -> tuple[bool, str]:
+          new: dict[str, float], step: StepRun, codes: torch.Tensor | None = None) -> tuple[bool, str]:
     """(promote?, why): training did not diverge, and validation NDCG@10 within train.max_regression of the
     champion's. A diverged run is refused even when its selected weights (from before it diverged) are
     finite: the setting that made it diverge is what the operator must see, not a quiet near-champion."""
@@ -139,10 +153,10 @@ def _gate(cfg: FactoryConfig, fitted: FitResult, champion: registry.RegisteredEn
     num_items = model.cfg.num_items
     if old_model.cfg.num_items < num_items:  # unknown new items cannot be ranked by the old table
         grown = UserEncoder(dataclasses.replace(old_model.cfg, num_items=num_items))
-        grown.load_state_dict(expand_item_table(old_model.state_dict(), num_items))
+        grown.load_state_dict(expand_item_table(old_model.state_dict(), num_items, codes))
         old_model = grown.eval()
     old = validation_metrics(old_model, data)
     step.metrics(champion_val_ndcg10=old["val_ndcg10"], champion_val_hr10=old["val_hr10"])
     allowed = cfg.train.max_regression
-    return (new["val_ndcg10"] >= old["val_ndcg10"] - allowed,
+    return (passes_gate(new["val_ndcg10"], old["val_ndcg10"], allowed),
             f"validation NDCG@10 {new['val_ndcg10']:.4f} vs champion {old['val_ndcg10']:.4f} (allowed regression {allowed})")

@@ -312,6 +312,50 @@ def test_expand_item_table_refuses_to_shrink():
         expand_item_table(tiny_model().state_dict(), num_items=10)
 
 
+FACETED = replace(TINY, item_facets=2, facet_buckets=5)
+
+
+def test_items_that_share_their_facets_share_their_vector_until_their_residuals_move():
+    model = tiny_model(FACETED)
+    codes = torch.zeros(21, 2, dtype=torch.long)
+    codes[1:11] = torch.tensor([1, 2])  # items 1-10: one genre, one artist
+    codes[11:] = torch.tensor([1, 3])  # items 11-20: the same genre, another artist
+    model.set_item_facets(codes)
+    table = model.item_embeddings()
+    torch.testing.assert_close(table[1:11], table[1:2].expand(10, -1))
+    assert (table[1] - table[11]).abs().sum() > 0
+    with torch.no_grad():
+        model.item_emb.residual[4] += 0.5  # training moves one item's own residual
+    assert (model.item_embeddings()[4] - model.item_embeddings()[5]).abs().sum() > 0
+    ids = torch.randint(1, 21, (3, 8))
+    assert model.scores(model.user_embeddings(ids)).shape == (3, 21)  # the tied output layer works unchanged
+
+
+def test_a_warm_start_with_facets_takes_todays_codes_and_grows_the_residual_with_zeros():
+    model = tiny_model(FACETED)
+    model.set_item_facets(torch.ones(21, 2, dtype=torch.long))
+    with torch.no_grad():
+        model.item_emb.residual.normal_()
+    today = torch.randint(0, 5, (31, 2))
+    grown = expand_item_table(model.state_dict(), num_items=30, facet_codes=today)
+    assert torch.equal(grown["item_emb.codes"], today)
+    torch.testing.assert_close(grown["item_emb.residual"][:21], model.state_dict()["item_emb.residual"])
+    assert grown["item_emb.residual"][21:].abs().sum() == 0
+    UserEncoder(replace(FACETED, num_items=30)).load_state_dict(grown)  # strict
+    with pytest.raises(ValueError, match="facet_codes"):
+        expand_item_table(model.state_dict(), num_items=30)
+
+
+def test_facet_codes_of_the_wrong_shape_or_outside_the_buckets_are_refused():
+    model = tiny_model(FACETED)
+    with pytest.raises(ValueError, match="num_items"):
+        model.set_item_facets(torch.zeros(20, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="facet_buckets"):
+        model.set_item_facets(torch.full((21, 2), 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="item_facets"):
+        tiny_model().set_item_facets(torch.zeros(21, 2, dtype=torch.long))
+
+
 # ---- sequences ------------------------------------------------------------------------------
 
 
