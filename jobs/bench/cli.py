@@ -70,6 +70,8 @@ def encoder(
     all_windows: Annotated[bool | None, typer.Option(help="Also train on transitions older than a user's last max_len "
                                                           "(default: on for long histories, off for short).")] = None,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
+    item_codes: Annotated[Path | None, typer.Option(help="SID index (LETTER's Beauty.index.json): item vectors = one "
+                                                        "vector per code and level + a per-item residual.")] = None,
     run_name: Annotated[str | None, typer.Option(help="Ray Train run name; reuse one to resume an interrupted run.")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the run to MLflow and register the model.")] = True,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (Ray, MLflow settings).")] = None,
@@ -78,13 +80,14 @@ def encoder(
     from jobs.bench import encoder as bench
 
     setup_logging()
-    out = out or RESULTS / f"encoder_{bench.result_name(data)}.json"
+    # Settings beyond the defaults get their own file: the default one holds what a user gets without flags.
+    out = out or RESULTS / f"encoder_{bench.result_name(data)}{'_item-codes' if item_codes else ''}.json"
     command = invocation("encoder")
     report(lambda: bench.run_benchmark(
         data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
         max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
         temperature=temperature, patience=patience, anneal_after=anneal_after, mask_history_in_loss=mask_history_in_loss,
-        all_windows=all_windows, bf16=bf16,
+        all_windows=all_windows, bf16=bf16, item_codes=item_codes,
         cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
         log_to_mlflow=mlflow, run_name=run_name, command=command,
     ), bench.render_markdown, out)
@@ -255,6 +258,37 @@ def taste(
             with benchmark_run(cfg, "taste_profile", "taste_profile.json", result):
                 tracking.log_metrics(flat_metrics("", {k: v for k, v in result.items() if k != "world"}))
         return write_result(out, result, summary)
+
+    report(measure, bench.render_markdown, out)
+
+
+@bench_app.command()
+def nightly(
+    days: Annotated[int, typer.Option(help="Evaluated days (the world is simulated for one more).")] = 7,
+    users: Annotated[int, typer.Option(help="Users on the first day (the e2e world of `make bench`).")] = 100_000,
+    items: Annotated[int, typer.Option(help="Items on the first day.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
+    out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "nightly_quality.json",
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """The nightly encoder with [train]'s settings over a week of generated days: next-day HR@10 / NDCG@10
+    against popularity per day (jobs/bench/nightly.py)."""
+    from jobs.bench import nightly as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    command = invocation("nightly")
+
+    def measure() -> dict:
+        cfg = load_config(config)
+        if min(days, users, items) < 1:
+            raise FactoryError("--days, --users and --items must be >= 1.")
+        settings = bench.NightlySettings(users=users, items=items, days=days, max_len=cfg.features.max_seq_len, seed=seed)
+        log = (lambda result: log_summary(cfg, "bench nightly", "bench_nightly.json", result,
+                                          bench.summary_rows(result))) if mlflow else None
+        return bench.run_benchmark(out, command, settings, cfg.train, progress=lambda line: typer.echo(line, err=True),
+                                   log=log)
 
     report(measure, bench.render_markdown, out)
 
