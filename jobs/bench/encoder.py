@@ -191,7 +191,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
                   max_len: int = 200, temperature: float = 0.05, lr: float = 3e-3, batch_size: int = 128,
                   warmup_steps: int = 100, weight_decay: float = 0.0, patience: int = 20, anneal_after: int | None = None,
                   mask_history_in_loss: bool | None = None, all_windows: bool | None = None, bf16: bool = False,
-                  max_epochs: int = 10_000,
+                  max_epochs: int = 10_000, item_codes: Path | None = None,
                   cfg: FactoryConfig | None = None, log_to_mlflow: bool = True, run_name: str | None = None,
                   command: str | None = None, trainer=encoder_fit.fit) -> dict:
     """Train for `minutes` of training clock on `data`, evaluate, and return (and write) the result.
@@ -201,7 +201,9 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
     and the exact settings; `out` (if given) receives it as JSON. run_name: reuse one to resume a
     run that was interrupted (Ray Train restores its latest checkpoint). trainer: encoder_fit.fit (Ray
     Train) or encoder_fit.fit_in_process (same loop without Ray, for tests). dropout, mask_history_in_loss,
-    all_windows and anneal_after left None come from the data's Regime (regime_for).
+    all_windows and anneal_after left None come from the data's Regime (regime_for). item_codes: a SID
+    index file (LETTER's item_id0 -> ["<a_12>", ...]) whose codes become the item table's facets (one
+    vector per level and code, plus a per-item residual: models.user_encoder `item_facets`).
     """
     if minutes <= 0:
         raise FactoryError(f"--minutes must be > 0, got {minutes}.")
@@ -224,17 +226,18 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         popularity = _popularity(dataset, training, test)
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=d_model,
                                         n_layers=n_layers, n_heads=n_heads, dropout=dropout, temperature=temperature)
+        torch.manual_seed(seed)
+        encoder_cfg, init_state = _with_item_codes(encoder_cfg, item_codes) if item_codes else (encoder_cfg, None)
         curve_marks = tuple(sorted({float(m) for m in marks if m < minutes} | {float(minutes)}))
         loop = encoder_training.LoopConfig(
             lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed, schedule="cosine",
             warmup_steps=warmup_steps, weight_decay=weight_decay, anneal_after=anneal_after, minutes=minutes,
             mark_minutes=curve_marks,
             select_on="val_ndcg10_seen_filtered", mask_history_in_loss=mask_history_in_loss, bf16=bf16)
-        torch.manual_seed(seed)
         run_name = run_name or f"bench_encoder_{Path(data).stem}_{uuid.uuid4().hex[:6]}"
         log.info("training %s for %s minutes of training clock (Ray run %s)", data, minutes, run_name)
         fit_started = time.perf_counter()
-        fitted = trainer(cfg, training, encoder_cfg, None, run_name, loop, workers=workers)
+        fitted = trainer(cfg, training, encoder_cfg, init_state, run_name, loop, workers=workers)
         fit_seconds = time.perf_counter() - fit_started
         evaluated = _evaluate(fitted, training, test, curve_marks, loop.select_on)
     epochs = [r for r in fitted.history if r["kind"] == "epoch"]
@@ -248,6 +251,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         "regime": dataclasses.asdict(regime),
         "encoder_config": dataclasses.asdict(encoder_cfg),
         "loop_config": {**dataclasses.asdict(dataclasses.replace(loop, threads=0)), "threads": "cores // workers"},
+        "item_codes": None if item_codes is None else str(item_codes),
         "workers": workers, "machine": machine(), "load": load.summary(),
         "wall_seconds": {"total": time.perf_counter() - started, "fit_including_ray_startup": fit_seconds,
                          "training_clock": fitted.state.elapsed},
@@ -268,6 +272,21 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
     if log_to_mlflow:
         _log_mlflow(cfg, result, fitted.model, Path(data).stem)
     return result
+
+
+def _with_item_codes(encoder_cfg: UserEncoderConfig, path: Path) -> tuple[UserEncoderConfig, dict]:
+    """(the config with one facet level per SID level, a fresh model's weights holding the codes)."""
+    from jobs.bench.sid_items import index_codes
+
+    try:
+        codes, per_level = index_codes(path, encoder_cfg.num_items)
+    except (OSError, ValueError, KeyError) as err:
+        raise FactoryError(f"--item-codes {path}: not a SID index covering items 0..{encoder_cfg.num_items - 1} "
+                           f"of the data ({type(err).__name__}: {err}).") from None
+    encoder_cfg = dataclasses.replace(encoder_cfg, item_facets=codes.shape[1], facet_buckets=per_level)
+    fresh = UserEncoder(encoder_cfg)
+    fresh.set_item_facets(torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.long), torch.from_numpy(codes)]))
+    return encoder_cfg, fresh.state_dict()
 
 
 def _known(sha256: str) -> dict | None:

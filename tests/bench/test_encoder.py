@@ -118,3 +118,19 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "long.txt")) == bench_encoder.LONG
     assert bench_encoder.SHORT.dropout > bench_encoder.LONG.dropout
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
+
+
+def test_item_codes_from_a_sid_index_become_the_item_tables_facets_and_a_bad_index_is_one_clear_error(
+        tmp_path, monkeypatch, write_sasrec):
+    write_sasrec(tmp_path / "tiny.txt", users=40)
+    monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path / "state"))
+    index = {str(i): [f"<a_{i % 3}>", f"<b_{i % 5}>"] for i in range(NUM_ITEMS)}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    common = dict(minutes=0.01, seed=0, out=None, marks=(), d_model=16, n_layers=1, max_len=12, batch_size=16,
+                  cfg=load_config(), log_to_mlflow=False, trainer=encoder_fit.fit_in_process, command="test")
+    result = bench_encoder.run_benchmark(tmp_path / "tiny.txt", item_codes=tmp_path / "index.json", **common)
+    assert result["encoder_config"]["item_facets"] == 2 and result["encoder_config"]["facet_buckets"] == 5
+    assert result["item_codes"] == str(tmp_path / "index.json")
+    (tmp_path / "short.json").write_text(json.dumps({"0": ["<a_1>"]}))
+    with pytest.raises(FactoryError, match="--item-codes"):
+        bench_encoder.run_benchmark(tmp_path / "tiny.txt", item_codes=tmp_path / "short.json", **common)
