@@ -5,9 +5,10 @@ items, ~50 events per user a day), its days simulated in memory by the generator
 (jobs/bench/retrain_world.py). Each day d does what the nightly steps do for the model, with [train]'s
 defaults (what a user gets without flags):
 - train: when due (train.is_due's rule, `retrain_every_days`), on the day's sequences (train.max_users
-  users, validation users held out by build_training_data), warm-started from the champion (its
-  item table grown and the day's facet codes), with the train step's loop (loop_config: the clock
-  budget `train.minutes`, epochs, loss); the train step's gate (`passes_gate`) promotes it or not;
+  users, validation users held out by build_training_data), the train step's model shape and start
+  (`encoder_config`, `initial_state`: warm from the champion, its item table grown, the day's facet
+  codes) and loop (loop_config: the clock budget `train.minutes`, epochs, loss); the train step's
+  gate (`passes_gate`) promotes it or not;
 - embed: every user with a history, under the champion;
 - evaluate: as jobs/steps/evaluate.py, users who play on d+1 are ranked against the champion's items
   (no filter: replays count), HR@10 / NDCG@10 of their d+1 plays, against the 10 most played items
@@ -35,9 +36,9 @@ from jobs.days import shift
 from jobs.steps import item_facets
 from jobs.steps.compatibility import user_vectors
 from jobs.steps.encoder_training import TrainingRun, build_training_data, loop_config, validation_metrics
-from jobs.steps.train import passes_gate
+from jobs.steps.train import encoder_config, initial_state, passes_gate
 from models.ranking_metrics import hit_rate_multi, ndcg_multi
-from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
+from models.user_encoder import UserEncoder, expand_item_table
 
 K = 10
 RATIO_BAR = 1.5  # issue 17: encoder HR@10 >= 1.5x popularity's on every day after the first
@@ -82,10 +83,7 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
               progress) -> tuple[UserEncoder, dict]:
     """The train step's model work on day `day`: (the fitted model, what happened)."""
     num_items = world.items_by(day)
-    encoder_cfg = UserEncoderConfig(
-        num_items=num_items, max_len=max_len, d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
-        dropout=t.dropout, temperature=t.temperature, item_facets=len(item_facets.LEVELS) if t.item_facets else 0,
-        facet_buckets=t.facet_buckets if t.item_facets else 0)
+    encoder_cfg = encoder_config(t, num_items, max_len)
     codes = world_facet_codes(world, num_items, t.facet_buckets) if t.item_facets else None
     _, table = world.sequences(day, max_len)
     if t.max_users and t.max_users < table.num_rows:
@@ -94,11 +92,9 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
     data = build_training_data(table, max_len, t.seed + day)
     torch.manual_seed(t.seed + day)
     model = UserEncoder(encoder_cfg)
-    warm = champion is not None and dataclasses.replace(champion.cfg, num_items=num_items) == encoder_cfg
-    if warm:
-        model.load_state_dict(expand_item_table(champion.state_dict(), num_items, codes))
-    elif codes is not None:
-        model.set_item_facets(codes)
+    start, warm = initial_state(encoder_cfg, champion, codes)
+    if start is not None:
+        model.load_state_dict(start)
     loop = loop_config(t, threads=torch.get_num_threads())
     if warm:
         loop = dataclasses.replace(loop, compat_items=champion.cfg.num_items)

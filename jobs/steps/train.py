@@ -26,7 +26,7 @@ import uuid
 import pyarrow as pa
 import torch
 
-from jobs.config import FactoryConfig
+from jobs.config import FactoryConfig, TrainConfig
 from jobs.days import parse_ds
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
@@ -47,6 +47,28 @@ from jobs.tracking.runs import StepResult, StepRun, track_step
 from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
 
 
+def encoder_config(t: TrainConfig, num_items: int, max_len: int) -> UserEncoderConfig:
+    """The nightly encoder's shape from [train] (item facets: jobs/steps/item_facets.py)."""
+    return UserEncoderConfig(
+        num_items=num_items, max_len=max_len, d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
+        dropout=t.dropout, temperature=t.temperature, item_facets=len(item_facets.LEVELS) if t.item_facets else 0,
+        facet_buckets=t.facet_buckets if t.item_facets else 0)
+
+
+def initial_state(encoder_cfg: UserEncoderConfig, champion: UserEncoder | None,
+                  codes: torch.Tensor | None) -> tuple[dict | None, bool]:
+    """(the weights a fit starts from, whether they are the champion's): the champion's with its item
+    table grown (and today's facet codes) when its shape matches; else a fresh model's when it has
+    facets (its codes must travel to the workers); else None (each worker initialises its own)."""
+    if champion is not None and dataclasses.replace(champion.cfg, num_items=encoder_cfg.num_items) == encoder_cfg:
+        return expand_item_table(champion.state_dict(), encoder_cfg.num_items, codes), True
+    if codes is not None and encoder_cfg.item_facets:
+        fresh = UserEncoder(encoder_cfg)
+        fresh.set_item_facets(codes)
+        return fresh.state_dict(), False
+    return None, False
+
+
 def is_due(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEncoder | None) -> bool:
     if champion is None or not champion.trained_ds:
         return True
@@ -61,24 +83,13 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
             return step.result
         train_input, num_items = _read_day(cfg, ds, step)
         t = cfg.train
-        encoder_cfg = UserEncoderConfig(
-            num_items=num_items, max_len=cfg.features.max_seq_len, d_model=t.d_model, n_layers=t.n_layers,
-            n_heads=t.n_heads, dropout=t.dropout, temperature=t.temperature,
-            item_facets=len(item_facets.LEVELS) if t.item_facets else 0, facet_buckets=t.facet_buckets if t.item_facets else 0,
-        )
+        encoder_cfg = encoder_config(t, num_items, cfg.features.max_seq_len)
         data = train_input.validation  # the validation users only; training rows stay on the cluster
         # Today's facet codes, for a model with facets (and for the gate's copy of a champion with them).
         buckets = encoder_cfg.facet_buckets or (champion.model.cfg.facet_buckets if champion is not None else 0)
         codes = item_facets.facet_codes(cfg, num_items, buckets) if buckets else None
         torch.manual_seed(t.seed)
-        init_state = None
-        warm = champion is not None and dataclasses.replace(champion.model.cfg, num_items=num_items) == encoder_cfg
-        if warm:
-            init_state = expand_item_table(champion.model.state_dict(), num_items, codes)
-        elif codes is not None:  # a fresh model: its weights travel to the workers with today's facet codes
-            fresh = UserEncoder(encoder_cfg)
-            fresh.set_item_facets(codes)
-            init_state = fresh.state_dict()
+        init_state, warm = initial_state(encoder_cfg, champion.model if champion is not None else None, codes)
         loop = loop_config(t)
         if warm:  # train.compat_weight anchors the items the champion knows
             loop = dataclasses.replace(loop, compat_items=champion.model.cfg.num_items)
