@@ -283,10 +283,11 @@ def _with_item_codes(encoder_cfg: UserEncoderConfig, path: Path) -> tuple[UserEn
     except (OSError, ValueError, KeyError) as err:
         raise FactoryError(f"--item-codes {path}: not a SID index covering items 0..{encoder_cfg.num_items - 1} "
                            f"of the data ({type(err).__name__}: {err}).") from None
+    from jobs.steps.train import initial_state
+
     encoder_cfg = dataclasses.replace(encoder_cfg, item_facets=codes.shape[1], facet_buckets=per_level)
-    fresh = UserEncoder(encoder_cfg)
-    fresh.set_item_facets(torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.long), torch.from_numpy(codes)]))
-    return encoder_cfg, fresh.state_dict()
+    padded = torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.long), torch.from_numpy(codes)])  # row 0: padding
+    return encoder_cfg, initial_state(encoder_cfg, None, padded)[0]
 
 
 def _known(sha256: str) -> dict | None:

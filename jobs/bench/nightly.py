@@ -30,15 +30,16 @@ import pyarrow as pa
 import torch
 
 from jobs.bench.common import machine, summary_row, write_result
-from jobs.bench.retrain_world import World, simulate
+from jobs.bench.retrain_world import World, day_users, simulate
 from jobs.config import GeneratorConfig, TrainConfig, load_config
 from jobs.days import shift
 from jobs.steps import item_facets
-from jobs.steps.compatibility import user_vectors
+from jobs.steps.compatibility import item_table
 from jobs.steps.encoder_training import TrainingRun, build_training_data, loop_config, validation_metrics
-from jobs.steps.train import encoder_config, initial_state, passes_gate
+from jobs.steps.train import encoder_config, grown_to, initial_state, passes_gate
 from models.ranking_metrics import hit_rate_multi, ndcg_multi
-from models.user_encoder import UserEncoder, expand_item_table
+from models.space_alignment import top_k
+from models.user_encoder import UserEncoder
 
 K = 10
 RATIO_BAR = 1.5  # issue 17: encoder HR@10 >= 1.5x popularity's on every day after the first
@@ -107,11 +108,7 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
     new = validation_metrics(model, data)
     promoted = True
     if champion is not None:
-        old = champion
-        if champion.cfg.num_items < num_items:
-            old = UserEncoder(dataclasses.replace(champion.cfg, num_items=num_items))
-            old.load_state_dict(expand_item_table(champion.state_dict(), num_items, codes))
-        old_ndcg = validation_metrics(old.eval(), data)["val_ndcg10"]
+        old_ndcg = validation_metrics(grown_to(champion, num_items, codes), data)["val_ndcg10"]
         promoted = run.state.stop_reason != "diverged" and passes_gate(new["val_ndcg10"], old_ndcg, t.max_regression)
     facts = {"trained": True, "warm_start": warm, "training_users": int(table.num_rows),
              "train_seconds": time.perf_counter() - started, "epochs": run.state.epoch, "steps": run.state.step,
@@ -123,16 +120,13 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
 def evaluate_day(world: World, day: int, model: UserEncoder, max_len: int) -> dict:
     """Next-day HR@10 / NDCG@10 of the champion's vectors of `day` and of day `day`'s popularity."""
     nxt = world.plays_on(day + 1)
-    who, table = world.sequences(day, max_len)
-    keep = np.array([u in nxt for u in who.tolist()])
-    who, table = who[keep], table.filter(pa.array(keep))
-    items = _padded(table.column("item_idx"), max_len)
-    events = _padded(table.column("event_type"), max_len)
     with torch.inference_mode():
-        users = user_vectors(model, items, events)
+        who, users = day_users(world, day, max_len, model)
         known = model.cfg.num_items
-        item_vectors = model.item_embeddings()[1:known + 1].numpy()
-    top = np.concatenate([_top_k(users[s:s + EVAL_CHUNK], item_vectors) + 1 for s in range(0, len(users), EVAL_CHUNK)])
+        item_vectors = item_table(model, known)
+    keep = np.array([u in nxt for u in who.tolist()])
+    who, users = who[keep], users[keep]
+    top = np.concatenate([top_k(users[s:s + EVAL_CHUNK], item_vectors, K) + 1 for s in range(0, len(users), EVAL_CHUNK)])
     targets = [nxt[u] for u in who.tolist()]
     plays = (world.day == day) & (world.codes == 1)
     counts = np.bincount(world.items[plays], minlength=world.items_by(day) + 1)
@@ -141,18 +135,6 @@ def evaluate_day(world: World, day: int, model: UserEncoder, max_len: int) -> di
     return {"users_evaluated": len(who), "items_ranked": known,
             "encoder_hr10": hit_rate_multi(top, targets), "encoder_ndcg10": ndcg_multi(top, targets),
             "popularity_hr10": hit_rate_multi(popular, targets), "popularity_ndcg10": ndcg_multi(popular, targets)}
-
-
-def _padded(column: pa.ChunkedArray, max_len: int) -> np.ndarray:
-    from models.sequences import pad_left
-
-    return pad_left([np.asarray(r, np.int64) for r in column.to_pylist()], max_len)
-
-
-def _top_k(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    scores = users @ items.T
-    top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
-    return np.take_along_axis(top, np.take_along_axis(scores, top, 1).argsort(1)[:, ::-1], 1)
 
 
 def run(settings: NightlySettings, t: TrainConfig, progress=print) -> dict:

@@ -144,6 +144,16 @@ def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, i
     return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
 
+def grown_to(champion: UserEncoder, num_items: int, codes: torch.Tensor | None) -> UserEncoder:
+    """The champion with its item table grown to num_items (new rows as a warm start's; today's facet
+    codes), in eval mode, so the gate ranks it over the same catalog as the new model."""
+    if champion.cfg.num_items >= num_items:
+        return champion.eval()
+    grown = UserEncoder(dataclasses.replace(champion.cfg, num_items=num_items))
+    grown.load_state_dict(expand_item_table(champion.state_dict(), num_items, codes))
+    return grown.eval()
+
+
 def passes_gate(new_ndcg10: float, champion_ndcg10: float, max_regression: float) -> bool:
     """The gate's rule: the new model loses at most max_regression validation NDCG@10 to the champion."""
     return new_ndcg10 >= champion_ndcg10 - max_regression
@@ -160,13 +170,7 @@ def _gate(cfg: FactoryConfig, fitted: FitResult, champion: registry.RegisteredEn
         return False, f"training diverged{where}: its loss or weights are not finite"
     if champion is None:
         return True, "no champion yet"
-    old_model = champion.model
-    num_items = model.cfg.num_items
-    if old_model.cfg.num_items < num_items:  # unknown new items cannot be ranked by the old table
-        grown = UserEncoder(dataclasses.replace(old_model.cfg, num_items=num_items))
-        grown.load_state_dict(expand_item_table(old_model.state_dict(), num_items, codes))
-        old_model = grown.eval()
-    old = validation_metrics(old_model, data)
+    old = validation_metrics(grown_to(champion.model, model.cfg.num_items, codes), data)
     step.metrics(champion_val_ndcg10=old["val_ndcg10"], champion_val_hr10=old["val_hr10"])
     allowed = cfg.train.max_regression
     return (passes_gate(new["val_ndcg10"], old["val_ndcg10"], allowed),
