@@ -272,8 +272,8 @@ def nightly(
     mlflow: MlflowOption = True,
     config: ConfigOption = None,
 ) -> None:
-    """The nightly encoder with [train]'s settings over a week of generated days: next-day HR@10 / NDCG@10
-    against popularity per day (jobs/bench/nightly.py)."""
+    """The nightly encoder with the config's train settings over a week of generated days: next-day HR@10 /
+    NDCG@10 against popularity per day (jobs/bench/nightly.py)."""
     from jobs.bench import nightly as bench
     from jobs.bench.common import log_summary
 
