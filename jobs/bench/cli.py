@@ -298,6 +298,8 @@ def compatibility(
     promotions: Annotated[int, typer.Option(help="Daily warm-started retrains after the first model (each promoted).")] = 3,
     compat_weight: Annotated[float, typer.Option(help="train.compat_weight of the run with compatibility on.")] = 10.0,
     first_day: Annotated[int, typer.Option(help="Day index the first model is trained on.")] = 3,
+    item_facets: Annotated[bool, typer.Option(help="The encoder's item table: catalog facets + residual (train.item_facets, "
+                                                   "the default) or per-item ids (--no-item-facets).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "compatibility.json",
     mlflow: MlflowOption = True,
@@ -306,6 +308,7 @@ def compatibility(
     """Cross-version vs same-version next-day HR@10 at each promotion, compatibility off and on (jobs/bench/compatibility.py)."""
     from jobs.bench import compatibility as bench
     from jobs.bench.common import log_summary
+    from jobs.bench.retrain_world import ModelSettings
 
     setup_logging()
     command = invocation("compatibility")
@@ -315,7 +318,8 @@ def compatibility(
         log = (lambda result: log_summary(cfg, "bench compatibility", "bench_compatibility.json", result,
                                           bench.summary_rows(result))) if mlflow else None
         return bench.run_benchmark(out, command, first_day=first_day, promotions=promotions, compat_weight=compat_weight,
-                                   seed=seed, progress=lambda line: typer.echo(line, err=True), log=log)
+                                   settings=ModelSettings(item_facets=item_facets), seed=seed,
+                                   progress=lambda line: typer.echo(line, err=True), log=log)
 
     report(measure, bench.render_markdown, out)
 
@@ -328,14 +332,17 @@ def cold_items(
                                                  "events in the day's sequences.")] = 10,
     sid_levels: Annotated[int, typer.Option(help="Levels of the SID-based item representation arm (0 skips it).")] = 3,
     sid_codes: Annotated[int, typer.Option(help="Codes per level of that arm.")] = 32,
+    item_facets: Annotated[bool, typer.Option(help="The encoder's item table: catalog facets + residual (train.item_facets, "
+                                                   "the default) or per-item ids (--no-item-facets).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 7,
     out: Annotated[Path, typer.Option(help="JSON result.")] = RESULTS / "cold_items.json",
     mlflow: MlflowOption = True,
     config: ConfigOption = None,
 ) -> None:
-    """Next-day recall of new items' plays: content-derived vectors vs a retrained model (jobs/bench/cold_items.py)."""
+    """Next-day recall of new items' plays: day-one vectors vs a retrained model (jobs/bench/cold_items.py)."""
     from jobs.bench import cold_items as bench
     from jobs.bench.common import log_summary
+    from jobs.bench.retrain_world import ModelSettings
 
     setup_logging()
     command = invocation("cold-items")
@@ -345,6 +352,7 @@ def cold_items(
         log = (lambda result: log_summary(cfg, "bench cold-items", "bench_cold_items.json", result,
                                           bench.summary_rows(result))) if mlflow else None
         return bench.run_benchmark(out, command, champion_day=champion_day, stale_days=stale_days, seed=seed,
+                                   settings=ModelSettings(item_facets=item_facets),
                                    progress=lambda line: typer.echo(line, err=True), log=log, min_events=min_events,
                                    sid_levels=sid_levels, sid_codes=sid_codes)
 

@@ -26,14 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from jobs.bench.common import machine, summary_row, write_result
 from jobs.bench.retrain_world import World, day_users, simulate
 from jobs.config import GeneratorConfig, TrainConfig, load_config
 from jobs.days import shift
-from jobs.steps import item_facets
 from jobs.steps.compatibility import item_table
 from jobs.steps.encoder_training import TrainingRun, build_training_data, loop_config, validation_metrics
 from jobs.steps.train import encoder_config, grown_to, initial_state, passes_gate
@@ -70,22 +68,12 @@ def generator_config(settings: NightlySettings) -> GeneratorConfig:
     return dataclasses.replace(generator, days=settings.days + 1, seed=settings.seed)
 
 
-def world_facet_codes(world: World, num_items: int, buckets: int) -> torch.Tensor:
-    """The facet codes the train step would read from the catalog for items 1..num_items."""
-    cat = world.catalog
-    genre = pa.array([cat.labels[g] for g in cat.genre[:num_items]], pa.string())
-    creator = pa.array([cat.show_names[s] if e else cat.artist_names[a]
-                        for a, s, e in zip(cat.artist[:num_items], cat.show[:num_items], cat.is_episode[:num_items])],
-                       pa.string())
-    return item_facets.codes_of(np.arange(1, num_items + 1), genre, creator, num_items, buckets)
-
-
 def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConfig, max_len: int,
               progress) -> tuple[UserEncoder, dict]:
     """The train step's model work on day `day`: (the fitted model, what happened)."""
     num_items = world.items_by(day)
     encoder_cfg = encoder_config(t, num_items, max_len)
-    codes = world_facet_codes(world, num_items, t.facet_buckets) if t.item_facets else None
+    codes = world.facet_codes(num_items, t.facet_buckets) if t.item_facets else None
     _, table = world.sequences(day, max_len)
     if t.max_users and t.max_users < table.num_rows:
         rng = np.random.default_rng([t.seed, day])

@@ -9,6 +9,7 @@ next-day plays. Item i of the catalog has vocabulary id i + 1 (ids follow public
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,15 +18,17 @@ import torch
 
 from jobs.config import GeneratorConfig, TrainConfig
 from jobs.days import day_bounds_ms, shift
+from jobs.steps import item_facets
 from jobs.steps.catalog import item_text
 from jobs.steps.compatibility import user_vectors
 from jobs.steps.encoder_training import PATIENCE, LoopConfig, TrainingRun, build_training_data
+from jobs.steps.train import encoder_config, grown_to, initial_state
 from jobs.synthetic.catalog import Catalog, add_new_items, build_catalog, edit_items
 from jobs.synthetic.generate import _CATALOG, _DAY
 from jobs.synthetic.listening import PLAY, SAVE, SKIP, Users, add_users, drift_tastes, simulate_day
 from models.ranking_metrics import hit_rate_multi
 from models.space_alignment import top_k
-from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_table
+from models.user_encoder import UserEncoder
 
 EVENT_CODES = {PLAY: 1, SKIP: 2}  # jobs.steps.features.EVENT_TYPE_CODES; saves repeat their play
 
@@ -59,6 +62,16 @@ class World:
         table = pa.table({"item_idx": pa.array([items[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int32())),
                           "event_type": pa.array([codes[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int8()))})
         return who, table
+
+    def facet_codes(self, num_items: int, buckets: int) -> torch.Tensor:
+        """The facet codes the train step would read from the catalog for items 1..num_items
+        (jobs/steps/item_facets.py: genre; artist of a track, show of an episode)."""
+        cat = self.catalog
+        genre = pa.array([cat.labels[g] for g in cat.genre[:num_items]], pa.string())
+        creator = pa.array([cat.show_names[s] if e else cat.artist_names[a]
+                            for a, s, e in zip(cat.artist[:num_items], cat.show[:num_items], cat.is_episode[:num_items])],
+                           pa.string())
+        return item_facets.codes_of(np.arange(1, num_items + 1), genre, creator, num_items, buckets)
 
     def plays_on(self, day: int) -> dict[int, set[int]]:
         """user index -> the vocabulary ids they played on `day`."""
@@ -107,23 +120,26 @@ class ModelSettings:
     lr: float = TRAIN.lr
     batch_size: int = TRAIN.batch_size
     seed: int = 0
+    item_facets: bool = TRAIN.item_facets  # the item table: facets + residual (default) or per-item ids
 
 
 def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | None = None,
           compat_weight: float = 0.0, item_table: torch.nn.Module | None = None) -> UserEncoder:
-    """An encoder trained on the sequences of `day`, over every item published by then; warm-started
-    from `start` (its item table grown, as the train step does) with the compatibility term if asked;
-    `item_table` (e.g. models.sid_item_table.SidItemTable) replaces a fresh model's per-item table."""
+    """An encoder trained on the sequences of `day`, over every item published by then, with [train]'s
+    item table (facets from the catalog unless settings.item_facets is off); warm-started from `start`
+    (its item table grown, today's facet codes, as the train step does) with the compatibility term
+    if asked; `item_table` (e.g. models.sid_item_table.SidItemTable) replaces a fresh model's table."""
     num_items = world.items_by(day)
-    cfg = UserEncoderConfig(num_items=num_items, max_len=settings.max_len, d_model=settings.d_model,
-                            n_layers=TRAIN.n_layers, n_heads=TRAIN.n_heads, dropout=TRAIN.dropout,
-                            temperature=TRAIN.temperature)
+    t = dataclasses.replace(TRAIN, d_model=settings.d_model, item_facets=settings.item_facets)
+    cfg = encoder_config(t, num_items, settings.max_len)
     torch.manual_seed(settings.seed + day)
     model = UserEncoder(cfg)
-    if start is not None:
-        model.load_state_dict(expand_item_table(start.state_dict(), num_items))
-    elif item_table is not None:
+    if item_table is not None and start is None:
         model.item_emb = item_table
+    else:
+        weights, _ = initial_state(cfg, start, world.facet_codes(num_items, t.facet_buckets) if t.item_facets else None)
+        if weights is not None:
+            model.load_state_dict(weights)
     _, table = world.sequences(day, settings.max_len)
     data = build_training_data(table, settings.max_len, settings.seed + day)
     loop = LoopConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + day,
@@ -134,6 +150,15 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
     run.run()
     model.load_state_dict(run.best_weights)
     return model.eval()
+
+
+def grown(model: UserEncoder, world: World, day: int) -> UserEncoder:
+    """`model` with its item table grown to the items published by `day`, as the train step grows a
+    warm start: with facets, a new item's row is its genre + creator vectors (zero residual), a
+    vector on its first day with no retrain; with per-item ids, a random row."""
+    num_items = world.items_by(day)
+    codes = world.facet_codes(num_items, model.cfg.facet_buckets) if model.cfg.item_facets else None
+    return grown_to(model, num_items, codes)
 
 
 def day_users(world: World, day: int, max_len: int, model: UserEncoder) -> tuple[np.ndarray, np.ndarray]:

@@ -109,8 +109,9 @@ ITEM_EMBEDDINGS = TableSpec(
     ]),
     key=("item_id",), partition_by=("ds",), owner="embed",
     doc="L2-normalised item vectors in the same space as the users, for every catalogued item from its first "
-        "day: vector_source 'encoder' (the encoder's tied output table) or 'content' (an item the encoder has "
-        "not seen, mapped from its text vector by a ridge map fitted daily on the items it knows).",
+        "day: vector_source 'encoder' (the encoder's tied output table), 'facets' (an item the encoder has not "
+        "trained, from its genre and creator vectors in the encoder's table) or 'content' (an item the encoder "
+        "has no row for, mapped from its text vector by a ridge map fitted daily on the items it trained).",
     scale="small", small_below=5_000_000,
 )
 

@@ -122,6 +122,7 @@ def log_version_change(cfg, ds: str, items, step) -> dict[str, float]:
     from jobs.days import shift
     from jobs.lakehouse import delta
     from jobs.lakehouse.tables import ITEM_EMBEDDINGS
+    from jobs.steps.content_item_vectors import DERIVED
 
     before = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": shift(ds, -1)},
                         columns=["item_id", "embedding", "model_version", "vector_source"])  # a small table
@@ -130,9 +131,9 @@ def log_version_change(cfg, ds: str, items, step) -> dict[str, float]:
     if before.num_rows == 0 or versions == current:
         return {}
     old = {i: v for i, v, s in zip(*(before.column(c).to_pylist() for c in ("item_id", "embedding", "vector_source")))
-           if s != "content"}
+           if s not in DERIVED}
     new = {i: v for i, v, s in zip(*(items.column(c).to_pylist() for c in ("item_id", "embedding", "vector_source")))
-           if s != "content"}
+           if s not in DERIVED}
     shared = sorted(old.keys() & new.keys())
     if not shared or len(old[shared[0]]) != len(new[shared[0]]):
         return {}

@@ -27,7 +27,8 @@ from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_SEQUENCES
 from jobs.steps import semantic_ids
 from models.content_map import fit_content_map
 
-ENCODER, CONTENT = "encoder", "content"  # item_embeddings.vector_source
+ENCODER, FACETS, CONTENT = "encoder", "facets", "content"  # item_embeddings.vector_source
+DERIVED = (FACETS, CONTENT)  # rows the champion did not train: a new item's vector on its first days
 MIN_FIT_ITEMS = 20  # fewer known items with enough events: fit on every known item
 
 
@@ -55,11 +56,12 @@ def vector_column(vectors: np.ndarray) -> pa.Array:
 
 def catalog_item_vectors(cfg: FactoryConfig, ds: str, encoder_items: pa.Table, model_version: str, step,
                          counts: dict[int, int] | None = None) -> pa.Table:
-    """encoder_items (item_id, item_idx, embedding, model_version: the champion's rows) plus a
-    content-derived row for every item catalogued by ds that has a vocabulary id but no encoder row;
-    a `vector_source` column says which is which. With cold_items.enabled off: encoder rows only.
+    """encoder_items (item_id, item_idx, embedding, model_version, vector_source: the champion's rows,
+    embed.item_vectors) plus a content-derived row for every item catalogued by ds that has a
+    vocabulary id but no row yet (none when the champion has item facets: it has a row for every
+    vocabulary item). With cold_items.enabled off: the champion's rows only.
     counts: item_idx -> events in ds's user_sequences (item_event_counts when None)."""
-    rows = encoder_items.append_column("vector_source", pa.array([ENCODER] * encoder_items.num_rows, pa.string()))
+    rows = encoder_items
     if not cfg.cold_items.enabled or encoder_items.num_rows == 0:
         return rows
     items = delta.read(cfg, ITEMS, columns=["item_id", "text", "text_hash", "first_seen_ds"])
@@ -70,22 +72,28 @@ def catalog_item_vectors(cfg: FactoryConfig, ds: str, encoder_items: pa.Table, m
     ids = items.column("item_id").to_pylist()
     # An item without a vocabulary id has no index position yet (features has not run for ds).
     keep = np.array([item in known or item in item_idx for item in ids], bool)
+    step.metrics(items_catalogued_without_id=int((~keep).sum()))
+    if all(item in known for item, k in zip(ids, keep) if k):
+        step.metrics(items_content_derived=0)
+        return rows  # every item has the champion's row: no text to encode, no map to fit
     items = items.filter(pa.array(keep))
     ids = items.column("item_id").to_pylist()
     content = semantic_ids.content_vectors(cfg, ds, items, step)  # (N, 384), items' order
+    # The map learns the champion's trained rows only (not rows it derived itself, e.g. from facets).
+    trained = {item for item, source in zip(*(encoder_items.column(c).to_pylist() for c in ("item_id", "vector_source")))
+               if source == ENCODER}
     is_known = np.array([item in known for item in ids], bool)
+    is_trained = np.array([item in trained for item in ids], bool)
     target = np.stack(encoder_items.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
-    target = target[[known[item] for item, k in zip(ids, is_known) if k]]
+    target = target[[known[item] for item in ids if item in trained]]
     if counts is None and cfg.cold_items.min_events > 0:
         counts = item_event_counts(cfg, ds)
-    fit = fit_mask([item_idx[item] for item, k in zip(ids, is_known) if k], counts, cfg.cold_items.min_events)
-    mapping, quality = fit_content_map(content[is_known][fit], target[fit], cfg.cold_items.holdout_share,
+    fit = fit_mask([item_idx[item] for item in ids if item in trained], counts, cfg.cold_items.min_events)
+    mapping, quality = fit_content_map(content[is_trained][fit], target[fit], cfg.cold_items.holdout_share,
                                        cfg.cold_items.seed)
     new_ids = [item for item, k in zip(ids, is_known) if not k]
     step.metrics(**{f"content_map_{name}": value for name, value in quality.items() if np.isfinite(value)},
-                 items_content_derived=len(new_ids), items_catalogued_without_id=int((~keep).sum()))
-    if not new_ids:
-        return rows
+                 items_content_derived=len(new_ids))
     derived = pa.table({
         "item_id": pa.array(new_ids, pa.string()),
         "item_idx": pa.array([item_idx[item] for item in new_ids], pa.int32()),

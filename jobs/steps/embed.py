@@ -46,9 +46,9 @@ from jobs.lakehouse import commit, delta
 from jobs.lakehouse.spark import read_snapshot, write_files
 from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.runtime.ray_cluster import ensure_ray
-from jobs.steps import inference_pool
+from jobs.steps import inference_pool, item_facets, train
 from jobs.steps.compatibility import log_version_change
-from jobs.steps.content_item_vectors import catalog_item_vectors
+from jobs.steps.content_item_vectors import ENCODER, FACETS, catalog_item_vectors
 from jobs.steps.embedding_writer import UserEmbeddingWriter
 from jobs.steps.user_predictor import (
     INPUT_COLUMNS,
@@ -269,15 +269,25 @@ def embed_day(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[s
 
 
 def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa.Table:
-    """item_id, item_idx, embedding for every vocabulary item the champion has a row for."""
+    """item_id, item_idx, embedding, model_version, vector_source for every vocabulary item the champion
+    has a row for: its trained rows ('encoder'); with item facets, also every item catalogued since,
+    from its genre and creator vectors ('facets': the champion's table grown with today's codes, as a
+    warm start grows it, so a new item has the model's own vector on its first day; issue 19)."""
     vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_id", "item_idx"]).sort_by("item_idx")
-    table = champion.model.item_embeddings().detach().numpy()  # (num_items + 1, D)
-    known = vocab.filter(pa.compute.less_equal(vocab.column("item_idx"), champion.model.cfg.num_items))
-    vectors = table[known.column("item_idx").to_numpy()]
+    model, trained = champion.model, champion.model.cfg.num_items
+    vocab_size = max(vocab.column("item_idx").to_pylist(), default=0)
+    if model.cfg.item_facets and vocab_size > trained:
+        codes = item_facets.facet_codes(cfg, vocab_size, model.cfg.facet_buckets)
+        model = train.grown_to(model, vocab_size, codes)
+    table = model.item_embeddings().detach().numpy()  # (rows + 1, D)
+    known = vocab.filter(pc.less_equal(vocab.column("item_idx"), model.cfg.num_items))
+    idx = known.column("item_idx").to_numpy()
+    vectors = table[idx]
     flat = pa.array(vectors.reshape(-1), pa.float32())
     return known.append_column(
         "embedding", pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32()))
-    ).append_column("model_version", pa.array([champion.version] * known.num_rows, pa.string()))
+    ).append_column("model_version", pa.array([champion.version] * known.num_rows, pa.string())).append_column(
+        "vector_source", pa.array(np.where(idx <= trained, ENCODER, FACETS).tolist(), pa.string()))
 
 
 def plot_sample(cfg: FactoryConfig, ds: str, version: int, size: int = 2000) -> pa.Table:
@@ -331,7 +341,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None) -> StepResult:
             raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
         written = commit.commit_replace(cfg, folders, where={"ds": ds})  # one transaction: the whole day or nothing
         step.wrote(USER_EMBEDDINGS, written)
-        # Every catalogued item: the champion's rows plus content-derived ones for items it has not seen.
+        # Every catalogued item: the champion's rows (with facets: new items' too), content-derived ones for the rest.
         items = catalog_item_vectors(cfg, ds, item_vectors(cfg, champion), champion.version, step)
         log_version_change(cfg, ds, items, step)  # a new champion moved the space: how far, and the map back
         items = items.append_column("ds", pa.array([ds] * items.num_rows, pa.string()))

@@ -13,8 +13,15 @@ import torch
 from jobs.config import load_config
 from jobs.lakehouse import delta
 from jobs.lakehouse.tables import CONTENT_VECTORS, ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS
-from jobs.steps import embed
-from jobs.steps.content_item_vectors import CONTENT, ENCODER, MIN_FIT_ITEMS, catalog_item_vectors, fit_mask
+from jobs.steps import embed, item_facets
+from jobs.steps.content_item_vectors import (
+    CONTENT,
+    ENCODER,
+    FACETS,
+    MIN_FIT_ITEMS,
+    catalog_item_vectors,
+    fit_mask,
+)
 from jobs.steps.index import build_index
 from jobs.tracking import registry
 from models.user_encoder import UserEncoder, UserEncoderConfig
@@ -56,6 +63,7 @@ def cfg(tmp_path, fake_text_encoder):
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path)})
     rows = [{"item_id": f"trk_{i:04d}", "item_type": "track", "title": text(i), "text": text(i),
              "text_hash": hashlib.sha1(text(i).encode()).hexdigest(), "first_seen_ds": D1 if i < KNOWN else D2,
+             "genre": f"genre {i % 3}", "artist": f"artist {i % 5}",
              "updated_ds": D1} for i in range(KNOWN + NEW)]
     delta.upsert(cfg, ITEMS, pa.Table.from_pylist(rows, schema=ITEMS.schema))
     delta.append(cfg, ITEM_VOCAB, pa.table({"item_id": [r["item_id"] for r in rows],
@@ -96,6 +104,25 @@ def test_every_catalogued_item_has_a_vector_on_its_first_day_and_new_ones_are_ma
     assert stored.num_rows == KNOWN + NEW and stored.column("vector_source").to_pylist().count(CONTENT) == NEW
     index = build_index(vectors, rows.column("item_idx").to_numpy().astype(np.int64), "Flat")
     assert index.ntotal == KNOWN + NEW
+
+
+def test_a_champion_with_item_facets_gives_new_items_its_own_genre_and_creator_vectors_without_text(cfg):
+    torch.manual_seed(0)
+    model = UserEncoder(UserEncoderConfig(num_items=KNOWN, max_len=8, d_model=DIM, n_heads=2, item_facets=2,
+                                          facet_buckets=64)).eval()
+    model.set_item_facets(item_facets.facet_codes(cfg, KNOWN, 64))
+    with torch.no_grad():
+        model.item_emb.residual[1:] = torch.randn(KNOWN, DIM)  # trained items are more than their facets
+    step, champion_ = Step(), registry.RegisteredEncoder("6", model, {"trained_ds": D1})
+    rows = catalog_item_vectors(cfg, D2, embed.item_vectors(cfg, champion_), "6", step)
+    assert rows.column("vector_source").to_pylist() == [ENCODER] * KNOWN + [FACETS] * NEW
+    vectors = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False))
+    codes = item_facets.facet_codes(cfg, KNOWN + NEW, 64)[KNOWN + 1:]  # the new items' (genre, creator) buckets
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.item_emb.code_emb(codes + model.item_emb.offsets).sum(1), dim=-1)
+    np.testing.assert_allclose(vectors[KNOWN:], expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(vectors[:KNOWN], model.item_embeddings()[1:].detach().numpy(), atol=1e-6)
+    assert step.logged["items_content_derived"] == 0 and CONTENT_VECTORS.name not in step.writes  # no text encoded
 
 
 def test_before_new_items_arrive_every_vector_is_the_encoders(cfg):
