@@ -60,7 +60,8 @@ def encoder(
     batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,
     warmup_steps: Annotated[int, typer.Option(help="Linear lr warmup steps.")] = 100,
     weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Scores are cosine / temperature.")] = 0.05,
+    temperature: Annotated[float | None, typer.Option(help="Scores are cosine / temperature (default: 0.1 for short "
+                                                           "histories, else 0.05).")] = None,
     patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a better validation NDCG@10.")] = 20,
     anneal_after: Annotated[int | None, typer.Option(help="After this many epochs without a better validation NDCG@10, go "
                                                           "back to the best weights and anneal the lr to 0 over 10 epochs "

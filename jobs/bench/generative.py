@@ -324,7 +324,7 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         training, test = leave_one_out(dataset, max_len)
     else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                        dropout=regime.dropout, temperature=0.05)
+                                        dropout=regime.dropout, temperature=regime.temperature)
         loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
                                            select_on="val_ndcg10_seen_filtered", threads=2,

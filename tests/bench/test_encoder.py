@@ -90,6 +90,7 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert result["training"]["stop_reason"] == "time_budget"
     assert result["load"]["samples"] and result["load"]["cores"] == os.cpu_count()
     assert result["machine"]["nproc"] == os.cpu_count() and result["known_dataset"] is None
+    assert result["encoder_config"]["temperature"] == bench_encoder.SHORT.temperature  # no flag: the data's regime
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
     assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
@@ -117,6 +118,7 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     (tmp_path / "long.txt").write_text("".join(f"{u} {i % 30 + 1}\n" for u in (1, 2) for i in range(25)))
     assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "long.txt")) == bench_encoder.LONG
     assert bench_encoder.SHORT.dropout > bench_encoder.LONG.dropout
+    assert bench_encoder.SHORT.temperature > bench_encoder.LONG.temperature  # softer scores for sparse data
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
 
 
