@@ -263,8 +263,10 @@ class SidConfig:
 
 @dataclass(frozen=True)
 class ColdItemsConfig:
-    """Vectors on day one for items the champion has no row for (jobs/steps/content_item_vectors.py):
-    a ridge map from the item's text vector to the item space, fitted daily on the items it knows."""
+    """Vectors on day one for items the champion was not trained with: with item facets, the champion's
+    own genre + creator vectors (jobs/steps/embed.item_vectors); without, a ridge map from the item's
+    text vector to the item space, fitted daily on the items it knows (jobs/steps/content_item_vectors.py).
+    enabled = false: item_embeddings holds the champion's trained rows only."""
 
     enabled: bool = True
     holdout_share: float = 0.2  # known items held out to pick the ridge strength and report the fit

@@ -270,13 +270,13 @@ def embed_day(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[s
 
 def item_vectors(cfg: FactoryConfig, champion: registry.RegisteredEncoder) -> pa.Table:
     """item_id, item_idx, embedding, model_version, vector_source for every vocabulary item the champion
-    has a row for: its trained rows ('encoder'); with item facets, also every item catalogued since,
-    from its genre and creator vectors ('facets': the champion's table grown with today's codes, as a
-    warm start grows it, so a new item has the model's own vector on its first day; issue 19)."""
+    has a row for: its trained rows ('encoder'); with item facets and cold_items.enabled, also every item
+    catalogued since, from its genre and creator vectors ('facets': the champion's table grown with
+    today's codes, as a warm start grows it, so a new item has the model's own vector on its first day)."""
     vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_id", "item_idx"]).sort_by("item_idx")
     model, trained = champion.model, champion.model.cfg.num_items
     vocab_size = max(vocab.column("item_idx").to_pylist(), default=0)
-    if model.cfg.item_facets and vocab_size > trained:
+    if model.cfg.item_facets and vocab_size > trained and cfg.cold_items.enabled:
         codes = item_facets.facet_codes(cfg, vocab_size, model.cfg.facet_buckets)
         model = train.grown_to(model, vocab_size, codes)
     table = model.item_embeddings().detach().numpy()  # (rows + 1, D)

@@ -123,6 +123,8 @@ def test_a_champion_with_item_facets_gives_new_items_its_own_genre_and_creator_v
     np.testing.assert_allclose(vectors[KNOWN:], expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(vectors[:KNOWN], model.item_embeddings()[1:].detach().numpy(), atol=1e-6)
     assert step.logged["items_content_derived"] == 0 and CONTENT_VECTORS.name not in step.writes  # no text encoded
+    off = load_config(overrides={"paths.state_dir": cfg.paths.state_dir, "cold_items.enabled": "false"})
+    assert embed.item_vectors(off, champion_).column("vector_source").to_pylist() == [ENCODER] * KNOWN
 
 
 def test_before_new_items_arrive_every_vector_is_the_encoders(cfg):
