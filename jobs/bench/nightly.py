@@ -73,7 +73,7 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
     """The train step's model work on day `day`: (the fitted model, what happened)."""
     num_items = world.items_by(day)
     encoder_cfg = encoder_config(t, num_items, max_len)
-    codes = world.facet_codes(num_items, t.facet_buckets) if t.item_facets else None
+    codes = world.facet_codes(encoder_cfg)
     _, table = world.sequences(day, max_len)
     if t.max_users and t.max_users < table.num_rows:
         rng = np.random.default_rng([t.seed, day])

@@ -28,7 +28,7 @@ from jobs.synthetic.generate import _CATALOG, _DAY
 from jobs.synthetic.listening import PLAY, SAVE, SKIP, Users, add_users, drift_tastes, simulate_day
 from models.ranking_metrics import hit_rate_multi
 from models.space_alignment import top_k
-from models.user_encoder import UserEncoder
+from models.user_encoder import UserEncoder, UserEncoderConfig
 
 EVENT_CODES = {PLAY: 1, SKIP: 2}  # jobs.steps.features.EVENT_TYPE_CODES; saves repeat their play
 
@@ -63,15 +63,19 @@ class World:
                           "event_type": pa.array([codes[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int8()))})
         return who, table
 
-    def facet_codes(self, num_items: int, buckets: int) -> torch.Tensor:
-        """The facet codes the train step would read from the catalog for items 1..num_items
-        (jobs/steps/item_facets.py: genre; artist of a track, show of an episode)."""
+    def facet_codes(self, cfg: UserEncoderConfig, num_items: int | None = None) -> torch.Tensor | None:
+        """The facet codes the train step would read from the catalog for items 1..num_items (default
+        cfg.num_items) for an encoder shaped `cfg` (jobs/steps/item_facets.py: genre; artist of a track,
+        show of an episode); None when cfg has no item facets."""
+        if not cfg.item_facets:
+            return None
+        num_items = cfg.num_items if num_items is None else num_items
         cat = self.catalog
         genre = pa.array([cat.labels[g] for g in cat.genre[:num_items]], pa.string())
         creator = pa.array([cat.show_names[s] if e else cat.artist_names[a]
                             for a, s, e in zip(cat.artist[:num_items], cat.show[:num_items], cat.is_episode[:num_items])],
                            pa.string())
-        return item_facets.codes_of(np.arange(1, num_items + 1), genre, creator, num_items, buckets)
+        return item_facets.codes_of(np.arange(1, num_items + 1), genre, creator, num_items, cfg.facet_buckets)
 
     def plays_on(self, day: int) -> dict[int, set[int]]:
         """user index -> the vocabulary ids they played on `day`."""
@@ -137,7 +141,7 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
     if item_table is not None and start is None:
         model.item_emb = item_table
     else:
-        weights, _ = initial_state(cfg, start, world.facet_codes(num_items, t.facet_buckets) if t.item_facets else None)
+        weights, _ = initial_state(cfg, start, world.facet_codes(cfg))
         if weights is not None:
             model.load_state_dict(weights)
     _, table = world.sequences(day, settings.max_len)
@@ -157,8 +161,7 @@ def grown(model: UserEncoder, world: World, day: int) -> UserEncoder:
     warm start: with facets, a new item's row is its genre + creator vectors (zero residual), a
     vector on its first day with no retrain; with per-item ids, a random row."""
     num_items = world.items_by(day)
-    codes = world.facet_codes(num_items, model.cfg.facet_buckets) if model.cfg.item_facets else None
-    return grown_to(model, num_items, codes)
+    return grown_to(model, num_items, world.facet_codes(model.cfg, num_items))
 
 
 def day_users(world: World, day: int, max_len: int, model: UserEncoder) -> tuple[np.ndarray, np.ndarray]:
