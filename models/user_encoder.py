@@ -15,6 +15,9 @@ Conventions (every caller relies on them):
   genre, artist or show; hashed into `facet_buckets` per level by the caller) plus a per-item
   residual (models.sid_item_table.SidItemTable with facet codes): items that share an artist share
   most of their vector, so a large catalog with few plays per item still gets a structured space.
+- With `history_bias` one learned number is added to the score of every item in the history the
+  model read (UserEncoder.scores(..., history), full_softmax_loss(..., history)): it learns whether
+  users take an item again. The vectors alone stay cosine, so an ANN index over them ignores it.
 No I/O here: training loops, data loading and model registries live in jobs/.
 """
 
@@ -54,6 +57,10 @@ class UserEncoderConfig:
     # (num_items + 1, item_facets) codes in [0, facet_buckets), set with UserEncoder.set_item_facets.
     item_facets: int = 0
     facet_buckets: int = 0
+    # Learn one score added to the items of a user's own history when ranking (and in the loss):
+    # negative where users never take an item twice (purchases), positive where they replay (music).
+    # A cosine model cannot express either alone, since a history's items sit near the user vector.
+    history_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
@@ -143,6 +150,7 @@ class UserEncoder(nn.Module):
             nn.Embedding(cfg.n_event_types, cfg.d_model, padding_idx=0) if cfg.use_event_types else None
         )
         self.time_emb = nn.Embedding(cfg.n_time_buckets, cfg.d_model, padding_idx=0) if cfg.n_time_buckets else None
+        self.history_bias = nn.Parameter(torch.zeros(())) if cfg.history_bias else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -230,9 +238,16 @@ class UserEncoder(nn.Module):
         """(num_items + 1, D) unit-norm item vectors; row 0 (padding) is all zeros."""
         return F.normalize(self.item_emb.weight, dim=-1)
 
-    def scores(self, user_emb: torch.Tensor) -> torch.Tensor:
-        """(B, D) unit user vectors -> (B, num_items + 1) cosine / temperature; column 0 is -inf."""
+    def scores(self, user_emb: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) unit user vectors -> (B, num_items + 1) cosine / temperature; column 0 is -inf.
+
+        history: optional (B, T) item ids each user has read (0 = padding); with cfg.history_bias
+        the learned bias is added once to each row's history items.
+        """
         logits = (user_emb * (1.0 / self.cfg.temperature)) @ self.item_embeddings().T  # (B, V)
+        if self.history_bias is not None and history is not None:
+            read = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, history, True)  # an item read twice: once
+            logits = logits + read * self.history_bias
         logits[:, 0] = float("-inf")  # padding is never a recommendation
         return logits
 
@@ -263,28 +278,30 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     Same numbers as F.cross_entropy(users @ table.T, targets), about 2x faster on CPU: the
     (M, V) logits are written once into a buffer kept between steps (a fresh 350 MB tensor per
     step costs more in page faults than the matmul itself), softmax and its gradient are computed
-    in place, and nothing else of size (M, V) is allocated. `hide` (rows, cols) are set to -inf.
+    in place, and nothing else of size (M, V) is allocated. The logits at (rows, cols) are set to
+    -inf when `bias` is None (hidden), else `bias` (a 0-dim tensor) is added to them; with a bias
+    the (rows, cols) pairs must be distinct.
     """
 
     _free: list[torch.Tensor] = []  # at most one idle buffer, reused by the next forward
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, users, table, targets, hide_rows, hide_cols):
+    def forward(ctx, users, table, targets, rows, cols, bias):
         M, V = users.shape[0], table.shape[0]
         spare = _SoftmaxCrossEntropy._free.pop() if _SoftmaxCrossEntropy._free else torch.empty(0)
         if spare.numel() < M * V or spare.device != users.device:
             spare = torch.empty(M * V, device=users.device)
         logits = spare[: M * V].view(M, V)
         torch.mm(users, table.T, out=logits)  # (M, V)
-        if hide_rows is not None:
-            logits[hide_rows, hide_cols] = float("-inf")
+        if rows is not None:
+            logits[rows, cols] = float("-inf") if bias is None else logits[rows, cols] + bias
         target_logit = logits.gather(1, targets[:, None]).squeeze(1)  # (M,)
         top = logits.amax(1)  # (M,)
         total = logits.sub_(top[:, None]).exp_().sum(1)  # logits now hold exp(logit - top)
         loss = (top + total.log() - target_logit).mean()
-        if any(ctx.needs_input_grad[:2]):
-            ctx.save_for_backward(users, table, targets, total)
+        if any(ctx.needs_input_grad[:2]) or ctx.needs_input_grad[5]:
+            ctx.save_for_backward(users, table, targets, total, rows, cols)
             ctx.buffer = (spare, logits)
         else:
             _SoftmaxCrossEntropy._free[:] = [spare]
@@ -293,22 +310,25 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_loss):
-        users, table, targets, total = ctx.saved_tensors
+        users, table, targets, total, rows, cols = ctx.saved_tensors
         spare, grad = ctx.buffer
         scale = grad_loss / users.shape[0]
         grad.mul_((scale / total)[:, None])  # softmax * scale
         grad[torch.arange(len(targets), device=grad.device), targets] -= scale
+        grad_bias = grad[rows, cols].sum() if ctx.needs_input_grad[5] else None  # d loss / d logit, summed
         grad_users, grad_table = grad @ table, grad.T @ users  # (M, D), (V, D)
         del ctx.buffer
         _SoftmaxCrossEntropy._free[:] = [spare]
-        return grad_users, grad_table, None, None, None
+        return grad_users, grad_table, None, None, None, grad_bias
 
 
-def _history_pairs(history: torch.Tensor, keep: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of the logits to hide: each position's earlier-or-same input items.
+def _history_pairs(history: torch.Tensor, keep: torch.Tensor, y: torch.Tensor,
+                   with_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the logits of each position's earlier-or-same input items (each pair once with_targets).
 
     history: (B, T) input ids; keep: (B, T) positions with a target, whose logits rows are in
-    row-major order; y: (M,) targets. A position's own target is never hidden. cols are item - 1.
+    row-major order; y: (M,) targets. A position's own target is left out unless with_targets
+    (hiding it would make the loss infinite; a bias must see it to learn repeats). cols are item - 1.
     """
     B, T = history.shape
     row = torch.full((B, T), -1, dtype=torch.long, device=history.device)
@@ -319,8 +339,14 @@ def _history_pairs(history: torch.Tensor, keep: torch.Tensor, y: torch.Tensor) -
     item, r = history[b, s], row[b, t]
     ok = (item != 0) & (r >= 0)
     item, r = item[ok], r[ok]
-    ok = item != y[r]
-    return r[ok], item[ok] - 1
+    if with_targets:  # a bias is added once per item, so an item read twice must give one pair
+        width = int(history.max()) + 1
+        pair = torch.unique(r * width + item)
+        r, item = pair // width, pair % width
+    else:
+        ok = item != y[r]
+        item, r = item[ok], r[ok]
+    return r, item - 1
 
 
 def full_softmax_loss(
@@ -329,16 +355,20 @@ def full_softmax_loss(
     """Next-item cross-entropy over the whole catalog (for catalogs up to ~1e5 items).
 
     hidden: (B, T, D) from model(...); targets: (B, T) next item per position, 0 = ignore.
-    history: optional (B, T) input item ids (what model(...) read). When given, every position
-        ranks its target only against items not yet in its own history (the training-side twin
-        of seen-filtered evaluation, for data where users never repeat an item, e.g. ratings).
+    history: optional (B, T) input item ids (what model(...) read). When given, a model with
+        cfg.history_bias adds its learned bias to each position's own history items (as
+        UserEncoder.scores does when ranking); any other model ranks each target only against
+        items not yet in its own history (the training-side twin of seen-filtered evaluation,
+        for data where users never repeat an item, e.g. ratings).
     Returns the mean loss (nats) over non-ignored positions; equal to
     F.cross_entropy(item_logits(model, h), y - 1) (tests pin it), computed by a faster kernel.
     """
     h, y = _valid_positions(hidden, targets)  # (M, D), (M,)
     table = F.normalize(model.item_emb.weight[1:], dim=-1)  # (V, D) without padding
-    rows, cols = _history_pairs(history, targets != 0, y) if history is not None else (None, None)
-    return _SoftmaxCrossEntropy.apply(h * (1.0 / model.cfg.temperature), table, y - 1, rows, cols)
+    bias = model.history_bias if history is not None else None
+    rows, cols = (_history_pairs(history, targets != 0, y, with_targets=bias is not None)
+                  if history is not None else (None, None))
+    return _SoftmaxCrossEntropy.apply(h * (1.0 / model.cfg.temperature), table, y - 1, rows, cols, bias)
 
 
 def compatibility_loss(model: UserEncoder, anchor: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,8 @@ def encoder(
                                                                    "(default: on for long histories, off for short).")] = None,
     all_windows: Annotated[bool | None, typer.Option(help="Also train on transitions older than a user's last max_len "
                                                           "(default: on for long histories, off for short).")] = None,
+    history_bias: Annotated[bool | None, typer.Option(help="Learn one score added to the user's own history items when "
+                                                           "ranking, in place of the history mask (default: off).")] = None,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
     item_codes: Annotated[Path | None, typer.Option(help="SID index (LETTER's Beauty.index.json): item vectors = one "
                                                         "vector per code and level + a per-item residual.")] = None,
@@ -88,10 +90,36 @@ def encoder(
         data, minutes, seed, out, workers=workers, d_model=d_model, n_layers=n_layers, dropout=dropout,
         max_len=max_len, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, weight_decay=weight_decay,
         temperature=temperature, patience=patience, anneal_after=anneal_after, mask_history_in_loss=mask_history_in_loss,
-        all_windows=all_windows, bf16=bf16, item_codes=item_codes,
+        all_windows=all_windows, history_bias=history_bias, bf16=bf16, item_codes=item_codes,
         cfg=with_overrides(load_config(config), ray={"log_to_driver": True}),  # per-epoch progress lines
         log_to_mlflow=mlflow, run_name=run_name, command=command,
     ), bench.render_markdown, out)
+
+
+@bench_app.command("encoder-seeds")
+def encoder_seeds(
+    results: Annotated[list[Path], typer.Argument(help="Result files of `factory bench encoder`, one per seed, "
+                                                       "same data and settings.")],
+    out: Annotated[Path | None, typer.Option(help="JSON result "
+                                                  "(default: benchmarks/results/encoder_<dataset>_seeds.json).")] = None,
+    mlflow: MlflowOption = True,
+    config: ConfigOption = None,
+) -> None:
+    """Mean ± sd over seeds of `factory bench encoder` runs; a known dataset's bars judged on the mean."""
+    from jobs.bench import encoder_seeds as bench
+    from jobs.bench.common import log_summary
+
+    setup_logging()
+    out = out or RESULTS / f"encoder_{bench.dataset_name(results[0])}_seeds.json"
+
+    def measure() -> dict:
+        result = bench.combine(results, invocation("encoder-seeds"))
+        rows = bench.summary_rows(result)
+        if mlflow:
+            log_summary(load_config(config), "bench encoder seeds", "bench_encoder_seeds.json", result, rows)
+        return write_result(out, result, rows)
+
+    report(measure, bench.render_markdown, out)
 
 
 @bench_app.command()

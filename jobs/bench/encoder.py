@@ -122,13 +122,15 @@ class Regime:
     all_windows: bool
     anneal_after: int
     temperature: float  # scores are cosine / temperature
+    history_bias: bool  # learn a score for the user's own history items (models.user_encoder)
 
 
 TEMPERATURE_SHORT = 0.1  # chosen on Beauty's validation NDCG@10 (0.05: .0582, 0.1: .0628); docs/benchmarks.md
 SHORT_HISTORY_EVENTS = 20  # mean events per user below which histories count as short (Beauty 8.9, ML-1M 165)
 SHORT = Regime("short histories", dropout=0.5, mask_history_in_loss=False, all_windows=False, anneal_after=0,
-               temperature=TEMPERATURE_SHORT)
-LONG = Regime("long histories", dropout=0.2, mask_history_in_loss=True, all_windows=True, anneal_after=0, temperature=0.05)
+               temperature=TEMPERATURE_SHORT, history_bias=True)
+LONG = Regime("long histories", dropout=0.2, mask_history_in_loss=True, all_windows=True, anneal_after=0, temperature=0.05,
+              history_bias=False)
 
 
 def result_name(path: Path) -> str:
@@ -193,7 +195,8 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
                   workers: int = 1, d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float | None = None,
                   max_len: int = 200, temperature: float | None = None, lr: float = 3e-3, batch_size: int = 128,
                   warmup_steps: int = 100, weight_decay: float = 0.0, patience: int = 20, anneal_after: int | None = None,
-                  mask_history_in_loss: bool | None = None, all_windows: bool | None = None, bf16: bool = False,
+                  mask_history_in_loss: bool | None = None, all_windows: bool | None = None,
+                  history_bias: bool | None = None, bf16: bool = False,
                   max_epochs: int = 10_000, item_codes: Path | None = None,
                   cfg: FactoryConfig | None = None, log_to_mlflow: bool = True, run_name: str | None = None,
                   command: str | None = None, trainer=encoder_fit.fit) -> dict:
@@ -204,7 +207,8 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
     and the exact settings; `out` (if given) receives it as JSON. run_name: reuse one to resume a
     run that was interrupted (Ray Train restores its latest checkpoint). trainer: encoder_fit.fit (Ray
     Train) or encoder_fit.fit_in_process (same loop without Ray, for tests). dropout, temperature,
-    mask_history_in_loss, all_windows and anneal_after left None come from the data's Regime (regime_for). item_codes: a SID
+    mask_history_in_loss, all_windows, anneal_after and history_bias left None come from the data's Regime
+    (regime_for). item_codes: a SID
     index file (LETTER's item_id0 -> ["<a_12>", ...]) whose codes become the item table's facets (one
     vector per level and code, plus a per-item residual: models.user_encoder `item_facets`).
     """
@@ -216,19 +220,25 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         dataset = read_sasrec(data)
         regime = regime_for(dataset)
         flags = {"dropout": dropout, "mask_history_in_loss": mask_history_in_loss, "all_windows": all_windows,
-                 "anneal_after": anneal_after, "temperature": temperature}
+                 "anneal_after": anneal_after, "temperature": temperature, "history_bias": history_bias}
         settings = dataclasses.replace(regime, **{k: v for k, v in flags.items() if v is not None})
         dropout, mask_history_in_loss = settings.dropout, settings.mask_history_in_loss
         all_windows, anneal_after, temperature = settings.all_windows, settings.anneal_after, settings.temperature
+        if settings.history_bias and mask_history_in_loss:
+            raise FactoryError("--history-bias and --mask-history-in-loss exclude each other (the bias replaces the "
+                               f"mask) and this run has both ({regime.name} default to "
+                               f"{'the bias' if regime.history_bias else 'the mask'}): pass --no-history-bias or "
+                               "--no-mask-history-in-loss.")
         log.info("%s: %.1f events per user, %s: dropout %s, temperature %s, history mask %s, all windows %s, "
-                 "anneal after %s", data, dataset.interactions / len(dataset.sequences), regime.name, dropout,
-                 temperature, mask_history_in_loss, all_windows, anneal_after)
+                 "anneal after %s, history bias %s", data, dataset.interactions / len(dataset.sequences), regime.name,
+                 dropout, temperature, mask_history_in_loss, all_windows, anneal_after, settings.history_bias)
         training, test = leave_one_out(dataset, max_len, all_windows)
         if len(test.targets) == 0:
             raise FactoryError(f"{data}: no user has 3 or more items, so nothing can be validated and tested.")
         popularity = _popularity(dataset, training, test)
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=d_model,
-                                        n_layers=n_layers, n_heads=n_heads, dropout=dropout, temperature=temperature)
+                                        n_layers=n_layers, n_heads=n_heads, dropout=dropout, temperature=temperature,
+                                        history_bias=settings.history_bias)
         torch.manual_seed(seed)
         encoder_cfg, init_state = _with_item_codes(encoder_cfg, item_codes) if item_codes else (encoder_cfg, None)
         curve_marks = tuple(sorted({float(m) for m in marks if m < minutes} | {float(minutes)}))
@@ -259,6 +269,8 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         "wall_seconds": {"total": time.perf_counter() - started, "fit_including_ray_startup": fit_seconds,
                          "training_clock": fitted.state.elapsed},
         "training": {"epochs": fitted.state.epoch, "steps": fitted.state.step, "stop_reason": fitted.state.stop_reason,
+                     "learned_history_bias": (None if fitted.model.history_bias is None
+                                              else float(fitted.model.history_bias)),
                      "trained_minutes": fitted.state.elapsed / 60, "best_val_ndcg10_seen_filtered": fitted.state.best,
                      "train_sequences_per_s": float(np.median([r["train_sequences_per_s"] for r in epochs])),
                      "train_tokens_per_s": float(np.median([r["train_tokens_per_s"] for r in epochs]))},
@@ -268,7 +280,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         "results": {"encoder": {"test": evaluated["test"], "validation": evaluated["validation"]},
                     "popularity": popularity},
         "curve": evaluated["curve"], "history": fitted.history,
-        "known_dataset": _known(dataset.sha256), "minutes": minutes,
+        "known_dataset": known_facts(dataset.sha256), "minutes": minutes,
     }
     if out is not None:
         result = write_result(out, result, summary_rows(result))
@@ -293,7 +305,7 @@ def _with_item_codes(encoder_cfg: UserEncoderConfig, path: Path) -> tuple[UserEn
     return encoder_cfg, initial_state(encoder_cfg, None, padded)[0]
 
 
-def _known(sha256: str) -> dict | None:
+def known_facts(sha256: str) -> dict | None:
     known = KNOWN_DATASETS.get(sha256)
     return None if known is None else {"name": known.name, "published_protocol": known.published_protocol,
                                        "published": known.published, "bars": [dataclasses.asdict(b) for b in known.bars]}

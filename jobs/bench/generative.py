@@ -22,7 +22,8 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    beside it the same beam with consumed items dropped after decoding (the re-ranking rule), the
    unmasked beam (unfiltered: TIGER's protocol) and the share of it spent on consumed items; and
    greedy decoding (beam 1). Reference: the encoder's dot-product ranking of all items for the
-   same users, seen-filtered and unfiltered.
+   same users, seen-filtered and unfiltered (plus its learned history bias where the encoder has
+   one: `factory bench encoder`'s defaults for short histories, e.g. Beauty).
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         training, test = leave_one_out(dataset, max_len)
     else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
         encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                        dropout=regime.dropout, temperature=regime.temperature)
+                                        dropout=regime.dropout, temperature=regime.temperature,
+                                        history_bias=regime.history_bias)
         loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
                                            select_on="val_ndcg10_seen_filtered", threads=2,

@@ -77,7 +77,8 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
 
     inputs, events: (N, L) left-padded histories; targets: (N,) item ids; seen: N arrays of item
     ids to hide from each row's ranking (its own target never is), or () for no filtered ranks.
-    Rows are batched by length and trimmed to their longest history (bucketed inference).
+    Rows are batched by length and trimmed to their longest history (bucketed inference). A model
+    with cfg.history_bias scores each row's input items with its learned bias (UserEncoder.scores).
     """
     was_training = model.training
     model.eval()
@@ -89,9 +90,9 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         longest = max(int(lengths[rows].max()), 1)
-        users = model.user_embeddings(torch.from_numpy(inputs[rows, -longest:]).to(device),
-                                      torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
-        scores, wanted = model.scores(users), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
+        history = torch.from_numpy(inputs[rows, -longest:]).to(device)
+        users = model.user_embeddings(history, torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
+        scores, wanted = model.scores(users, history), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
         plain[rows] = target_ranks(scores, wanted)
         if filtered is not None:
             filtered[rows] = target_ranks(scores, wanted, exclude=[seen[i] for i in rows])
@@ -218,6 +219,9 @@ class TrainingRun:
                  model: torch.nn.Module | None = None, rank: int = 0, world: int = 1):
         if loop.select_on.endswith("seen_filtered") and not data.val_seen:
             raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
+        if encoder.cfg.history_bias and (loop.mask_history_in_loss or loop.loss != "full"):
+            raise ValueError("a model with history_bias learns it in the full softmax over every item: "
+                             "use loss='full' without mask_history_in_loss (the bias replaces the mask).")
         self.encoder, self.model, self.data, self.loop = encoder, model or encoder, data, loop
         self.rank, self.world = rank, world
         self.device = next(encoder.parameters()).device  # where Ray Train's prepare_model put it ([compute].device)
@@ -352,7 +356,7 @@ class TrainingRun:
                 negatives = torch.multinomial(self.log_q.exp(), self.loop.sampled_negatives, replacement=True)
                 loss = sampled_softmax_loss(self.encoder, hidden.float(), targets, negatives, self.log_q)
             else:
-                history = inputs if self.loop.mask_history_in_loss else None
+                history = inputs if self.loop.mask_history_in_loss or self.encoder.cfg.history_bias else None
                 loss = full_softmax_loss(self.encoder, hidden, targets, history=history)
             if self.anchor is not None:
                 loss = loss + self.loop.compat_weight * compatibility_loss(self.encoder, self.anchor)

@@ -91,13 +91,14 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert result["load"]["samples"] and result["load"]["cores"] == os.cpu_count()
     assert result["machine"]["nproc"] == os.cpu_count() and result["known_dataset"] is None
     assert result["encoder_config"]["temperature"] == bench_encoder.SHORT.temperature  # no flag: the data's regime
+    assert result["encoder_config"]["history_bias"] and result["training"]["learned_history_bias"] < 0  # no repeats here
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
     assert "seen-filtered" in markdown and "unfiltered" in markdown and "Load" in markdown
 
 
 def test_a_known_datasets_bars_are_judged_only_within_their_training_clock():
-    beauty = bench_encoder._known("3033c84a07a0e9fb2626aa640919393edb983a63acfd129481c199bf07c9e537")
+    beauty = bench_encoder.known_facts("3033c84a07a0e9fb2626aa640919393edb983a63acfd129481c199bf07c9e537")
     metrics = {"hr10": 0.071, "ndcg10": 0.036, "hr50": 0.15, "ndcg50": 0.05, "hr200": 0.25}
     result = {"results": {"encoder": {"test": {"seen_filtered": metrics, "unfiltered": metrics}},
                           "popularity": {"test": {"seen_filtered": metrics, "unfiltered": metrics}}},
@@ -136,3 +137,10 @@ def test_item_codes_from_a_sid_index_become_the_item_tables_facets_and_a_bad_ind
     (tmp_path / "short.json").write_text(json.dumps({"0": ["<a_1>"]}))
     with pytest.raises(FactoryError, match="--item-codes"):
         bench_encoder.run_benchmark(tmp_path / "tiny.txt", item_codes=tmp_path / "short.json", **common)
+
+
+def test_a_history_bias_with_the_history_mask_is_one_clear_error(tmp_path, write_sasrec):
+    write_sasrec(tmp_path / "tiny.txt", users=20)
+    with pytest.raises(FactoryError, match="--no-history-bias or --no-mask-history-in-loss"):
+        bench_encoder.run_benchmark(tmp_path / "tiny.txt", minutes=0.01, seed=0, out=None, mask_history_in_loss=True,
+                                    cfg=load_config(), log_to_mlflow=False, trainer=encoder_fit.fit_in_process)

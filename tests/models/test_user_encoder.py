@@ -408,3 +408,49 @@ def test_length_buckets_cover_every_index_once_and_group_similar_lengths():
     # Sorted before chunking: the batches' length ranges do not interleave.
     spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:]))
+
+
+def test_a_learned_history_bias_scores_each_history_item_once_in_the_loss_and_in_ranking():
+    """The loss with a history bias equals position-by-position cross-entropy of UserEncoder.scores
+    with that position's history (a repeated item gets the bias once, a repeated target too), and
+    the bias gets the same gradient as autograd gives the reference."""
+    model = tiny_model(replace(TINY, history_bias=True))
+    with torch.no_grad():
+        model.history_bias.fill_(-1.5)
+    inputs = torch.tensor([[0, 0, 3, 4, 3, 3], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 4, 3, 5, 4], [2, 3, 4, 5, 6, 1]])  # row 0 repeats 3 and 4 as targets
+    losses, grads = [], []
+    for fast in (True, False):
+        model.zero_grad()
+        hidden = model(inputs)
+        if fast:
+            loss = full_softmax_loss(model, hidden, targets, history=inputs)
+        else:
+            terms = [torch.nn.functional.cross_entropy(
+                model.scores(torch.nn.functional.normalize(hidden[b, t], dim=-1)[None], inputs[b, None, : t + 1]),
+                targets[b, t, None]) for b in range(2) for t in range(6) if targets[b, t]]
+            loss = torch.stack(terms).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0]["history_bias"] != 0
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    users = model.user_embeddings(inputs)
+    biased, plain = model.scores(users, inputs), model.scores(users)
+    torch.testing.assert_close(biased[0, 3] - plain[0, 3], torch.tensor(-1.5))  # item 3 read three times: once
+    torch.testing.assert_close(biased[0, 7], plain[0, 7])  # not in row 0's history
+
+
+def test_a_history_bias_learns_to_push_down_items_users_never_take_twice():
+    """Data where the next item is never one already read: the bias learns a negative score."""
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    model = tiny_model(replace(TINY, history_bias=True)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = full_softmax_loss(model, model(inputs, events), targets, history=inputs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(model.history_bias) < -0.1
