@@ -70,8 +70,9 @@ def encoder(
                                                                    "(default: on for long histories, off for short).")] = None,
     all_windows: Annotated[bool | None, typer.Option(help="Also train on transitions older than a user's last max_len "
                                                           "(default: on for long histories, off for short).")] = None,
-    history_bias: Annotated[bool | None, typer.Option(help="Learn one score added to the user's own history items when "
-                                                           "ranking, in place of the history mask (default: off).")] = None,
+    history_bias: Annotated[bool | None, typer.Option(help="Learn one score added to the user's own history items "
+                                                           "when ranking, in place of the history mask (default: on "
+                                                           "for short histories, off for long).")] = None,
     bf16: Annotated[bool, typer.Option(help="bfloat16 autocast for forward and loss.")] = False,
     item_codes: Annotated[Path | None, typer.Option(help="SID index (LETTER's Beauty.index.json): item vectors = one "
                                                         "vector per code and level + a per-item residual.")] = None,
