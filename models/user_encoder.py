@@ -160,6 +160,12 @@ class UserEncoder(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layers))
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle (MLflow stores models pickled): a model pickled before history_bias existed has none."""
+        super().__setstate__(state)
+        if "history_bias" not in self._parameters:
+            self.__dict__.setdefault("history_bias", None)
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

@@ -454,3 +454,18 @@ def test_a_history_bias_learns_to_push_down_items_users_never_take_twice():
         loss.backward()
         optimizer.step()
     assert float(model.history_bias) < -0.1
+
+
+def test_a_model_pickled_before_the_history_bias_existed_still_scores_and_trains():
+    """Champions in the MLflow registry are pickled modules; one from before the field has no bias."""
+    import pickle
+
+    model = tiny_model()
+    inputs, events, targets = cyclic_batch(num_items=20, length=8)
+    users = model.user_embeddings(inputs, events)
+    expected = model.scores(users)
+    del model.__dict__["history_bias"]  # as pickled by the code before history_bias
+    loaded = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(loaded.scores(users, inputs), expected)
+    assert loaded.history_bias is None and not loaded.cfg.history_bias
+    full_softmax_loss(loaded, loaded(inputs, events), targets, history=inputs).backward()
