@@ -371,9 +371,10 @@ def full_softmax_loss(
     """
     h, y = _valid_positions(hidden, targets)  # (M, D), (M,)
     table = F.normalize(model.item_emb.weight[1:], dim=-1)  # (V, D) without padding
-    bias = model.history_bias if history is not None else None
-    rows, cols = (_history_pairs(history, targets != 0, y, with_targets=bias is not None)
-                  if history is not None else (None, None))
+    rows = cols = bias = None
+    if history is not None:
+        bias = model.history_bias
+        rows, cols = _history_pairs(history, targets != 0, y, with_targets=bias is not None)
     return _SoftmaxCrossEntropy.apply(h * (1.0 / model.cfg.temperature), table, y - 1, rows, cols, bias)
 
 

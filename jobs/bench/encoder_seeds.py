@@ -38,14 +38,11 @@ def read_runs(paths: list[Path]) -> list[dict]:
         if missing:
             raise FactoryError(f"{path} lacks {', '.join(missing)}: not a whole result of `factory bench encoder`.")
         runs.append(result)
-    first = runs[0]
+    first, expected = runs[0], trained_with(runs[0])
     for path, run in zip(paths[1:], runs[1:]):
         if run["dataset"]["sha256"] != first["dataset"]["sha256"]:
             raise FactoryError(f"{path} is a run on another data file than {paths[0]}.")
-        settings = {key: run.get(key) for key in SAME_IN_EVERY_RUN}
-        settings["loop_config"] = {k: v for k, v in run["loop_config"].items() if k != "seed"}
-        expected = {key: first.get(key) for key in SAME_IN_EVERY_RUN}
-        expected["loop_config"] = {k: v for k, v in first["loop_config"].items() if k != "seed"}
+        settings = trained_with(run)
         differ = sorted(k for k in settings if settings[k] != expected[k])
         if differ:
             raise FactoryError(f"{path} differs from {paths[0]} in {', '.join(differ)}: only the seed may differ.")
@@ -55,12 +52,18 @@ def read_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
+def trained_with(run: dict) -> dict:
+    """The settings a run trained with: everything that must match across seeds."""
+    return {**{key: run.get(key) for key in SAME_IN_EVERY_RUN},
+            "loop_config": {k: v for k, v in run["loop_config"].items() if k != "seed"}}
+
+
 def dataset_name(path: Path) -> str:
     """A result's dataset name for file names: the known dataset's (ml-1m, amazon-beauty), else the data
     file's stem ("unknown" when the result cannot be read; combine says why)."""
     try:
         result = json.loads(Path(path).read_text())
-        return (result.get("known_dataset") or {}).get("name") or Path(result["dataset"]["path"]).stem
+        return (known_facts(result["dataset"]["sha256"]) or {}).get("name") or Path(result["dataset"]["path"]).stem
     except (OSError, ValueError, KeyError, TypeError):
         return "unknown"
 
@@ -82,12 +85,11 @@ def combine(paths: list[Path], command: str | None = None) -> dict:
         if any(p is None for p in points):
             continue
         curve.append({"minute": mark, **{protocol: {metric: mean_sd([p["test"][protocol][metric] for p in points])
-                                                    for metric in ("hr10", "ndcg10")} for protocol in PROTOCOLS}})
+                                                    for metric in METRIC_LABELS} for protocol in PROTOCOLS}})
     return {
         "benchmark": "encoder_seeds", "command": command, "dataset": first["dataset"],
         "known_dataset": known_facts(first["dataset"]["sha256"]), "minutes": first["loop_config"]["minutes"],
-        "encoder_config": first["encoder_config"],
-        "loop_config": {k: v for k, v in first["loop_config"].items() if k != "seed"},
+        **trained_with(first),
         "runs": [{"file": str(path), "seed": r["seed"], "command": r.get("command"), "date": r.get("date"),
                   "load1_mean": r["load"]["load1_mean"], "epochs": r["training"]["epochs"],
                   "trained_minutes": r["training"]["trained_minutes"], "stop_reason": r["training"]["stop_reason"],
@@ -126,11 +128,12 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {run['seed']} | {t['unfiltered']['hr10']:.4f} | {t['unfiltered']['ndcg10']:.4f} | "
                      f"{t['seen_filtered']['hr10']:.4f} | {t['seen_filtered']['ndcg10']:.4f} | "
                      f"{run['trained_minutes']:.1f} min | {run['stop_reason']} |")
-    t = result["test"]
-    lines.append("| mean ± sd | " + " | ".join(f"{t[p][m]['mean']:.4f} ± {t[p][m]['sd']:.4f}"
-                                                for p in PROTOCOLS for m in ("hr10", "ndcg10")) + " | | |")
+    lines.append(f"| mean ± sd | {_mean_sd_cells(result['test'])} | | |")
     lines += ["", "| clock min | HR@10 unf | NDCG@10 unf | HR@10 sf | NDCG@10 sf |", "|---|---|---|---|---|"]
-    for point in result["curve"]:
-        lines.append(f"| {point['minute']:g} | " + " | ".join(f"{point[p][m]['mean']:.4f} ± {point[p][m]['sd']:.4f}"
-                                                             for p in PROTOCOLS for m in ("hr10", "ndcg10")) + " |")
+    lines += [f"| {point['minute']:g} | {_mean_sd_cells(point)} |" for point in result["curve"]]
     return "\n".join(lines)
+
+
+def _mean_sd_cells(stats: dict) -> str:
+    """HR@10 and NDCG@10 as `mean ± sd`, unfiltered then seen-filtered, joined as table cells."""
+    return " | ".join(f"{stats[p][m]['mean']:.4f} ± {stats[p][m]['sd']:.4f}" for p in PROTOCOLS for m in METRIC_LABELS)
