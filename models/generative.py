@@ -6,10 +6,13 @@ tensors -> constrained beam search.
 
 Sequence layout (left-padded, so every row ends at the same column):
 
-    [BOS] [SOFT]? [prompt tokens]* [SEP] h1_l0 h1_l1 ... hN_lD [SEP] -> target t_l0 ... t_lD
+    [BOS] [prompt tokens]* [SEP] h1_l0 h1_l1 ... hN_lD [SEP] [SOFT]? -> target t_l0 ... t_lD
 
 SOFT is a placeholder id whose input embedding is replaced by projector(user embedding) through
-`inputs_embeds` (one token, as Spotify's production system). A SID is `depth` tokens (levels codes
+`inputs_embeds` (one token, as Spotify's production system). It sits right before the target, so the
+position that predicts the first SID token reads the user vector on its residual stream and the
+target tokens find it at a fixed distance (chosen on validation; models saved before put it after
+BOS: `SidVocabulary.soft_last` False). A SID is `depth` tokens (levels codes
 plus the de-duplication token); token (level, code) has its own vocabulary id. The loss covers only
 the target's SID tokens: the soft token summarises the history up to the target, so supervising
 earlier history positions would let them read their own answer from it.
@@ -18,6 +21,7 @@ No I/O here: data, training loops and MLflow live in jobs/.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,10 @@ import torch.nn.functional as F
 
 PAD, BOS, SEP, SOFT = 0, 1, 2, 3  # offsets inside our block of the vocabulary
 N_SPECIAL = 4
+# Mean norm of SID token embeddings started from item vectors: against the tiny Llama's final
+# RMS-normalised hidden state (norm about sqrt(hidden)) it gives first-step logits of a few units,
+# about the encoder's cosine / temperature (Beauty validation; random rows have norm ~0.16).
+SID_EMBEDDING_NORM = 1.2
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,14 @@ class SidVocabulary:
 
     base: size of a pretrained model's own vocabulary (0 for a model trained from scratch).
     level_sizes: token values per SID level, e.g. (256, 256, 256, 8) for 3x256 + a dedup token.
+    soft_last: the SOFT token sits right before the target (the layout above); False: right after
+        BOS, the layout of models saved before the change.
     """
 
     prompt_tokens: tuple[str, ...]
     level_sizes: tuple[int, ...]
     base: int = 0
+    soft_last: bool = True
 
     def __post_init__(self) -> None:
         if len(set(self.prompt_tokens)) != len(self.prompt_tokens):
@@ -90,12 +101,14 @@ def build_sequences(vocab: SidVocabulary, histories: list[np.ndarray], prompts: 
     """
     rows = []
     for i, history in enumerate(histories):
-        row = [vocab.special(BOS)] + ([vocab.special(SOFT)] if soft else [])
+        row = [vocab.special(BOS)] + ([vocab.special(SOFT)] if soft and not vocab.soft_last else [])
         row += vocab.prompt_ids(prompts[i]) if prompts else []
         row.append(vocab.special(SEP))
         if len(history):
             row += vocab.sid_ids(np.asarray(history)).ravel().tolist()
         row.append(vocab.special(SEP))
+        if soft and vocab.soft_last:
+            row.append(vocab.special(SOFT))
         if targets is not None:
             row += vocab.sid_ids(targets[i]).tolist()
         rows.append(row)
@@ -150,20 +163,71 @@ def pretrained_lm(local_dir: str, vocab_without_base: SidVocabulary):
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(local_dir)
-    vocab = SidVocabulary(vocab_without_base.prompt_tokens, vocab_without_base.level_sizes,
-                          base=lm.get_input_embeddings().num_embeddings)
+    vocab = dataclasses.replace(vocab_without_base, base=lm.get_input_embeddings().num_embeddings)
     lm.resize_token_embeddings(vocab.size)
     return lm, vocab
 
 
-class GenerativeRecommender(nn.Module):
-    """A causal LM over `vocab` plus an optional soft-token projector (user_dim > 0)."""
+def sid_token_vectors(tokens: np.ndarray, item_vectors: np.ndarray, level_sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Per SID level, (level_size, D): what each token adds to the item vectors under its prefix.
 
-    def __init__(self, lm: nn.Module, vocab: SidVocabulary, user_dim: int = 0):
+    tokens (N, depth) SID codes of N items; item_vectors (N, D), e.g. the user encoder's item
+    vectors, L2-normalised here. Token (level, code) gets the mean over the items with that code of
+    (item vector - the mean vector of the items sharing its prefix before this level): the residual
+    that a residual quantiser's codebook would hold, computed for any codes (the factory's, titles',
+    published ones). Codes no item has get zeros.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    vectors = np.asarray(item_vectors, dtype=np.float64)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    prefix_mean = np.zeros_like(vectors)  # each item's prefix mean; before the first level: the origin
+    out = []
+    for level, size in enumerate(level_sizes):
+        sums = np.zeros((size, vectors.shape[1]))
+        np.add.at(sums, tokens[:, level], vectors - prefix_mean)
+        out.append((sums / np.maximum(np.bincount(tokens[:, level], minlength=size), 1)[:, None]).astype(np.float32))
+        _, group = np.unique(tokens[:, :level + 1], axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        group_sums = np.zeros((group.max() + 1, vectors.shape[1]))
+        np.add.at(group_sums, group, vectors)
+        prefix_mean = (group_sums / np.bincount(group)[:, None])[group]
+    return out
+
+
+class GenerativeRecommender(nn.Module):
+    """A causal LM over `vocab` plus an optional soft-token projector (user_dim > 0).
+
+    history_bias: one learned logit added to the last SID token of every item the user consumed
+    before (under the prefix generated so far), in the loss and in beam search: whether users take
+    an item again is learned, not assumed (the user encoder's history bias, models/user_encoder.py).
+    """
+
+    def __init__(self, lm: nn.Module, vocab: SidVocabulary, user_dim: int = 0, history_bias: bool = False):
         super().__init__()
         self.lm, self.vocab = lm, vocab
         hidden = lm.get_input_embeddings().embedding_dim
         self.projector = SoftTokenProjector(user_dim, hidden) if user_dim else None
+        self.history_bias = nn.Parameter(torch.zeros(())) if history_bias else None
+
+    @torch.no_grad()
+    def init_sid_embeddings(self, level_vectors: list[np.ndarray], seed: int = 0) -> None:
+        """Start every SID token's (tied) embedding at its `sid_token_vectors` direction, so the first
+        steps already score a code by how well it matches the soft token's user vector.
+
+        Rows are scaled to a mean norm of SID_EMBEDDING_NORM per level; vectors of another width than
+        the LM's hidden size pass through a fixed random projection (it keeps inner products roughly).
+        """
+        table = self.lm.get_input_embeddings().weight
+        width = level_vectors[0].shape[1]
+        generator = torch.Generator().manual_seed(seed)
+        projection = (torch.eye(width) if width == table.shape[1]
+                      else torch.randn(width, table.shape[1], generator=generator) / table.shape[1] ** 0.5)
+        for level, vectors in enumerate(level_vectors):
+            rows = torch.from_numpy(np.asarray(vectors, dtype=np.float32)) @ projection
+            norms = rows.norm(dim=1)
+            scale = SID_EMBEDDING_NORM / norms[norms > 0].mean() if bool((norms > 0).any()) else 0.0
+            start = self.vocab.level_start(level)
+            table[start:start + len(rows)] = (rows * scale).to(table.dtype)
 
     def embed(self, input_ids: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """(B, T) ids -> (B, T, H) input embeddings, SOFT placeholders replaced by projected users (B, U)."""
@@ -183,11 +247,21 @@ class GenerativeRecommender(nn.Module):
         return self.lm(inputs_embeds=self.embed(input_ids, users), attention_mask=attention_mask,
                        position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep)
 
-    def target_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
-        """Mean cross-entropy of the last `depth` tokens (the target SID), each predicted from its prefix."""
+    def target_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: torch.Tensor | None,
+                    consumed_last: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the last `depth` tokens (the target SID), each predicted from its prefix.
+
+        consumed_last (B, last level size) bool: the last-level codes that complete, under the
+        target's own prefix, an item the user consumed before; they get the history bias.
+        """
         depth = self.vocab.depth
-        logits = self(input_ids, attention_mask, users, logits_to_keep=depth + 1).logits[:, :-1]  # (B, depth, V)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, -depth:].reshape(-1))
+        logits = self(input_ids, attention_mask, users, logits_to_keep=depth + 1).logits[:, :-1].float()  # (B, depth, V)
+        if self.history_bias is not None and consumed_last is not None:
+            start = self.vocab.level_start(depth - 1)
+            bias = torch.zeros_like(logits[:, -1])
+            bias[:, start:start + consumed_last.shape[1]] = consumed_last.to(bias.dtype) * self.history_bias
+            logits = torch.cat([logits[:, :-1], (logits[:, -1] + bias)[:, None]], 1)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -depth:].reshape(-1))
 
 
 class TrieTables:
@@ -243,7 +317,8 @@ class TrieTables:
 @torch.inference_mode()
 def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             users: torch.Tensor | None, trie: TrieTables, beams: int,
-                            exclude: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            exclude: list[np.ndarray] | None = None,
+                            history: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top `beams` complete SIDs per row, by summed log-probability, never leaving the trie.
 
     input_ids, attention_mask: (B, T) left-padded prompts ending in SEP; users: (B, U) or None.
@@ -251,6 +326,8 @@ def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tenso
     search, so no beam is spent on them. A prefix whose items are all excluded is closed as soon as
     it would be entered, and at the last level the excluded leaves are, so the `beams` slots go to
     the best items that remain (fewer only when fewer remain).
+    history: per row, the item rows the user consumed: the model's learned history bias (if it has
+    one) is added to their last SID token, as in training. Without it (or the bias) nothing is added.
     Returns item rows (B, beams) into the trie's token matrix (-1 where fewer than `beams` SIDs exist)
     and their scores (B, beams), best first. beams=1 is greedy decoding.
     A hand-written search rather than generate(prefix_allowed_tokens_fn=...): SIDs have a fixed
@@ -265,13 +342,18 @@ def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tenso
     last = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
     rows = 1  # beams per row the prompt cache holds
     blocked = trie.blocked(exclude) if exclude is not None else None
+    consumed = trie.blocked(history)[-1] if history is not None and model.history_bias is not None else None
     for d in range(trie.depth):
         start, size = vocab.level_start(d), vocab.level_sizes[d]
-        logp = F.log_softmax(logits.float(), dim=-1)[:, start:start + size]  # (B*K, size)
+        child = trie.child[d][node.reshape(-1)]  # (B*K, size) the node each code leads to, -1 = none
+        owner = torch.arange(B).repeat_interleave(node.shape[1])[:, None]  # (B*K, 1) the beam's row
+        logits = logits.float()
+        if consumed is not None and d + 1 == trie.depth:  # leaves are item rows: bias the consumed ones
+            leaf_bias = (consumed[owner, child.clamp(min=0)] & (child >= 0)).float() * model.history_bias
+            logits = torch.cat([logits[:, :start], logits[:, start:start + size] + leaf_bias, logits[:, start + size:]], 1)
+        logp = F.log_softmax(logits, dim=-1)[:, start:start + size]  # (B*K, size)
         closed = ~trie.allowed[d][node.reshape(-1)]  # (B*K, size)
         if blocked is not None:
-            child = trie.child[d][node.reshape(-1)]  # (B*K, size) the node each code leads to, -1 = none
-            owner = torch.arange(B).repeat_interleave(node.shape[1])[:, None]  # (B*K, 1) the beam's row
             closed |= blocked[d][owner, child.clamp(min=0)]
         logp = logp.masked_fill(closed, float("-inf")).view(B, -1, size)
         total = (score[:, :, None] + logp).view(B, -1)  # (B, K * size)

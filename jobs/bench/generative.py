@@ -51,6 +51,7 @@ from models.generative import (
     TinyLlamaConfig,
     TrieTables,
     pretrained_lm,
+    sid_token_vectors,
     tiny_llama,
 )
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
@@ -146,7 +147,7 @@ def embed_histories(encoder, histories: list[np.ndarray], max_len: int, batch_si
 
 def build_examples(sequences, sids, prompts, embed, users: np.ndarray, history: int, per_user: int) -> Examples:
     """Training examples: the last per_user items before each user's test item are targets."""
-    histories, prompt_rows, targets, contexts = [], [], [], []
+    histories, prompt_rows, targets, contexts, consumed = [], [], [], [], []
     for u in users:
         known = sequences[u][:-1]  # never the test item
         for t in range(max(1, len(known) - per_user), len(known)):
@@ -154,7 +155,8 @@ def build_examples(sequences, sids, prompts, embed, users: np.ndarray, history: 
             prompt_rows.append(prompts[u])
             targets.append(sids[known[t]])
             contexts.append(known[:t])
-    return Examples(histories, prompt_rows, embed(contexts), np.array(targets))
+            consumed.append(sids[known[:t]].astype(np.int16))  # codes < 2**15; 4x smaller on ML-1M's long histories
+    return Examples(histories, prompt_rows, embed(contexts), np.array(targets), consumed)
 
 
 def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen, targets: np.ndarray, beams: int,
@@ -162,11 +164,11 @@ def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen
     """Beam metrics with the consumed items masked inside the search (the headline), dropped after
     decoding by the re-ranking rule, and kept (raw); the share of each raw beam spent on consumed
     items; greedy; decoding speed."""
-    started = time.perf_counter()
-    rows, scores = generate(model, examples, trie, beams)
-    beam_seconds = time.perf_counter() - started
     consumed_rows = [np.asarray(c, dtype=np.int64) - 1 for c in seen]  # trie row i = SASRec item i + 1
-    masked_rows, _ = generate(model, examples, trie, beams, exclude=consumed_rows)
+    started = time.perf_counter()
+    rows, scores = generate(model, examples, trie, beams, history=consumed_rows)
+    beam_seconds = time.perf_counter() - started
+    masked_rows, _ = generate(model, examples, trie, beams, exclude=consumed_rows, history=consumed_rows)
     rules = RerankRules(k=beams)
     raw, filtered, masked = [], [], []
     for r, s, consumed, m in zip(rows, scores, seen, masked_rows):
@@ -176,7 +178,7 @@ def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen
         filtered.append([int(d.candidate.item_id) for d in rerank(candidates, set(map(str, consumed)), rules) if d.kept])
         masked.append([int(i) + 1 for i in m if i >= 0])
     started = time.perf_counter()
-    greedy, _ = generate(model, examples, trie, 1)
+    greedy, _ = generate(model, examples, trie, 1, history=consumed_rows)
     greedy_seconds = time.perf_counter() - started
     greedy_hit = float(np.mean(greedy[:, 0] + 1 == targets))
 
@@ -222,6 +224,7 @@ class Ablation:
     seen: list[np.ndarray]
     unseen_user: np.ndarray  # (E,) evaluated users whose examples never trained the model
     reference: dict  # the encoder's own ranking of all items for the same users
+    sid_vectors: list[np.ndarray] = dataclasses.field(default_factory=list)  # per level, where SID embeddings start
     sid_source: str = ""  # where the SIDs come from (item_sids)
     has_prompts: bool = True  # users.dat beside the data: the prompt configurations can run
 
@@ -232,7 +235,8 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
-                  log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "") -> dict:
+                  log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "",
+                  history_bias: bool = True) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -246,7 +250,8 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
             configs = tuple(name for name in configs if not CONFIGS[name][1])
         results = {}
         for name in configs:
-            runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams) for seed in seeds]
+            runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams, history_bias)
+                    for seed in seeds]
             soft, prompt = CONFIGS[name]
             results[name] = {"soft_token": soft, "prompt": prompt, "runs": runs, "summary": summarise(runs)}
             phases[f"config {name}"] = sum(r["fit_seconds"] + r["eval_seconds"] for r in runs)
@@ -266,10 +271,14 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                      "sids": ab.sid_source,
                      "prompt_fields": "users.dat gender, age band, occupation, first zip digit" if ab.has_prompts
                      else "none (no users.dat beside the data)",
-                     "loss": "cross-entropy on the target SID's tokens only",
+                     "loss": "cross-entropy on the target SID's tokens only"
+                             + (", a learned history bias on the last token of consumed items" if history_bias else ""),
+                     "history_bias": history_bias,
+                     "soft_token_position": "right before the target",
+                     "sid_embeddings": "started from the encoder's item vectors (sid_token_vectors)",
                      "history_tokens": "levels codes per item (no dedup token)",
                      "fit": f"AdamW, lr warmup 20 steps then cosine over the time budget, batch {batch_size}, "
-                            "1 torch thread per run"},
+                            "2 torch threads per run"},
         "reference_encoder": ab.reference, "results": results,
         "talk_hr30": TALK_HR30 if ab.has_prompts else {},  # the talk's numbers are MovieLens-1M's
         "machine": machine(), "load": load.summary(),
@@ -363,13 +372,14 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
                  "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10),
                  "unfiltered_hr10": hit_rate_at_k(plain_ranks, 10), "unfiltered_ndcg10": ndcg_at_k(plain_ranks, 10)}
     phases["encoder_reference"] = time.perf_counter() - t
+    sid_vectors = sid_token_vectors(sids[1:], encoder.item_embeddings()[1:].detach().numpy(), level_sizes)
     ablation = Ablation(encoder_cfg, vocab, level_sizes, sids, TrieTables(sids[1:], level_sizes), examples, test_examples,
-                        targets, seen, unseen_user, reference, sid_source, has_users)
+                        targets, seen, unseen_user, reference, sid_vectors, sid_source, has_users)
     return ablation, train_users, evaluated
 
 
 def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, steps: int, lr: float, batch_size: int,
-                        lm: TinyLlamaConfig, model_dir: str, beams: int) -> dict:
+                        lm: TinyLlamaConfig, model_dir: str, beams: int, history_bias: bool) -> dict:
     """One configuration and seed: a fresh model trained within the budget, then evaluated on the test users."""
     soft, prompt = CONFIGS[name]
     t = time.perf_counter()
@@ -378,10 +388,12 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
     else:
         base_lm, run_vocab = tiny_llama(ab.vocab, lm, seed), ab.vocab
     torch.manual_seed(seed)
-    model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0)
+    model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0,
+                                  history_bias=history_bias)
+    model.init_sid_embeddings(ab.sid_vectors, seed)
     fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr,
                                                                      batch_size=batch_size,
-                                                                     warmup_steps=20, seed=seed, threads=1))
+                                                                     warmup_steps=20, seed=seed, threads=2))
     fit_seconds = time.perf_counter() - t
     t = time.perf_counter()
     ev = evaluate(model, ab.test_examples.without(soft, prompt), ab.trie, ab.sids, ab.seen, ab.targets, beams, ab.unseen_user)
@@ -389,7 +401,8 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
     log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
                 name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
                 ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60, eval_seconds / 60)
-    return {"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
+    learned = {} if model.history_bias is None else {"learned_history_bias": float(model.history_bias)}
+    return {"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds, **learned,
             "eval": ev, "parameters": sum(p.numel() for p in model.parameters())}
 
 

@@ -139,7 +139,10 @@ def save_model(folder: Path, model: GenerativeRecommender, meta: dict) -> None:
         torch.save(model.projector.state_dict(), folder / "projector.pt")
     vocab = model.vocab
     (folder / "meta.json").write_text(json.dumps({**meta, "prompt_tokens": list(vocab.prompt_tokens),
-                                                  "level_sizes": list(vocab.level_sizes), "base": vocab.base}, indent=1))
+                                                  "level_sizes": list(vocab.level_sizes), "base": vocab.base,
+                                                  "soft_last": vocab.soft_last,
+                                                  "history_bias": None if model.history_bias is None
+                                                  else float(model.history_bias.detach())}, indent=1))
 
 
 def load_model(folder: Path) -> tuple[GenerativeRecommender, dict]:
@@ -148,8 +151,13 @@ def load_model(folder: Path) -> tuple[GenerativeRecommender, dict]:
     if not (folder / "meta.json").is_file():
         raise FactoryError(f"No generative model in {folder}; enable the generative step (generative.enabled = true) and run it.")
     meta = json.loads((folder / "meta.json").read_text())
-    vocab = SidVocabulary(tuple(meta["prompt_tokens"]), tuple(meta["level_sizes"]), meta["base"])
-    model = GenerativeRecommender(AutoModelForCausalLM.from_pretrained(folder / "lm"), vocab, meta["user_dim"])
+    vocab = SidVocabulary(tuple(meta["prompt_tokens"]), tuple(meta["level_sizes"]), meta["base"],
+                          meta.get("soft_last", False))  # saved before the field: SOFT after BOS
+    bias = meta.get("history_bias")
+    model = GenerativeRecommender(AutoModelForCausalLM.from_pretrained(folder / "lm"), vocab, meta["user_dim"],
+                                  history_bias=bias is not None)
+    if bias is not None:
+        model.history_bias.data.fill_(bias)
     if model.projector is not None:
         model.projector.load_state_dict(torch.load(folder / "projector.pt"))
     return model.eval(), meta

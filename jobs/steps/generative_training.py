@@ -31,23 +31,37 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-    """N next-item examples. histories[i]: (n_i, depth) SID codes, oldest first."""
+    """N next-item examples. histories[i]: (n_i, w) SID codes of the items the sequence shows, oldest first."""
 
     histories: list[np.ndarray]
     prompts: list[list[str]] | None  # None: no prompt tokens
     users: np.ndarray | None  # (N, U) float32 user embeddings for the soft token; None: no soft token
     targets: np.ndarray | None  # (N, depth) SID codes; None at inference
+    consumed: list[np.ndarray] | None = None  # (m_i, depth) full SIDs of everything consumed before the target
 
     def __len__(self) -> int:
         return len(self.histories)
 
     def rows(self, index: np.ndarray) -> Examples:
-        return Examples([self.histories[i] for i in index], None if self.prompts is None else [self.prompts[i] for i in index],
-                        None if self.users is None else self.users[index], None if self.targets is None else self.targets[index])
+        pick = lambda values: None if values is None else [values[i] for i in index]  # noqa: E731
+        return Examples(pick(self.histories), pick(self.prompts), None if self.users is None else self.users[index],
+                        None if self.targets is None else self.targets[index], pick(self.consumed))
 
     def without(self, soft: bool, prompt: bool) -> Examples:
         """The same examples with the soft token and/or the prompt switched off (ablation)."""
-        return Examples(self.histories, self.prompts if prompt else None, self.users if soft else None, self.targets)
+        return dataclasses.replace(self, prompts=self.prompts if prompt else None, users=self.users if soft else None)
+
+    def consumed_last(self, vocab: SidVocabulary) -> torch.Tensor | None:
+        """(N, last level size) bool: last-level codes that, after the target's own prefix, name an
+        item consumed before (what the model's history bias applies to); None without `consumed`."""
+        if self.consumed is None or self.targets is None:
+            return None
+        out = np.zeros((len(self), vocab.level_sizes[-1]), dtype=bool)
+        for i, (before, target) in enumerate(zip(self.consumed, self.targets)):
+            before = np.asarray(before, dtype=np.int64).reshape(-1, vocab.depth)
+            same_prefix = (before[:, :-1] == target[:-1]).all(1)
+            out[i, before[same_prefix, -1]] = True
+        return torch.from_numpy(out)
 
     def tensors(self, vocab: SidVocabulary, with_targets: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         ids, mask = build_sequences(vocab, self.histories, self.prompts, self.users is not None,
@@ -91,8 +105,10 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids, mask, users = examples.rows(batch).tensors(model.vocab, with_targets=True)
-            loss = model.target_loss(ids, mask, users)
+            rows = examples.rows(batch)
+            ids, mask, users = rows.tensors(model.vocab, with_targets=True)
+            consumed = rows.consumed_last(model.vocab) if model.history_bias is not None else None
+            loss = model.target_loss(ids, mask, users, consumed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,16 +130,19 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
             "stop_reason": "time_budget" if out_of_time else "max_steps" if stopped_by_steps else "max_epochs"}
 
 def generate(model: GenerativeRecommender, examples: Examples, trie: TrieTables, beams: int,
-             batch_size: int = 64, exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             batch_size: int = 64, exclude: list[np.ndarray] | None = None,
+             history: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Constrained beam search for every example: item rows (N, beams) into the trie (-1 = none) and scores.
-    exclude: per example, trie rows masked inside the search (e.g. the user's consumed items)."""
+    exclude: per example, trie rows masked inside the search (e.g. the user's consumed items);
+    history: per example, the trie rows the user consumed, for the model's learned history bias."""
     model.eval()
     rows, scores = [], []
     for start in range(0, len(examples), batch_size):
         batch = np.arange(start, min(start + batch_size, len(examples)))
         ids, mask, users = examples.rows(batch).tensors(model.vocab, False)
         items, score = constrained_beam_search(model, ids, mask, users, trie, beams,
-                                               exclude=None if exclude is None else [exclude[i] for i in batch])
+                                               exclude=None if exclude is None else [exclude[i] for i in batch],
+                                               history=None if history is None else [history[i] for i in batch])
         rows.append(items.numpy())
         scores.append(score.numpy())
     return np.concatenate(rows), np.concatenate(scores)

@@ -6,6 +6,7 @@ import torch
 
 from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
 from models.generative import (
+    SID_EMBEDDING_NORM,
     SOFT,
     GenerativeRecommender,
     SidVocabulary,
@@ -14,6 +15,7 @@ from models.generative import (
     build_sequences,
     constrained_beam_search,
     pretrained_lm,
+    sid_token_vectors,
     tiny_llama,
 )
 from models.reranking import Candidate, RerankRules, rerank
@@ -145,6 +147,120 @@ def test_soft_token_changes_the_output_and_gradients_reach_the_projector(one_tor
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
     with pytest.raises(ValueError, match="SOFT"):
         GenerativeRecommender(model.lm, vocab, 0)(ids, mask, None)
+
+
+def test_the_soft_token_sits_right_before_the_target_and_older_models_keep_it_after_bos():
+    tokens = catalog(6)
+    for soft_last in (True, False):
+        vocab = SidVocabulary(("a",), LEVELS, soft_last=soft_last)
+        ids, mask = build_sequences(vocab, [tokens[:2], tokens[2:3]], [["a"], []], True, targets=tokens[:2])
+        for row, real in zip(ids, mask):
+            row = row[real.astype(bool)].tolist()
+            soft_at = row.index(vocab.special(SOFT))
+            assert soft_at == (len(row) - len(LEVELS) - 1 if soft_last else 1)
+            assert row.count(vocab.special(SOFT)) == 1
+
+
+def test_a_saved_model_keeps_its_sequence_layout_and_history_bias(tmp_path, one_torch_thread):
+    from jobs.steps.generative_data import load_model, save_model
+
+    for soft_last in (True, False):
+        vocab = SidVocabulary(("a",), LEVELS, soft_last=soft_last)
+        model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, 4, history_bias=soft_last)
+        if soft_last:
+            model.history_bias.data.fill_(-3.0)
+        save_model(tmp_path / str(soft_last), model, {"user_dim": 4})
+        loaded = load_model(tmp_path / str(soft_last))[0]
+        assert loaded.vocab.soft_last is soft_last
+        assert (loaded.history_bias is None if not soft_last else float(loaded.history_bias) == -3.0)
+    meta = tmp_path / "True" / "meta.json"  # a model saved before the field existed
+    meta.write_text(meta.read_text().replace('"soft_last": true', '"unrelated": 0'))
+    assert load_model(tmp_path / "True")[0].vocab.soft_last is False
+
+
+def test_the_history_bias_is_added_to_consumed_completions_of_the_targets_prefix_in_the_loss(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, history_bias=True)
+    with torch.no_grad():
+        model.history_bias.fill_(2.5)
+    target = tokens[5]
+    siblings = [t for t in tokens if (t[:-1] == target[:-1]).all() and t[-1] != target[-1]]
+    others = [t for t in tokens if t[0] != target[0]][:2]
+    examples = Examples([tokens[:3]], None, None, target[None], [np.array(siblings + others + [target])])
+    consumed = examples.consumed_last(vocab)[0]
+    assert sorted(np.flatnonzero(consumed.numpy())) == sorted([int(t[-1]) for t in siblings] + [int(target[-1])])
+    ids, mask, _ = examples.tensors(vocab, with_targets=True)
+    loss = model.target_loss(ids, mask, None, consumed[None])
+    logits = model(ids, mask).logits[:, -len(LEVELS) - 1:-1].float()
+    start = vocab.level_start(len(LEVELS) - 1)
+    logits[0, -1, start:start + LEVELS[-1]] += 2.5 * consumed.float()
+    expected = torch.nn.functional.cross_entropy(logits[0], ids[0, -len(LEVELS):])
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.history_bias.grad is not None and model.history_bias.grad != 0
+
+
+def test_the_history_bias_moves_consumed_items_in_the_beam_only_when_the_history_is_given(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, history_bias=True).eval()
+    ids, mask, _ = inputs(vocab, tokens, rows=2)
+    trie = TrieTables(tokens, LEVELS)
+    plain, _ = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens))
+    consumed = [plain[0, -3:].numpy(), plain[1, :2].numpy()]  # row 0: its three worst; row 1: its two best
+    for bias in (30.0, -30.0):
+        with torch.no_grad():
+            model.history_bias.fill_(bias)
+        items, _ = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens), history=consumed)
+        for row, c in zip(items.numpy(), consumed):
+            assert sorted(row) == list(range(len(tokens)))  # nothing masked: every item still returned
+            top, bottom = set(row[:len(c)]), set(row[-len(c):])
+            assert (top if bias > 0 else bottom) == set(c)
+        same, _ = constrained_beam_search(model, ids, mask, None, trie, beams=len(tokens))
+        torch.testing.assert_close(same, plain)
+
+
+def test_a_history_bias_learns_that_users_never_take_an_item_twice(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(20)
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, len(tokens), 200)
+    # each user consumed the target's siblings (same prefix, another last code) and never the target
+    consumed = [np.array([t for t in tokens if (t[:-1] == tokens[i][:-1]).all() and t[-1] != tokens[i][-1]]
+                         ).reshape(-1, len(LEVELS)) for i in targets]
+    examples = Examples([tokens[rng.integers(0, len(tokens), 3)] for _ in targets], None, None, tokens[targets], consumed)
+    model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, history_bias=True)
+    fit(model, examples, FitConfig(minutes=1.0, max_epochs=20, lr=3e-2, batch_size=50, warmup_steps=2, threads=1))
+    assert float(model.history_bias) < -1.0
+
+
+def test_sid_token_vectors_are_the_residuals_each_level_adds_to_its_items():
+    rng = np.random.default_rng(0)
+    tokens = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [1, 2]])
+    vectors = rng.normal(size=(5, 6))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    first, second = sid_token_vectors(tokens, vectors, (3, 3))
+    np.testing.assert_allclose(first[0], unit[:2].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(first[1], unit[2:].mean(0), rtol=1e-5)
+    assert not first[2].any()  # a code no item has
+    prefix = np.where(tokens[:, :1] == 0, first[0], first[1])
+    np.testing.assert_allclose(second[2], (unit[4] - prefix[4]), rtol=1e-5)  # code 2 only under prefix 1
+    np.testing.assert_allclose(second[0], (unit[[0, 2]] - prefix[[0, 2]]).mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_sid_embeddings_start_along_their_items_and_leave_other_tokens_alone(one_torch_thread):
+    vocab, tokens = SidVocabulary(("a",), LEVELS), catalog(15)
+    model = model_for(vocab)
+    before = model.lm.get_input_embeddings().weight.detach().clone()
+    levels = sid_token_vectors(tokens, np.random.default_rng(1).normal(size=(len(tokens), TINY.hidden)), LEVELS)
+    model.init_sid_embeddings(levels)
+    table = model.lm.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(table[:vocab.sid_start], before[:vocab.sid_start])
+    for level, vectors in enumerate(levels):
+        rows = table[vocab.level_start(level):vocab.level_start(level) + LEVELS[level]]
+        used = torch.from_numpy(np.abs(vectors).sum(1) > 0)
+        cosine = torch.nn.functional.cosine_similarity(rows[used], torch.from_numpy(vectors)[used])
+        torch.testing.assert_close(cosine, torch.ones_like(cosine))
+        assert rows[used].norm(dim=1).mean() == pytest.approx(SID_EMBEDDING_NORM, rel=1e-4)
+    assert model.lm.lm_head.weight.data_ptr() == model.lm.get_input_embeddings().weight.data_ptr()  # tied: scores too
 
 
 def test_pretrained_model_from_a_local_directory_gets_the_sid_vocabulary(tmp_path, one_torch_thread):
