@@ -193,6 +193,9 @@ def generative(
     hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
     layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
     model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
+    titles: Annotated[bool, typer.Option(help="Code items by their titles where movies.dat is beside the data; "
+                                              "--no-titles codes them with the factory's quantiser over the "
+                                              "encoder's item vectors, as on data without text.")] = True,
     history_bias: Annotated[bool, typer.Option(help="Learn one logit for the last SID token of items the user consumed "
                                                     "before (whether users take an item again), in training and in "
                                                     "the beam.")] = True,
@@ -211,7 +214,7 @@ def generative(
         history=history, targets_per_user=targets_per_user, train_user_share=train_user_share, eval_users=eval_users,
         beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers, intermediate=4 * hidden), model_dir=model_dir,
         out=out, command=command, log_to_mlflow=mlflow, sids_file=sids, encoder_model=encoder_model,
-        history_bias=history_bias,
+        history_bias=history_bias, titles=titles,
     ), bench.render_markdown, out)
 
 

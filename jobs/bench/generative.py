@@ -5,8 +5,8 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
 1. The user encoder trains on everything but each user's last two items (jobs/steps/encoder_training.py's loop,
    in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
 2. Every item gets a SID (`item_sids`): published codes with `--sids FILE` (LETTER's index JSON),
-   else its title where the data's folder has movies.dat (MiniLM -> residual k-means, levels x
-   codes), else the factory's residual k-means over the encoder's item vectors (no item text, e.g.
+   else its title where the data's folder has movies.dat and not `--no-titles` (MiniLM -> residual
+   k-means, levels x codes), else the factory's residual k-means over the encoder's item vectors (no item text, e.g.
    Amazon Beauty); a de-duplication token makes every SID name one item. Title codes are cached
    under .state/bench_generative/.
 3. Examples: for a random `--train-user-share` of users, the last `--targets-per-user` items
@@ -16,11 +16,14 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    configurations are skipped). The projector never sees the other users: at test time it is
    applied to their embeddings as they are (no per-user training).
 4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
-   (history SIDs only), + soft token, + prompt, + both. Each is evaluated on every user's test item
-   (or a fixed random `--eval-users` subset): beam search constrained to valid SIDs (`--beams`)
-   with the user's consumed items masked inside the search (seen-filtered), HR@10, HR@30, NDCG@10;
-   beside it the same beam with consumed items dropped after decoding (the re-ranking rule), the
-   unmasked beam (unfiltered: TIGER's protocol) and the share of it spent on consumed items; and
+   (history SIDs only), + soft token, + prompt, + both. Every model starts its SID token embeddings
+   from the encoder's item vectors (`sid_token_vectors`) and, unless `--no-history-bias`, learns
+   one logit for the last token of items the user consumed before (models/generative.py).
+   Each is evaluated on every user's test item (or a fixed random `--eval-users` subset): beam
+   search constrained to valid SIDs (`--beams`) with the user's consumed items masked inside the
+   search (seen-filtered), HR@10, HR@30, NDCG@10; beside it the same beam with consumed items
+   dropped after decoding (the re-ranking rule), the unmasked beam (unfiltered: TIGER's protocol;
+   the learned history bias is the model's own) and the share of it spent on consumed items; and
    greedy decoding (beam 1). Reference: the encoder's dot-product ranking of all items for the
    same users, seen-filtered and unfiltered (plus its learned history bias where the encoder has
    one: `factory bench encoder`'s defaults for short histories, e.g. Beauty).
@@ -99,11 +102,11 @@ def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_
 
 
 def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path, sids_file: Path | None,
-              encoder) -> tuple[np.ndarray, str]:
+              encoder, titles: bool = True) -> tuple[np.ndarray, str]:
     """((num_items + 1, depth) SID codes by SASRec item id, row 0 unused; where they come from):
     published codes (`sids_file`, LETTER/TIGER index JSON), else MovieLens titles (MiniLM + residual
-    k-means) where the folder has movies.dat, else the factory's quantiser over the encoder's item
-    vectors (a dataset without item text, e.g. Amazon Beauty)."""
+    k-means) where the folder has movies.dat and `titles`, else the factory's quantiser over the
+    encoder's item vectors (a dataset without item text, e.g. Amazon Beauty)."""
     zero = lambda depth: np.zeros((1, depth), np.int64)  # noqa: E731
     if sids_file is not None:
         from jobs.bench.sid_items import index_codes
@@ -111,7 +114,7 @@ def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: 
         codes = index_codes(sids_file, num_items)[0]
         published = np.hstack([codes, dedup_tokens(codes)[:, None]])  # every SID names one item
         return np.vstack([zero(published.shape[1]), published]), f"{PUBLISHED_SIDS} {sids_file}"
-    if (folder / "movies.dat").is_file():
+    if titles and (folder / "movies.dat").is_file():
         return movielens_sids(folder, num_items, levels, codes, cache_dir), "MiniLM titles + residual k-means"
     from jobs.bench.sid import codes_for
 
@@ -236,7 +239,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
                   log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "",
-                  history_bias: bool = True) -> dict:
+                  history_bias: bool = True, titles: bool = True) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -245,7 +248,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
         user_ids = np.unique(pd.read_csv(data, sep=r"\s+", header=None, usecols=[0], dtype=np.int64)[0].to_numpy())
         ab, train_users, evaluated = _prepare(cfg, data, dataset, user_ids, encoder_minutes, levels, codes, history,
                                               targets_per_user, train_user_share, eval_users, cache_dir, phases, sids_file,
-                                              encoder_model)
+                                              encoder_model, titles)
         if not ab.has_prompts:  # no users.dat: nothing to say in a prompt
             configs = tuple(name for name in configs if not CONFIGS[name][1])
         results = {}
@@ -320,8 +323,8 @@ def registered_encoder(cfg, uri: str, dataset):
 
 def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: float, levels: int, codes: int,
              history: int, targets_per_user: int, train_user_share: float, eval_users: int, cache_dir: Path,
-             phases: dict, sids_file: Path | None = None,
-             encoder_model: str = "") -> tuple[Ablation, np.ndarray, np.ndarray]:
+             phases: dict, sids_file: Path | None = None, encoder_model: str = "",
+             titles: bool = True) -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
     max_len, folder, regime = 200, data.parent, regime_for(dataset)
     training, test = leave_one_out(dataset, max_len, regime.all_windows)
@@ -343,7 +346,7 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
     t = time.perf_counter()
-    sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder)
+    sids, sid_source = item_sids(folder, dataset.num_items, levels, codes, cache_dir, sids_file, encoder, titles)
     phases["semantic_ids"] = time.perf_counter() - t
     level_sizes = tuple(int(size) for size in sids[1:].max(0) + 1)
     has_users = (folder / "users.dat").is_file() and (folder / "user_map.csv").is_file()
@@ -398,10 +401,12 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
     t = time.perf_counter()
     ev = evaluate(model, ab.test_examples.without(soft, prompt), ab.trie, ab.sids, ab.seen, ab.targets, beams, ab.unseen_user)
     eval_seconds = time.perf_counter() - t
-    log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f (greedy HR@1 %.4f), loss %.3f, %d steps, %.1f+%.1f min",
-                name, seed, ev[f"beam{beams}"]["hr10"], ev[f"beam{beams}"]["hr30"], ev[f"beam{beams}"]["ndcg10"],
-                ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"], fit_seconds / 60, eval_seconds / 60)
-    learned = {} if model.history_bias is None else {"learned_history_bias": float(model.history_bias)}
+    beam, unfiltered = ev[f"beam{beams}"], ev[f"beam{beams}_consumed_kept"]
+    log.warning("%s seed %d: beam HR@10 %.4f HR@30 %.4f NDCG@10 %.4f, unfiltered HR@10 %.4f NDCG@10 %.4f (greedy HR@1 "
+                "%.4f), loss %.3f, %d steps, %.1f+%.1f min", name, seed, beam["hr10"], beam["hr30"], beam["ndcg10"],
+                unfiltered["hr10"], unfiltered["ndcg10"], ev["greedy"]["hr1"], fitted["history"][-1]["loss"], fitted["steps"],
+                fit_seconds / 60, eval_seconds / 60)
+    learned = {} if model.history_bias is None else {"learned_history_bias": float(model.history_bias.detach())}
     return {"seed": seed, "fit": fitted, "fit_seconds": fit_seconds, "eval_seconds": eval_seconds, **learned,
             "eval": ev, "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -469,25 +474,29 @@ def _log_mlflow(cfg, result: dict) -> None:
 
 def render_markdown(result: dict) -> str:
     beams = result["settings"]["beams"]
-    lines = ["| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | HR@10 masked after decoding | consumed share of "
-             "the raw beam | greedy HR@1 | unseen users HR@10 | talk HR@30 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | HR@10 | HR@30 | NDCG@10 | HR@1 (beam) | HR@10 masked after decoding | unfiltered HR@10 | "
+             "unfiltered NDCG@10 | consumed share of the raw beam | greedy HR@1 | unseen users HR@10 | talk HR@30 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cell = lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}" if m else "–"  # noqa: E731
     for name, r in result["results"].items():
         s = r["summary"]
         b, g, u = s[f"beam{beams}"], s["greedy"], s.get("unseen_users", {})
-        after, share = s.get(f"beam{beams}_masked_after_decoding"), s.get("beam_consumed_share")
-        cell = lambda m: f"{m['mean']:.4f} ± {m['std']:.4f}"  # noqa: E731
+        after, share = s.get(f"beam{beams}_masked_after_decoding", {}), s.get("beam_consumed_share", {})
+        raw = s.get(f"beam{beams}_consumed_kept", {})
         lines.append(f"| {name} | {cell(b['hr10'])} | {cell(b['hr30'])} | {cell(b['ndcg10'])} | {cell(b['hr1'])} | "
-                     f"{cell(after['hr10']) if after else '–'} | {cell(share['raw']) if share else '–'} | "
-                     f"{cell(g['hr1'])} | {cell(u['hr10']) if u else '–'} | "
+                     f"{cell(after.get('hr10'))} | {cell(raw.get('hr10'))} | {cell(raw.get('ndcg10'))} | "
+                     f"{cell(share.get('raw'))} | {cell(g['hr1'])} | {cell(u.get('hr10'))} | "
                      f"{format(result['talk_hr30'][name], '.2%') if name in result['talk_hr30'] else '–'} |")
     ref = result["reference_encoder"]
     lines.append(f"| encoder dot product (reference) | {ref['hr10']:.4f} | {ref['hr30']:.4f} | {ref['ndcg10']:.4f} | "
-                 f"{ref['hr1']:.4f} | – | – | – | {ref['unseen_users_hr10']:.4f} | – |")
-    lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached):"]
+                 f"{ref['hr1']:.4f} | – | {ref.get('unfiltered_hr10', float('nan')):.4f} | "
+                 f"{ref.get('unfiltered_ndcg10', float('nan')):.4f} | – | – | {ref['unseen_users_hr10']:.4f} | – |")
+    lines += ["", "Per seed (beam HR@10 / HR@30 / NDCG@10, optimiser steps reached, learned history bias):"]
     for name, r in result["results"].items():
-        per_seed = [(run["seed"], run["eval"][f"beam{beams}"], run["fit"]["steps"]) for run in r["runs"]]
-        lines.append(f"- {name}: " + "; ".join(f"seed {seed}: {b['hr10']:.4f} / {b['hr30']:.4f} / {b['ndcg10']:.4f} "
-                                               f"({steps} steps)" for seed, b, steps in per_seed))
+        lines.append(f"- {name}: " + "; ".join(
+            f"seed {run['seed']}: {run['eval'][f'beam{beams}']['hr10']:.4f} / {run['eval'][f'beam{beams}']['hr30']:.4f} / "
+            f"{run['eval'][f'beam{beams}']['ndcg10']:.4f} ({run['fit']['steps']} steps"
+            + (f", bias {run['learned_history_bias']:.2f})" if "learned_history_bias" in run else ")") for run in r["runs"]))
     w, load = result["wall_seconds"], result["load"]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in w.items()) + ".",
               f"Load (1 min) mean {load['load1_mean']:.2f}, min {load['load1_min']:.2f}, max {load['load1_max']:.2f} "
