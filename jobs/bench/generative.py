@@ -281,7 +281,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                      "sid_embeddings": "started from the encoder's item vectors (sid_token_vectors)",
                      "history_tokens": "levels codes per item (no dedup token)",
                      "fit": f"AdamW, lr warmup 20 steps then cosine over the time budget, batch {batch_size}, "
-                            "2 torch threads per run"},
+                            f"2 torch threads per run; the history bias at {FitConfig.history_bias_lr_scale:g}x the lr"},
         "reference_encoder": ab.reference, "results": results,
         "talk_hr30": TALK_HR30 if ab.has_prompts else {},  # the talk's numbers are MovieLens-1M's
         "machine": machine(), "load": load.summary(),
