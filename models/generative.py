@@ -257,11 +257,15 @@ class GenerativeRecommender(nn.Module):
         depth = self.vocab.depth
         logits = self(input_ids, attention_mask, users, logits_to_keep=depth + 1).logits[:, :-1].float()  # (B, depth, V)
         if self.history_bias is not None and consumed_last is not None:
-            start = self.vocab.level_start(depth - 1)
-            bias = torch.zeros_like(logits[:, -1])
-            bias[:, start:start + consumed_last.shape[1]] = consumed_last.to(bias.dtype) * self.history_bias
-            logits = torch.cat([logits[:, :-1], (logits[:, -1] + bias)[:, None]], 1)
+            logits = torch.cat([logits[:, :-1], self.with_history_bias(logits[:, -1], consumed_last)[:, None]], 1)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -depth:].reshape(-1))
+
+    def with_history_bias(self, logits: torch.Tensor, consumed_last: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits of the last SID level with the history bias added where consumed_last (N,
+        last level size) is True: one place for the loss and the beam."""
+        start, size = self.vocab.level_start(self.vocab.depth - 1), self.vocab.level_sizes[-1]
+        biased = logits[:, start:start + size] + consumed_last.to(logits.dtype) * self.history_bias
+        return torch.cat([logits[:, :start], biased, logits[:, start + size:]], 1)
 
 
 class TrieTables:
@@ -349,8 +353,7 @@ def constrained_beam_search(model: GenerativeRecommender, input_ids: torch.Tenso
         owner = torch.arange(B).repeat_interleave(node.shape[1])[:, None]  # (B*K, 1) the beam's row
         logits = logits.float()
         if consumed is not None and d + 1 == trie.depth:  # leaves are item rows: bias the consumed ones
-            leaf_bias = (consumed[owner, child.clamp(min=0)] & (child >= 0)).float() * model.history_bias
-            logits = torch.cat([logits[:, :start], logits[:, start:start + size] + leaf_bias, logits[:, start + size:]], 1)
+            logits = model.with_history_bias(logits, consumed[owner, child.clamp(min=0)] & (child >= 0))
         logp = F.log_softmax(logits, dim=-1)[:, start:start + size]  # (B*K, size)
         closed = ~trie.allowed[d][node.reshape(-1)]  # (B*K, size)
         if blocked is not None:
