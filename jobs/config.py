@@ -340,6 +340,9 @@ class GenerativeConfig:
     batch_size: int = 128
     soft_token: bool = True
     prompt: bool = True
+    # Learn one logit for the last SID token of items the user consumed before (models/generative.py),
+    # as the benchmark's generator does (docs/benchmarks.md, "Amazon Beauty with the factory's own SIDs").
+    history_bias: bool = True
     beams: int = 30
     # Re-ranking (models/reranking.py): at most this many episodes in a list (-1 = no quota), at most
     # max_per_prefix items sharing their first prefix_len SID tokens (0 = no cap).

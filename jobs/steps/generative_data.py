@@ -21,7 +21,7 @@ from jobs.config import FactoryConfig
 from jobs.days import day_bounds_ms, shift
 from jobs.errors import FactoryError
 from jobs.lakehouse import delta
-from jobs.lakehouse.tables import ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+from jobs.lakehouse.tables import ITEM_EMBEDDINGS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
 from jobs.steps.generative_training import Examples
 from jobs.steps.profile_edits import edits_in_force
 from jobs.steps.sid_lookup import SidLookup, load_lookup
@@ -31,6 +31,7 @@ from models.generative import (
     TinyLlamaConfig,
     TrieTables,
     pretrained_lm,
+    sid_token_vectors,
     tiny_llama,
 )
 
@@ -109,26 +110,40 @@ def edit_prompts(cfg: FactoryConfig, ds: str, items) -> tuple[tuple[str, ...], d
 
 
 def training_examples(day: DayData, ds: str, history: int, per_user: int, users: list[str], soft: bool):
-    """(histories, prompts, user vectors or None, targets) for the plays of ds by `users`."""
+    """(histories, prompts, user vectors or None, targets, consumed SIDs) for the plays of ds by `users`."""
     start, _ = day_bounds_ms(ds)
     yesterday = day.embeddings.get(shift(ds, -1), {})
-    histories, prompts, vectors, targets = [], [], [], []
+    histories, prompts, vectors, targets, consumed = [], [], [], [], []
     for user in users:
         items, ts = day.sequences[user]
         if soft and user not in yesterday:
             continue  # a new user has no embedding of yesterday: the soft token would be made up
+        sids = [day.sid(i) for i in items]
         on_day = [t for t in np.flatnonzero(ts >= start) if t > 0][-per_user:]
         for t in on_day:
-            target, before = day.sid(items[t]), [day.sid(i) for i in items[max(0, t - history):t]]
+            target, before = sids[t], sids[max(0, t - history):t]
             if target is None or any(b is None for b in before):
                 continue  # an item without a SID (none yet in this codebook) cannot be generated
             histories.append(np.array([b[:-1] for b in before]).reshape(-1, len(target) - 1))
             prompts.append(day.prompt(items[:t], user_id=user))
             vectors.append(yesterday[user] if soft else None)
             targets.append(target)
+            consumed.append(np.array([s for s in sids[:t] if s is not None]).reshape(-1, len(target)))  # history bias
     dim = len(next(iter(yesterday.values()))) if yesterday else 0
     return Examples(histories, prompts, np.array(vectors, np.float32).reshape(-1, dim) if soft else None,
-                    np.array(targets, np.int64).reshape(len(targets), -1))
+                    np.array(targets, np.int64).reshape(len(targets), -1), consumed)
+
+
+def sid_start_vectors(cfg: FactoryConfig, day: DayData, ds: str) -> list[np.ndarray] | None:
+    """Per SID level, where the SID token embeddings start (models.generative.sid_token_vectors): the
+    item vectors of ds-1, the space of the soft token the model trains with; None when that day has none."""
+    table = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": shift(ds, -1)}, columns=["item_id", "embedding"])
+    vectors = dict(zip(table.column("item_id").to_pylist(), table.column("embedding").to_pylist()))
+    rows = [r for r, item in enumerate(day.lookup.item_ids) if item in vectors]
+    if not rows:
+        return None
+    return sid_token_vectors(day.lookup.tokens[rows], np.array([vectors[day.lookup.item_ids[r]] for r in rows], np.float32),
+                             day.vocabulary().level_sizes)
 
 
 def save_model(folder: Path, model: GenerativeRecommender, meta: dict) -> None:
@@ -229,7 +244,7 @@ def new_model(cfg: FactoryConfig, vocab: SidVocabulary, user_dim: int) -> Genera
     else:
         lm = tiny_llama(vocab, TinyLlamaConfig(hidden=g.hidden, layers=g.layers, heads=g.heads,
                                                intermediate=4 * g.hidden), g.seed)
-    return GenerativeRecommender(lm, vocab, user_dim)
+    return GenerativeRecommender(lm, vocab, user_dim, history_bias=g.history_bias)
 
 
 def trie_of(day: DayData, vocab: SidVocabulary) -> TrieTables:

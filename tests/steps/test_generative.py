@@ -334,7 +334,14 @@ def tiny_lake(tmp_path, enabled: bool):
     from jobs.config import load_config
     from jobs.days import day_bounds_ms, shift
     from jobs.lakehouse import delta
-    from jobs.lakehouse.tables import ITEM_TOKENS, ITEM_VOCAB, ITEMS, USER_EMBEDDINGS, USER_SEQUENCES
+    from jobs.lakehouse.tables import (
+        ITEM_EMBEDDINGS,
+        ITEM_TOKENS,
+        ITEM_VOCAB,
+        ITEMS,
+        USER_EMBEDDINGS,
+        USER_SEQUENCES,
+    )
 
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "generative.enabled": str(enabled).lower(),
                                  "generative.minutes": "0.05", "generative.hidden": "32", "generative.layers": "1",
@@ -360,6 +367,10 @@ def tiny_lake(tmp_path, enabled: bool):
         vectors = [{"user_id": f"u_{u:03d}", "embedding": rng.normal(size=8).astype(np.float32).tolist(),
                     "model_version": "1", "ds": day} for u in range(30)]
         delta.replace_partition(cfg, USER_EMBEDDINGS, pa.Table.from_pylist(vectors, schema=USER_EMBEDDINGS.schema), {"ds": day})
+    item_vectors = [{"item_id": it, "item_idx": i + 1, "embedding": rng.normal(size=8).astype(np.float32).tolist(),
+                     "model_version": "1", "vector_source": "encoder", "ds": shift(DS, -1)} for i, it in enumerate(items)]
+    delta.replace_partition(cfg, ITEM_EMBEDDINGS, pa.Table.from_pylist(item_vectors, schema=ITEM_EMBEDDINGS.schema),
+                            {"ds": shift(DS, -1)})
     return cfg
 
 
@@ -384,6 +395,7 @@ def test_generative_step_trains_logs_and_recommend_explains_each_item(tmp_path, 
     cfg = tiny_lake(tmp_path, enabled=True)
     result = generative.run(DS, cfg)
     assert result.metrics["enabled"] == 1.0 and result.metrics["examples"] > 0 and result.params["soft_token"] == "True"
+    assert result.params["sid_embeddings"] == "item_embeddings of ds-1" and result.params["history_bias"] != "None"
     answer = recommend(cfg, "u_001", k=3)
     kept = [d for d in answer["decisions"] if d["kept"]]
     assert 0 < len(kept) <= 3 and answer["soft_token"]
@@ -403,3 +415,26 @@ def test_fit_stops_at_the_step_budget(one_torch_thread):
     examples = Examples([tokens[:2]] * 40, None, None, tokens[np.arange(40) % len(tokens)])
     fitted = fit(model_for(vocab), examples, FitConfig(minutes=1.0, max_steps=3, batch_size=8, threads=1))
     assert fitted["steps"] == 3 and fitted["stop_reason"] == "max_steps"
+
+
+def test_daily_examples_carry_what_was_consumed_and_sid_embeddings_start_from_yesterdays_item_vectors(tmp_path):
+    from jobs.days import shift
+    from jobs.lakehouse import delta
+    from jobs.lakehouse.tables import ITEM_EMBEDDINGS
+    from jobs.steps import generative_data as day_data
+
+    cfg = tiny_lake(tmp_path, enabled=True)
+    day = day_data.load_day(cfg, DS)
+    examples = day_data.training_examples(day, DS, 20, 8, ["u_000"], soft=True)
+    items, _ = day.sequences["u_000"]
+    assert len(examples) > 0
+    for target, before in zip(examples.targets, examples.consumed):  # every play before the target, full SIDs
+        t = [day.sid(i).tolist() for i in items].index(target.tolist())
+        assert t > 0 and before.tolist() == [day.sid(i).tolist() for i in items[:t]]
+    table = delta.read(cfg, ITEM_EMBEDDINGS, where={"ds": shift(DS, -1)}, columns=["item_id", "embedding"])
+    vectors = dict(zip(table.column("item_id").to_pylist(), table.column("embedding").to_pylist()))
+    expected = sid_token_vectors(day.lookup.tokens, np.array([vectors[i] for i in day.lookup.item_ids], np.float32),
+                                 day.vocabulary().level_sizes)
+    got = day_data.sid_start_vectors(cfg, day, DS)
+    assert [g.shape for g in got] == [e.shape for e in expected] and all(np.allclose(g, e) for g, e in zip(got, expected))
+    assert day_data.sid_start_vectors(cfg, day, shift(DS, -1)) is None  # no item vectors the day before: random start
