@@ -193,9 +193,10 @@ def generative(
     hidden: Annotated[int, typer.Option(help="Hidden size of the tiny Llama (MLP 4x).")] = 64,
     layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
     model_dir: Annotated[str, typer.Option(help="Fine-tune a pretrained causal LM from this local directory instead.")] = "",
-    titles: Annotated[bool, typer.Option(help="Code items by their titles where movies.dat is beside the data; "
-                                              "--no-titles codes them with the factory's quantiser over the "
-                                              "encoder's item vectors, as on data without text.")] = True,
+    titles: Annotated[bool, typer.Option(help="Code items by their titles where movies.dat is beside the data "
+                                              "(MiniLM + residual k-means) instead of the default: the factory's "
+                                              "quantiser over the encoder's item vectors (better on ML-1M "
+                                              "validation: docs/benchmarks.md).")] = False,
     history_bias: Annotated[bool, typer.Option(help="Learn one logit for the last SID token of items the user consumed "
                                                     "before (whether users take an item again), in training and in "
                                                     "the beam.")] = True,

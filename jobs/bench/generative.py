@@ -5,10 +5,11 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
 1. The user encoder trains on everything but each user's last two items (jobs/steps/encoder_training.py's loop,
    in process, `--encoder-minutes` of training clock, selection on validation = second-to-last).
 2. Every item gets a SID (`item_sids`): published codes with `--sids FILE` (LETTER's index JSON),
-   else its title where the data's folder has movies.dat and not `--no-titles` (MiniLM -> residual
-   k-means, levels x codes), else the factory's residual k-means over the encoder's item vectors (no item text, e.g.
-   Amazon Beauty); a de-duplication token makes every SID name one item. Title codes are cached
-   under .state/bench_generative/.
+   else its title with `--titles` where the data's folder has movies.dat (MiniLM -> residual
+   k-means, levels x codes), else (the default) the factory's residual k-means over the encoder's
+   item vectors (chosen on ML-1M validation over titles; the only choice on data without item
+   text, e.g. Amazon Beauty); a de-duplication token makes every SID name one item. Title codes are
+   cached under .state/bench_generative/.
 3. Examples: for a random `--train-user-share` of users, the last `--targets-per-user` items
    before the test item are targets; history = the `--history` items before each target (as SIDs),
    soft token = the encoder's embedding of the whole history before the target, prompt = users.dat
@@ -102,7 +103,7 @@ def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_
 
 
 def item_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path, sids_file: Path | None,
-              encoder, titles: bool = True) -> tuple[np.ndarray, str]:
+              encoder, titles: bool = False) -> tuple[np.ndarray, str]:
     """((num_items + 1, depth) SID codes by SASRec item id, row 0 unused; where they come from):
     published codes (`sids_file`, LETTER/TIGER index JSON), else MovieLens titles (MiniLM + residual
     k-means) where the folder has movies.dat and `titles`, else the factory's quantiser over the
@@ -239,7 +240,7 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
                   log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "",
-                  history_bias: bool = True, titles: bool = True) -> dict:
+                  history_bias: bool = True, titles: bool = False) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -324,7 +325,7 @@ def registered_encoder(cfg, uri: str, dataset):
 def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: float, levels: int, codes: int,
              history: int, targets_per_user: int, train_user_share: float, eval_users: int, cache_dir: Path,
              phases: dict, sids_file: Path | None = None, encoder_model: str = "",
-             titles: bool = True) -> tuple[Ablation, np.ndarray, np.ndarray]:
+             titles: bool = False) -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
     max_len, folder, regime = 200, data.parent, regime_for(dataset)
     training, test = leave_one_out(dataset, max_len, regime.all_windows)

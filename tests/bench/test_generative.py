@@ -112,3 +112,18 @@ def test_the_tiger_bar_is_judged_only_with_the_factorys_own_sids_on_every_beauty
     assert rows["generative Recall@10"]["value"] == 0.066
     assert rows["generative Recall@10"]["met"] is (True if judged else None)
     assert rows["generative NDCG@10"]["met"] is (True if judged else None)
+
+
+def test_items_are_coded_by_the_encoders_vectors_unless_titles_are_asked_for(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "movies.dat").write_text("1::A (1999)::Drama\n")  # titles beside the data do not change the default
+
+    class Encoder:
+        def item_embeddings(self):
+            return torch.from_numpy(np.random.default_rng(0).normal(size=(41, 8)).astype(np.float32))
+
+    codes, source = generative.item_sids(tmp_path, 40, 2, 4, tmp_path / "cache", None, Encoder())
+    assert source == "residual k-means over the encoder's item vectors" and codes.shape == (41, 3)
+    monkeypatch.setattr(generative, "movielens_sids", lambda *args: "coded by titles")
+    assert generative.item_sids(tmp_path, 40, 2, 4, tmp_path / "cache", None, Encoder(), titles=True)[0] == "coded by titles"
