@@ -197,6 +197,9 @@ def generative(
                                               "(MiniLM + residual k-means) instead of the default: the factory's "
                                               "quantiser over the encoder's item vectors (better on ML-1M "
                                               "validation: docs/benchmarks.md).")] = False,
+    configs: Annotated[str, typer.Option(help="Configurations to run, comma-separated (default: all four): baseline, "
+                                              "+ soft token, + prompt, + soft token + prompt; e.g. a steps curve of "
+                                              "one.")] = "",
     history_bias: Annotated[bool, typer.Option(help="Learn one logit for the last SID token of items the user consumed "
                                                     "before (whether users take an item again), in training and in "
                                                     "the beam.")] = True,
@@ -215,7 +218,7 @@ def generative(
         history=history, targets_per_user=targets_per_user, train_user_share=train_user_share, eval_users=eval_users,
         beams=beams, lm=TinyLlamaConfig(hidden=hidden, layers=layers, intermediate=4 * hidden), model_dir=model_dir,
         out=out, command=command, log_to_mlflow=mlflow, sids_file=sids, encoder_model=encoder_model,
-        history_bias=history_bias, titles=titles,
+        history_bias=history_bias, titles=titles, configs=bench.parse_configs(configs),
     ), bench.render_markdown, out)
 
 

@@ -17,8 +17,9 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    configurations are skipped). The projector never sees the other users: at test time it is
    applied to their embeddings as they are (no per-user training).
 4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
-   (history SIDs only), + soft token, + prompt, + both. Every model starts its SID token embeddings
-   from the encoder's item vectors (`sid_token_vectors`) and, unless `--no-history-bias`, learns
+   (history SIDs only), + soft token, + prompt, + both (`--configs` runs some of them). Every
+   model starts its SID token embeddings from the encoder's item vectors (`sid_token_vectors`)
+   and, unless `--no-history-bias`, learns
    one logit for the last token of items the user consumed before (models/generative.py).
    Each is evaluated on every user's test item (or a fixed random `--eval-users` subset): beam
    search constrained to valid SIDs (`--beams`) with the user's consumed items masked inside the
@@ -73,6 +74,15 @@ PUBLISHED_SIDS = "published codes from"  # how item_sids names SIDs read from --
 CONFIGS = {"baseline": (False, False), "+ soft token": (True, False), "+ prompt": (False, True),
            "+ soft token + prompt": (True, True)}
 TALK_HR30 = {"baseline": 0.1610, "+ soft token": 0.1646, "+ prompt": 0.1776, "+ soft token + prompt": 0.1830}
+
+
+def parse_configs(text: str) -> tuple[str, ...]:
+    """--configs: comma-separated configuration names ("" = all four, in the ablation's order)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown:
+        raise FactoryError(f"--configs: unknown configuration(s) {unknown}; choose from {', '.join(map(repr, CONFIGS))}.")
+    return tuple(name for name in CONFIGS if name in names) if names else tuple(CONFIGS)
 
 
 def movielens_sids(folder: Path, num_items: int, levels: int, codes: int, cache_dir: Path) -> np.ndarray:

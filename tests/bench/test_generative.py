@@ -127,3 +127,12 @@ def test_items_are_coded_by_the_encoders_vectors_unless_titles_are_asked_for(tmp
     assert source == "residual k-means over the encoder's item vectors" and codes.shape == (41, 3)
     monkeypatch.setattr(generative, "movielens_sids", lambda *args: "coded by titles")
     assert generative.item_sids(tmp_path, 40, 2, 4, tmp_path / "cache", None, Encoder(), titles=True)[0] == "coded by titles"
+
+
+def test_configs_option_picks_configurations_in_ablation_order_and_names_the_valid_ones_on_a_typo():
+    from jobs.errors import FactoryError
+
+    assert generative.parse_configs("") == tuple(generative.CONFIGS)
+    assert generative.parse_configs("+ soft token + prompt, baseline") == ("baseline", "+ soft token + prompt")
+    with pytest.raises(FactoryError, match="choose from 'baseline'"):
+        generative.parse_configs("soft token")
