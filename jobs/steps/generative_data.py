@@ -128,7 +128,7 @@ def training_examples(day: DayData, ds: str, history: int, per_user: int, users:
             prompts.append(day.prompt(items[:t], user_id=user))
             vectors.append(yesterday[user] if soft else None)
             targets.append(target)
-            consumed.append(np.array([s for s in sids[:t] if s is not None]).reshape(-1, len(target)))  # history bias
+            consumed.append(np.array([s for s in sids[:t] if s is not None], np.int16).reshape(-1, len(target)))  # codes < 2**15
     dim = len(next(iter(yesterday.values()))) if yesterday else 0
     return Examples(histories, prompts, np.array(vectors, np.float32).reshape(-1, dim) if soft else None,
                     np.array(targets, np.int64).reshape(len(targets), -1), consumed)
