@@ -194,6 +194,29 @@ def sid_token_vectors(tokens: np.ndarray, item_vectors: np.ndarray, level_sizes:
     return out
 
 
+def teacher_sid_targets(teacher_logits: torch.Tensor, item_codes: torch.Tensor,
+                        target_codes: torch.Tensor, level_sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """What a teacher's item scores say each SID token should be, under teacher forcing.
+
+    teacher_logits (B, N): a retrieval model's scores of the N items (-inf = not allowed, e.g.
+    consumed); item_codes (N, depth): their SIDs; target_codes (B, depth): the target's SID.
+    Returns per level d a (B, level_sizes[d]) distribution: the teacher's softmax over the items
+    that share the target's first d codes, summed by their code at level d (all zeros where the
+    teacher allows none of them). Beam search multiplies these conditionals back into the
+    teacher's item distribution, so a model that matches them ranks items as the teacher does:
+    distillation from the encoder's dot-product retrieval, with a dense signal per example where
+    the target alone gives one item.
+    """
+    p = torch.softmax(teacher_logits.float(), dim=-1)  # (B, N)
+    under = torch.ones_like(p, dtype=torch.bool)  # items sharing the target's prefix so far
+    out = []
+    for d, size in enumerate(level_sizes):
+        mass = torch.zeros(p.shape[0], size).index_add_(1, item_codes[:, d], p * under)
+        out.append(mass / mass.sum(1, keepdim=True).clamp_min(1e-12))
+        under = under & (item_codes[None, :, d] == target_codes[:, d:d + 1])
+    return out
+
+
 class GenerativeRecommender(nn.Module):
     """A causal LM over `vocab` plus an optional soft-token projector (user_dim > 0).
 
@@ -248,17 +271,26 @@ class GenerativeRecommender(nn.Module):
                        position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep)
 
     def target_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, users: torch.Tensor | None,
-                    consumed_last: torch.Tensor | None = None) -> torch.Tensor:
+                    consumed_last: torch.Tensor | None = None, teacher: list[torch.Tensor] | None = None,
+                    teacher_weight: float = 0.0) -> torch.Tensor:
         """Mean cross-entropy of the last `depth` tokens (the target SID), each predicted from its prefix.
 
         consumed_last (B, last level size) bool: the last-level codes that complete, under the
         target's own prefix, an item the user consumed before; they get the history bias.
+        teacher: per level, (B, level size) code distributions (`teacher_sid_targets`); the loss is
+        then (1 - teacher_weight) x the cross-entropy + teacher_weight x the cross-entropy against them.
         """
         depth = self.vocab.depth
         logits = self(input_ids, attention_mask, users, logits_to_keep=depth + 1).logits[:, :-1].float()  # (B, depth, V)
         if self.history_bias is not None and consumed_last is not None:
             logits = torch.cat([logits[:, :-1], self.with_history_bias(logits[:, -1], consumed_last)[:, None]], 1)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -depth:].reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -depth:].reshape(-1))
+        if not teacher or teacher_weight <= 0:
+            return loss
+        logp = F.log_softmax(logits, dim=-1)  # (B, depth, V)
+        soft = torch.stack([-(q * logp[:, d, self.vocab.level_start(d):self.vocab.level_start(d) + q.shape[1]]).sum(1).mean()
+                            for d, q in enumerate(teacher)]).mean()
+        return (1 - teacher_weight) * loss + teacher_weight * soft
 
     def with_history_bias(self, logits: torch.Tensor, consumed_last: torch.Tensor) -> torch.Tensor:
         """(N, V) logits of the last SID level with the history bias added where consumed_last (N,

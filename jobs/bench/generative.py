@@ -18,9 +18,14 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    applied to their embeddings as they are (no per-user training).
 4. Four configurations x seeds, identical budgets (`--minutes` of training clock each): baseline
    (history SIDs only), + soft token, + prompt, + both (`--configs` runs some of them). Every
-   model starts its SID token embeddings from the encoder's item vectors (`sid_token_vectors`)
-   and, unless `--no-history-bias`, learns
-   one logit for the last token of items the user consumed before (models/generative.py).
+   model starts its SID token embeddings from the encoder's item vectors (`sid_token_vectors`),
+   unless `--no-history-bias` learns one logit for the last token of items the user consumed
+   before (models/generative.py), and with `--distill W` (default 0.9) spends that share of its
+   loss matching the encoder's own ranking: the encoder's softmax (at `--teacher-temperature-scale`
+   x its temperature, default half: sharper) over the items the user has not consumed, as
+   per-level SID token distributions under the target's prefix (`teacher_sid_targets`; the encoder
+   scores the same history the soft token summarises, never the test item). The baseline and the prompt configuration get the same teacher in their loss:
+   the ablation varies what the model reads, not how it is trained.
    Each is evaluated on every user's test item (or a fixed random `--eval-users` subset): beam
    search constrained to valid SIDs (`--beams`) with the user's consumed items masked inside the
    search (seen-filtered), HR@10, HR@30, NDCG@10; beside it the same beam with consumed items
@@ -49,7 +54,7 @@ from jobs.bench.encoder import KNOWN_DATASETS, leave_one_out, read_sasrec, regim
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
-from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
+from jobs.steps.generative_training import Examples, FitConfig, Teacher, fit, generate, hit_metrics
 from models.generative import (
     GenerativeRecommender,
     SidVocabulary,
@@ -170,7 +175,8 @@ def build_examples(sequences, sids, prompts, embed, users: np.ndarray, history: 
             targets.append(sids[known[t]])
             contexts.append(known[:t])
             consumed.append(sids[known[:t]].astype(np.int16))  # codes < 2**15; 4x smaller on ML-1M's long histories
-    return Examples(histories, prompt_rows, embed(contexts), np.array(targets), consumed)
+    users = embed(contexts)
+    return Examples(histories, prompt_rows, users, np.array(targets), consumed, teacher_users=users)
 
 
 def evaluate(model, examples: Examples, trie: TrieTables, sids: np.ndarray, seen, targets: np.ndarray, beams: int,
@@ -241,16 +247,18 @@ class Ablation:
     sid_vectors: list[np.ndarray] = dataclasses.field(default_factory=list)  # per level, where SID embeddings start
     sid_source: str = ""  # where the SIDs come from (item_sids)
     has_prompts: bool = True  # users.dat beside the data: the prompt configurations can run
+    item_vectors: torch.Tensor | None = None  # (items, D) the encoder's unit item vectors, row = trie row (the teacher)
 
 
 def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: int = 0,
                   encoder_minutes: float = 6.0, levels: int = 3,
-                  codes: int = 256, history: int = 20, targets_per_user: int = 16, train_user_share: float = 0.85,
+                  codes: int = 256, history: int = 5, targets_per_user: int = 32, train_user_share: float = 0.85,
                   eval_users: int = 0, beams: int = 30, lm: TinyLlamaConfig = TinyLlamaConfig(), lr: float = 3e-3,
                   batch_size: int = 128, model_dir: str = "", configs=tuple(CONFIGS), out: Path | None = None,
                   cache_dir: Path = Path(".state/bench_generative"), command: str | None = None,
                   log_to_mlflow: bool = True, sids_file: Path | None = None, encoder_model: str = "",
-                  history_bias: bool = True, titles: bool = False) -> dict:
+                  history_bias: bool = True, titles: bool = False, distill: float = 0.9,
+                  teacher_temperature_scale: float = 0.5) -> dict:
     data = Path(data)
     cfg = load_config()
     started, phases = time.perf_counter(), {}
@@ -264,8 +272,8 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
             configs = tuple(name for name in configs if not CONFIGS[name][1])
         results = {}
         for name in configs:
-            runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams, history_bias)
-                    for seed in seeds]
+            runs = [_train_and_evaluate(ab, name, seed, minutes, steps, lr, batch_size, lm, model_dir, beams, history_bias,
+                                        distill, teacher_temperature_scale) for seed in seeds]
             soft, prompt = CONFIGS[name]
             results[name] = {"soft_token": soft, "prompt": prompt, "runs": runs, "summary": summarise(runs)}
             phases[f"config {name}"] = sum(r["fit_seconds"] + r["eval_seconds"] for r in runs)
@@ -286,8 +294,12 @@ def run_benchmark(data: Path, *, seeds=(0, 1, 2), minutes: float = 3.0, steps: i
                      "prompt_fields": "users.dat gender, age band, occupation, first zip digit" if ab.has_prompts
                      else "none (no users.dat beside the data)",
                      "loss": "cross-entropy on the target SID's tokens only"
-                             + (", a learned history bias on the last token of consumed items" if history_bias else ""),
-                     "history_bias": history_bias,
+                             + (", a learned history bias on the last token of consumed items" if history_bias else "")
+                             + (f"; {distill:g} of it matches the encoder's softmax (temperature "
+                                f"{ab.encoder_cfg.temperature * teacher_temperature_scale:g}) over the unconsumed items as "
+                                "per-level SID token distributions (teacher_sid_targets)" if distill else ""),
+                     "history_bias": history_bias, "distill": distill,
+                     "teacher_temperature": ab.encoder_cfg.temperature * teacher_temperature_scale if distill else None,
                      "soft_token_position": "right before the target",
                      "sid_embeddings": "started from the encoder's item vectors (sid_token_vectors)",
                      "history_tokens": "levels codes per item (no dedup token)",
@@ -386,14 +398,16 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
                  "unseen_users_hr10": hit_rate_at_k(filtered_ranks[unseen_user], 10),
                  "unfiltered_hr10": hit_rate_at_k(plain_ranks, 10), "unfiltered_ndcg10": ndcg_at_k(plain_ranks, 10)}
     phases["encoder_reference"] = time.perf_counter() - t
-    sid_vectors = sid_token_vectors(sids[1:], encoder.item_embeddings()[1:].detach().numpy(), level_sizes)
+    item_vectors = encoder.item_embeddings()[1:].detach()
+    sid_vectors = sid_token_vectors(sids[1:], item_vectors.numpy(), level_sizes)
     ablation = Ablation(encoder_cfg, vocab, level_sizes, sids, TrieTables(sids[1:], level_sizes), examples, test_examples,
-                        targets, seen, unseen_user, reference, sid_vectors, sid_source, has_users)
+                        targets, seen, unseen_user, reference, sid_vectors, sid_source, has_users, item_vectors)
     return ablation, train_users, evaluated
 
 
 def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, steps: int, lr: float, batch_size: int,
-                        lm: TinyLlamaConfig, model_dir: str, beams: int, history_bias: bool) -> dict:
+                        lm: TinyLlamaConfig, model_dir: str, beams: int, history_bias: bool, distill: float = 0.0,
+                        teacher_temperature_scale: float = 1.0) -> dict:
     """One configuration and seed: a fresh model trained within the budget, then evaluated on the test users."""
     soft, prompt = CONFIGS[name]
     t = time.perf_counter()
@@ -405,9 +419,11 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
     model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0,
                                   history_bias=history_bias)
     model.init_sid_embeddings(ab.sid_vectors, seed)
+    teacher = (Teacher(ab.item_vectors, torch.from_numpy(ab.sids[1:]),
+                       ab.encoder_cfg.temperature * teacher_temperature_scale, distill) if distill > 0 else None)
     fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr,
                                                                      batch_size=batch_size,
-                                                                     warmup_steps=20, seed=seed, threads=2))
+                                                                     warmup_steps=20, seed=seed, threads=2), teacher)
     fit_seconds = time.perf_counter() - t
     t = time.perf_counter()
     ev = evaluate(model, ab.test_examples.without(soft, prompt), ab.trie, ab.sids, ab.seen, ab.targets, beams, ab.unseen_user)

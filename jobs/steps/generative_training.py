@@ -11,6 +11,7 @@ embedding of the same history, never of the target) and the target's SID.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from models.generative import (
     TrieTables,
     build_sequences,
     constrained_beam_search,
+    teacher_sid_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,16 @@ class Examples:
     users: np.ndarray | None  # (N, U) float32 user embeddings for the soft token; None: no soft token
     targets: np.ndarray | None  # (N, depth) SID codes; None at inference
     consumed: list[np.ndarray] | None = None  # (m_i, depth) full SIDs of everything consumed before the target
+    teacher_users: np.ndarray | None = None  # (N, U) user vectors the Teacher scores (kept when the soft token is off)
 
     def __len__(self) -> int:
         return len(self.histories)
 
     def rows(self, index: np.ndarray) -> Examples:
         pick = lambda values: None if values is None else [values[i] for i in index]  # noqa: E731
-        return Examples(pick(self.histories), pick(self.prompts), None if self.users is None else self.users[index],
-                        None if self.targets is None else self.targets[index], pick(self.consumed))
+        take = lambda values: None if values is None else values[index]  # noqa: E731
+        return Examples(pick(self.histories), pick(self.prompts), take(self.users), take(self.targets),
+                        pick(self.consumed), take(self.teacher_users))
 
     def without(self, soft: bool, prompt: bool) -> Examples:
         """The same examples with the soft token and/or the prompt switched off (ablation)."""
@@ -70,6 +74,56 @@ class Examples:
         return torch.from_numpy(ids), torch.from_numpy(mask), users
 
 @dataclasses.dataclass(frozen=True)
+class Teacher:
+    """Distillation from the user encoder's dot-product retrieval (models.generative.teacher_sid_targets).
+
+    item_vectors (N, D): unit item vectors, row i = trie row i; item_codes (N, depth): their SIDs.
+    The teacher scores cos(user, item) / temperature over the items the user has not consumed
+    (they are never a target in a seen-filtered world, and the model's history bias handles them).
+    """
+
+    item_vectors: torch.Tensor
+    item_codes: torch.Tensor
+    temperature: float
+    weight: float  # share of the loss taken by the teacher's targets (0..1)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight <= 1:
+            raise ValueError(f"Teacher.weight must be in (0, 1], got {self.weight}.")
+
+    def targets(self, examples: Examples, vocab: SidVocabulary) -> list[torch.Tensor]:
+        """Per SID level, (B, level size) code distributions for a batch with teacher_users and targets."""
+        users = torch.from_numpy(np.asarray(examples.teacher_users, dtype=np.float32))
+        logits = (users / self.temperature) @ self.item_vectors.T  # (B, N)
+        if examples.consumed is not None:
+            logits = logits.masked_fill(self._consumed_mask(examples.consumed, len(examples)), float("-inf"))
+        return teacher_sid_targets(logits, self.item_codes, torch.from_numpy(np.asarray(examples.targets, np.int64)),
+                                   vocab.level_sizes)
+
+    def _consumed_mask(self, consumed: list[np.ndarray], rows: int) -> torch.Tensor:
+        """(rows, N) True at the trie rows of each example's consumed SIDs (matched by full SID)."""
+        keys, order = self._keys
+        owner = np.repeat(np.arange(rows), [len(c) for c in consumed])
+        wanted = self._key(np.concatenate([np.asarray(c, np.int64).reshape(-1, self.item_codes.shape[1])
+                                           for c in consumed])) if len(owner) else np.zeros(0, np.int64)
+        at = np.clip(np.searchsorted(keys, wanted), 0, len(keys) - 1)
+        found = keys[at] == wanted
+        mask = np.zeros((rows, len(keys)), dtype=bool)
+        mask[owner[found], order[at[found]]] = True
+        return torch.from_numpy(mask)
+
+    def _key(self, codes: np.ndarray) -> np.ndarray:
+        radix = np.cumprod([1] + [int(c) + 1 for c in self.item_codes.max(0).values.tolist()[:0:-1]])[::-1]
+        return codes @ radix
+
+    @functools.cached_property
+    def _keys(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = self._key(self.item_codes.numpy())
+        order = np.argsort(keys)
+        return keys[order], order
+
+
+@dataclasses.dataclass(frozen=True)
 class FitConfig:
     minutes: float = 3.0  # training-clock budget; the lr schedule spans it
     max_steps: int = 0  # > 0: a step budget instead (same compute for every run on a shared machine); minutes caps it
@@ -84,8 +138,10 @@ class FitConfig:
     # the LM's lr it was still moving after 3,000 steps on Beauty (-2.9); it gets its own lr.
     history_bias_lr_scale: float = 10.0
 
-def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dict:
+def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig, teacher: Teacher | None = None) -> dict:
     """AdamW on the target-SID cross-entropy until the step budget, time budget or max_epochs; returns the history.
+
+    teacher: also match its code distributions (examples need teacher_users), its weight of the loss.
 
     lr: linear warmup, then cosine decay to 0 over whichever budget ends first.
     """
@@ -114,7 +170,8 @@ def fit(model: GenerativeRecommender, examples: Examples, cfg: FitConfig) -> dic
             rows = examples.rows(batch)
             ids, mask, users = rows.tensors(model.vocab, with_targets=True)
             consumed = rows.consumed_last(model.vocab) if model.history_bias is not None else None
-            loss = model.target_loss(ids, mask, users, consumed)
+            soft_targets = teacher.targets(rows, model.vocab) if teacher is not None else None
+            loss = model.target_loss(ids, mask, users, consumed, soft_targets, teacher.weight if teacher else 0.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -60,6 +60,7 @@ def test_the_ablation_runs_on_a_dataset_without_text_or_users_and_reports_both_p
         assert r["summary"]["beam_consumed_share"]["masked_in_beam"]["mean"] == 0.0
         assert "hr10" in r["summary"]["beam5_consumed_kept"]  # unfiltered beside seen-filtered
     assert {"unfiltered_hr10", "unfiltered_ndcg10", "hr10"} <= set(result["reference_encoder"])
+    assert result["settings"]["distill"] == 0.9 and "encoder's softmax" in result["settings"]["loss"]  # the default
 
 
 def test_a_registered_bench_encoder_of_the_same_file_is_reused_and_one_of_other_data_is_refused(tmp_path, monkeypatch,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.steps.generative_training import Examples, FitConfig, fit, generate, hit_metrics
+from jobs.steps.generative_training import Examples, FitConfig, Teacher, fit, generate, hit_metrics
 from models.generative import (
     SID_EMBEDDING_NORM,
     SOFT,
@@ -16,6 +16,7 @@ from models.generative import (
     constrained_beam_search,
     pretrained_lm,
     sid_token_vectors,
+    teacher_sid_targets,
     tiny_llama,
 )
 from models.reranking import Candidate, RerankRules, rerank
@@ -293,6 +294,45 @@ def test_fit_on_generated_sequences_reduces_the_loss_and_learns_the_pattern(one_
     assert losses[-1] < 0.5 * losses[0]
     rows, _ = generate(model, examples.rows(np.arange(50)), TrieTables(tokens, LEVELS), beams=3)
     assert hit_metrics([list(r) for r in rows], starts[:50] + 3, ks=(3,), ndcg_ks=())["hr3"] > 0.5
+
+
+def test_teacher_targets_multiply_back_into_the_teachers_item_distribution():
+    tokens = catalog(30)
+    torch.manual_seed(0)
+    logits = torch.randn(len(tokens), len(tokens))  # row r: a teacher's scores; its target is item r
+    levels = teacher_sid_targets(logits, torch.from_numpy(tokens), torch.from_numpy(tokens), LEVELS)
+    assert all(torch.allclose(q.sum(1), torch.ones(len(tokens))) for q in levels)
+    along_target = torch.stack([q[torch.arange(len(tokens)), torch.from_numpy(tokens[:, d])] for d, q in enumerate(levels)])
+    assert torch.allclose(along_target.prod(0), torch.softmax(logits, 1).diagonal(), atol=1e-6)
+
+
+def test_the_teacher_puts_no_mass_on_what_the_user_consumed():
+    tokens = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [2, 0, 0]])  # target item 0; items 1 and 2 consumed
+    teacher = Teacher(torch.eye(4, 3), torch.from_numpy(tokens), 1.0, 1.0)
+    examples = Examples([tokens[:0]], None, None, tokens[:1], [tokens[1:3].astype(np.int16)], np.ones((1, 3), np.float32))
+    first, second, last = teacher.targets(examples, SidVocabulary((), LEVELS))
+    assert first[0, 1] == 0 and first[0, 0] > 0 and first[0, 2] > 0  # code 1 holds only a consumed item
+    assert second[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # under code 0, item 1 is consumed: all mass on item 0
+    assert last[0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_distillation_teaches_the_teachers_ranking_where_the_targets_are_noise(one_torch_thread):
+    # Targets are random; the teacher ranks items by their vector's match with the user vector (the soft
+    # token). Only the teacher's signal can make greedy decoding agree with its top item.
+    vocab, tokens = SidVocabulary((), LEVELS), catalog(12)
+    rng = np.random.default_rng(0)
+    vectors = torch.nn.functional.normalize(torch.randn(len(tokens), 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+    users = rng.normal(size=(400, 4)).astype(np.float32)
+    best = (torch.from_numpy(users) @ vectors.T).argmax(1).numpy()
+    examples = Examples([tokens[:0]] * 400, None, users, tokens[rng.integers(0, len(tokens), 400)], None, users)
+    agreement = {}
+    for weight in (0.0, 1.0):
+        model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, user_dim=4)
+        teacher = Teacher(vectors, torch.from_numpy(tokens), 0.1, weight) if weight else None
+        fit(model, examples, FitConfig(minutes=1.0, max_epochs=20, lr=1e-2, batch_size=64, warmup_steps=5, threads=1), teacher)
+        rows, _ = generate(model, examples.rows(np.arange(200)), TrieTables(tokens, LEVELS), beams=1)
+        agreement[weight] = float(np.mean(rows[:, 0] == best[:200]))
+    assert agreement[1.0] > 0.6 > agreement[0.0] + 0.3
 
 
 def test_trie_rejects_duplicate_sids():
