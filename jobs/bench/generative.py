@@ -24,8 +24,9 @@ nothing of it reaches the encoder, the soft token, the prompt or any training ex
    loss matching the encoder's own ranking: the encoder's softmax (at `--teacher-temperature-scale`
    x its temperature, default half: sharper) over the items the user has not consumed, as
    per-level SID token distributions under the target's prefix (`teacher_sid_targets`; the encoder
-   scores the same history the soft token summarises, never the test item). The baseline and the prompt configuration get the same teacher in their loss:
-   the ablation varies what the model reads, not how it is trained.
+   scores the same history the soft token summarises, never the test item). The baseline and the
+   prompt configuration get the same teacher in their loss: the ablation varies what the model
+   reads, not how it is trained.
    Each is evaluated on every user's test item (or a fixed random `--eval-users` subset): beam
    search constrained to valid SIDs (`--beams`) with the user's consumed items masked inside the
    search (seen-filtered), HR@10, HR@30, NDCG@10; beside it the same beam with consumed items
