@@ -113,6 +113,7 @@ class Teacher:
         return torch.from_numpy(mask)
 
     def _key(self, codes: np.ndarray) -> np.ndarray:
+        """One integer per full SID (mixed radix over the catalog's level sizes), for a sorted search."""
         radix = np.cumprod([1] + [int(c) + 1 for c in self.item_codes.max(0).values.tolist()[:0:-1]])[::-1]
         return codes @ radix
 
