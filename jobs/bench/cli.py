@@ -184,9 +184,12 @@ def generative(
     encoder_model: Annotated[str, typer.Option(help="Reuse the encoder `factory bench encoder` registered on the same "
                                                     "file instead of training one, e.g. "
                                                     "models:/user_encoder_bench_ml-1m@bench.")] = "",
-    history: Annotated[int, typer.Option(help="History items (as SIDs) in each sequence; with the soft token 5 read as well "
-                                               "as 10 or 20 on ML-1M validation, and a step costs less.")] = 5,
-    targets_per_user: Annotated[int, typer.Option(help="Training targets per user (the last ones before the test item).")] = 32,
+    history: Annotated[int | None, typer.Option(help="History items (as SIDs) in each sequence (default: 5 for long "
+                                                      "histories (ML-1M), 20 for short ones (Beauty)).",
+                                                 show_default=False)] = None,
+    targets_per_user: Annotated[int | None, typer.Option(help="Training targets per user (the last ones before the test "
+                                                               "item) (default: 32 long, 16 short).",
+                                                          show_default=False)] = None,
     train_user_share: Annotated[float, typer.Option(help="Share of users whose examples train the model (and its "
                                                          "projector).")] = 0.85,
     eval_users: Annotated[int, typer.Option(help="Evaluate on this many random users, a fixed sample (0 = all).")] = 2000,
@@ -204,9 +207,11 @@ def generative(
     history_bias: Annotated[bool, typer.Option(help="Learn one logit for the last SID token of items the user consumed "
                                                     "before (whether users take an item again), in training and in "
                                                     "the beam.")] = True,
-    distill: Annotated[float, typer.Option(help="Share of the loss that matches the encoder's own ranking (its softmax "
+    distill: Annotated[float | None, typer.Option(help="Share of the loss that matches the encoder's own ranking (its softmax "
                                                 "over the items not yet consumed, as per-level SID token "
-                                                "distributions); 0 = the target's SID only.")] = 0.9,
+                                                "distributions); 0 = the target's SID only (default: 0.9 for long "
+                                                "histories (ML-1M), 0 for short ones (Beauty)).",
+                                           show_default=False)] = None,
     teacher_temperature_scale: Annotated[float, typer.Option(help="The teacher's softmax temperature as a multiple of the "
                                                                   "encoder's own (below 1: sharper than the encoder "
                                                                   "trained with).")] = 0.5,

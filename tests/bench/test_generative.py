@@ -60,7 +60,7 @@ def test_the_ablation_runs_on_a_dataset_without_text_or_users_and_reports_both_p
         assert r["summary"]["beam_consumed_share"]["masked_in_beam"]["mean"] == 0.0
         assert "hr10" in r["summary"]["beam5_consumed_kept"]  # unfiltered beside seen-filtered
     assert {"unfiltered_hr10", "unfiltered_ndcg10", "hr10"} <= set(result["reference_encoder"])
-    assert result["settings"]["distill"] == 0.9 and "encoder's softmax" in result["settings"]["loss"]  # the default
+    assert result["settings"]["distill"] == 0.0 and result["settings"]["history_items"] == 20  # short histories' defaults
 
 
 def test_a_registered_bench_encoder_of_the_same_file_is_reused_and_one_of_other_data_is_refused(tmp_path, monkeypatch,
@@ -91,8 +91,10 @@ def test_a_registered_bench_encoder_of_the_same_file_is_reused_and_one_of_other_
         registered_encoder(cfg, "models:/enc_bench_tiny@nope", dataset)
     result = run_benchmark(data, seeds=(0,), steps=2, minutes=0.2, levels=2, codes=4, beams=5, configs=("+ soft token",),
                            lm=TinyLlamaConfig(hidden=16, layers=1, heads=2, intermediate=32, max_positions=256),
-                           cache_dir=tmp_path / "cache", log_to_mlflow=False, encoder_model="models:/enc_bench_tiny@bench")
+                           cache_dir=tmp_path / "cache", log_to_mlflow=False, encoder_model="models:/enc_bench_tiny@bench",
+                           distill=0.9)
     assert result["settings"]["encoder_model"] == "models:/enc_bench_tiny@bench"
+    assert result["settings"]["distill"] == 0.9 and "encoder's softmax" in result["settings"]["loss"]
     assert result["settings"]["encoder_minutes"] == 0  # loaded, not trained
 
 
@@ -137,3 +139,14 @@ def test_configs_option_picks_configurations_in_ablation_order_and_names_the_val
     assert generative.parse_configs("+ soft token + prompt, baseline") == ("baseline", "+ soft token + prompt")
     with pytest.raises(FactoryError, match="choose from 'baseline'"):
         generative.parse_configs("soft token")
+
+
+def test_generator_defaults_follow_history_length_as_chosen_on_each_dataset():
+    from types import SimpleNamespace
+
+    from jobs.bench.generative import LONG_HISTORY_GENERATOR, SHORT_HISTORY_GENERATOR, generator_defaults
+
+    movielens_like = SimpleNamespace(interactions=165 * 100, sequences=[None] * 100)  # 165 events per user
+    beauty_like = SimpleNamespace(interactions=9 * 100, sequences=[None] * 100)
+    assert generator_defaults(movielens_like) == LONG_HISTORY_GENERATOR and LONG_HISTORY_GENERATOR.distill == 0.9
+    assert generator_defaults(beauty_like) == SHORT_HISTORY_GENERATOR and SHORT_HISTORY_GENERATOR.distill == 0.0
