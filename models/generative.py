@@ -335,6 +335,15 @@ class TrieTables:
             self.item_node.append(node)
             self.leaves.append(np.bincount(node, minlength=nodes))
 
+    def rows_of(self, codes: np.ndarray) -> np.ndarray:
+        """(M, depth) full SIDs -> (M,) their item rows by walking the trie; -1 where a SID names no item."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, self.depth)
+        node = np.zeros(len(codes), dtype=np.int64)
+        for d, child in enumerate(self.child):
+            valid = (node >= 0) & (codes[:, d] >= 0) & (codes[:, d] < child.shape[1])
+            node = np.where(valid, child.numpy()[np.where(valid, node, 0), np.where(valid, codes[:, d], 0)], -1)
+        return node
+
     def blocked(self, exclude: list[np.ndarray]) -> list[torch.Tensor]:
         """Per depth d, (B, nodes_{d+1}) True where every item under the node is in that row's
         `exclude` (item rows, e.g. what the user already consumed): a beam must not enter it."""

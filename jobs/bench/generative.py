@@ -433,8 +433,8 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
 
 
 def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, steps: int, lr: float, batch_size: int,
-                        lm: TinyLlamaConfig, model_dir: str, beams: int, history_bias: bool, distill: float = 0.0,
-                        teacher_temperature_scale: float = 1.0) -> dict:
+                        lm: TinyLlamaConfig, model_dir: str, beams: int, history_bias: bool, distill: float,
+                        teacher_temperature_scale: float) -> dict:
     """One configuration and seed: a fresh model trained within the budget, then evaluated on the test users."""
     soft, prompt = CONFIGS[name]
     t = time.perf_counter()
@@ -446,7 +446,7 @@ def _train_and_evaluate(ab: Ablation, name: str, seed: int, minutes: float, step
     model = GenerativeRecommender(base_lm, run_vocab, user_dim=ab.encoder_cfg.d_model if soft else 0,
                                   history_bias=history_bias)
     model.init_sid_embeddings(ab.sid_vectors, seed)
-    teacher = (Teacher(ab.item_vectors, torch.from_numpy(ab.sids[1:]),
+    teacher = (Teacher(ab.item_vectors, torch.from_numpy(ab.sids[1:]), ab.trie,
                        ab.encoder_cfg.temperature * teacher_temperature_scale, distill) if distill > 0 else None)
     fitted = fit(model, ab.examples.without(soft, prompt), FitConfig(minutes=minutes, max_steps=steps, lr=lr,
                                                                      batch_size=batch_size,

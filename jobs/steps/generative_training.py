@@ -11,7 +11,6 @@ embedding of the same history, never of the target) and the target's SID.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -84,6 +83,7 @@ class Teacher:
 
     item_vectors: torch.Tensor
     item_codes: torch.Tensor
+    trie: TrieTables  # over item_codes: finds the consumed SIDs' rows
     temperature: float
     weight: float  # share of the loss taken by the teacher's targets (0..1)
 
@@ -101,27 +101,12 @@ class Teacher:
                                    vocab.level_sizes)
 
     def _consumed_mask(self, consumed: list[np.ndarray], rows: int) -> torch.Tensor:
-        """(rows, N) True at the trie rows of each example's consumed SIDs (matched by full SID)."""
-        keys, order = self._keys
+        """(rows, N) True at the trie rows of each example's consumed SIDs."""
         owner = np.repeat(np.arange(rows), [len(c) for c in consumed])
-        wanted = self._key(np.concatenate([np.asarray(c, np.int64).reshape(-1, self.item_codes.shape[1])
-                                           for c in consumed])) if len(owner) else np.zeros(0, np.int64)
-        at = np.clip(np.searchsorted(keys, wanted), 0, len(keys) - 1)
-        found = keys[at] == wanted
-        mask = np.zeros((rows, len(keys)), dtype=bool)
-        mask[owner[found], order[at[found]]] = True
+        items = self.trie.rows_of(np.concatenate(consumed)) if len(owner) else np.zeros(0, np.int64)
+        mask = np.zeros((rows, self.trie.items), dtype=bool)
+        mask[owner[items >= 0], items[items >= 0]] = True
         return torch.from_numpy(mask)
-
-    def _key(self, codes: np.ndarray) -> np.ndarray:
-        """One integer per full SID (mixed radix over the catalog's level sizes), for a sorted search."""
-        radix = np.cumprod([1] + [int(c) + 1 for c in self.item_codes.max(0).values.tolist()[:0:-1]])[::-1]
-        return codes @ radix
-
-    @functools.cached_property
-    def _keys(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = self._key(self.item_codes.numpy())
-        order = np.argsort(keys)
-        return keys[order], order
 
 
 @dataclasses.dataclass(frozen=True)

@@ -308,7 +308,7 @@ def test_teacher_targets_multiply_back_into_the_teachers_item_distribution():
 
 def test_the_teacher_puts_no_mass_on_what_the_user_consumed():
     tokens = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [2, 0, 0]])  # target item 0; items 1 and 2 consumed
-    teacher = Teacher(torch.eye(4, 3), torch.from_numpy(tokens), 1.0, 1.0)
+    teacher = Teacher(torch.eye(4, 3), torch.from_numpy(tokens), TrieTables(tokens, LEVELS), 1.0, 1.0)
     examples = Examples([tokens[:0]], None, None, tokens[:1], [tokens[1:3].astype(np.int16)], np.ones((1, 3), np.float32))
     first, second, last = teacher.targets(examples, SidVocabulary((), LEVELS))
     assert first[0, 1] == 0 and first[0, 0] > 0 and first[0, 2] > 0  # code 1 holds only a consumed item
@@ -328,7 +328,7 @@ def test_distillation_teaches_the_teachers_ranking_where_the_targets_are_noise(o
     agreement = {}
     for weight in (0.0, 1.0):
         model = GenerativeRecommender(tiny_llama(vocab, TINY, 0), vocab, user_dim=4)
-        teacher = Teacher(vectors, torch.from_numpy(tokens), 0.1, weight) if weight else None
+        teacher = Teacher(vectors, torch.from_numpy(tokens), TrieTables(tokens, LEVELS), 0.1, weight) if weight else None
         fit(model, examples, FitConfig(minutes=1.0, max_epochs=20, lr=1e-2, batch_size=64, warmup_steps=5, threads=1), teacher)
         rows, _ = generate(model, examples.rows(np.arange(200)), TrieTables(tokens, LEVELS), beams=1)
         agreement[weight] = float(np.mean(rows[:, 0] == best[:200]))
