@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
-from jobs.bench.encoder import KNOWN_DATASETS, leave_one_out, read_sasrec, regime_for
+from jobs.bench.encoder import KNOWN_DATASETS, SHORT, leave_one_out, read_sasrec, regime_for
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
@@ -99,7 +99,7 @@ SHORT_HISTORY_GENERATOR = GeneratorDefaults(history=20, targets_per_user=16, dis
 
 
 def generator_defaults(dataset) -> GeneratorDefaults:
-    return SHORT_HISTORY_GENERATOR if regime_for(dataset).name == "short histories" else LONG_HISTORY_GENERATOR
+    return SHORT_HISTORY_GENERATOR if regime_for(dataset) is SHORT else LONG_HISTORY_GENERATOR
 
 
 def parse_configs(text: str) -> tuple[str, ...]:
