@@ -83,6 +83,25 @@ class UserEncoderConfig:
                              f"got {self.item_facets} and {self.facet_buckets}.")
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU masks come from 16 random bits per element, not a float draw each.
+
+    PyTorch's CPU dropout draws one Bernoulli per element (bernoulli_, ~8% of an ML-1M training
+    step for the five masks of a forward); one int64 draw gives four 16-bit uniforms, and comparing
+    them with a threshold makes the same mask distribution (p rounded to 1/65536) several times
+    faster. Other devices use PyTorch's own fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or x.numel() % 4:
+            return super().forward(x)
+        bits = torch.empty(x.numel() // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)  # all 64 bits
+        threshold = round(self.p * 65536) - 32768  # P(int16 uniform < threshold) = p
+        scale = torch.tensor(1.0 / (1.0 - self.p), dtype=x.dtype)
+        mask = torch.where(bits.view(torch.int16).view(x.shape) >= threshold, scale, 0.0)  # (x.shape) 0 or scale
+        return x * mask
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: UserEncoderConfig):
         super().__init__()
@@ -114,7 +133,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -129,7 +148,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(B, T, D) -> (B, T, D), or (B, 1, D) for the last position only (see CausalSelfAttention)."""
@@ -151,7 +170,7 @@ class UserEncoder(nn.Module):
         )
         self.time_emb = nn.Embedding(cfg.n_time_buckets, cfg.d_model, padding_idx=0) if cfg.n_time_buckets else None
         self.history_bias = nn.Parameter(torch.zeros(())) if cfg.history_bias else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(self._init_weights)
@@ -303,8 +322,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         if rows is not None:
             logits[rows, cols] = float("-inf") if bias is None else logits[rows, cols] + bias
         target_logit = logits.gather(1, targets[:, None]).squeeze(1)  # (M,)
-        top = logits.amax(1)  # (M,)
-        total = logits.sub_(top[:, None]).exp_().sum(1)  # logits now hold exp(logit - top)
+        if _exp_in_range(users, bias):  # exp(logit) needs no shift: no amax, no subtraction pass
+            top = torch.zeros_like(target_logit)
+        else:
+            top = logits.amax(1)  # (M,)
+            logits.sub_(top[:, None])
+        total = logits.exp_().sum(1)  # logits now hold exp(logit - top)
         loss = (top + total.log() - target_logit).mean()
         if any(ctx.needs_input_grad[:2]) or ctx.needs_input_grad[5]:
             ctx.save_for_backward(users, table, targets, total, rows, cols)
@@ -326,6 +349,23 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         del ctx.buffer
         _SoftmaxCrossEntropy._free[:] = [spare]
         return grad_users, grad_table, None, None, None, grad_bias
+
+
+EXP_SAFE = 60.0  # exp(60) ~ 1e26: a sum over 1e9 items stays far below float32's 3e38
+
+
+def _exp_in_range(users: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether exp of every logit is safe without subtracting each row's max first.
+
+    A logit is a user row dotted with a unit item vector (at most the row's norm, 1 / temperature)
+    plus the bias where it applies, so |logit| <= norm + max(bias, 0) bounds it from above; from
+    below, a hidden (-inf) or very negative logit only underflows to 0, and each row's target keeps
+    its sum above 0. Skipping the max saves two passes over the (M, V) logits, ~5% of an ML-1M step.
+    """
+    bound = float(users.detach().norm(dim=1).max())
+    if bias is not None:
+        bound += max(float(bias.detach()), 0.0)
+    return bound < EXP_SAFE
 
 
 def _history_pairs(history: torch.Tensor, keep: torch.Tensor, y: torch.Tensor,

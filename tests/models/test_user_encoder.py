@@ -11,8 +11,10 @@ import torch
 
 from models.sequences import leave_last_out, length_buckets, next_item_examples, pad_left, time_gap_buckets
 from models.user_encoder import (
+    Dropout,
     UserEncoder,
     UserEncoderConfig,
+    _exp_in_range,
     expand_item_table,
     full_softmax_loss,
     item_logits,
@@ -183,11 +185,15 @@ def test_full_softmax_loss_with_history_ranks_each_target_among_unseen_items_onl
     assert masked < full_softmax_loss(model, hidden, targets)  # fewer competitors, lower loss
 
 
-def test_fast_full_softmax_matches_plain_cross_entropy_in_value_and_gradients():
+@pytest.mark.parametrize("temperature, shifted", [(0.05, False), (0.005, True)])
+def test_fast_full_softmax_matches_plain_cross_entropy_in_value_and_gradients(temperature, shifted):
+    # logits up to 1 / temperature: 20 is exponentiated as it is, 200 needs each row's max subtracted
+    users = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) / temperature
+    assert _exp_in_range(users, None) is not shifted
     inputs, events, targets = cyclic_batch(num_items=20, length=8)
     losses, grads = [], []
     for fast in (True, False):
-        model = tiny_model()
+        model = tiny_model(replace(TINY, temperature=temperature))
         hidden = model(inputs, events)
         if fast:
             loss = full_softmax_loss(model, hidden, targets)
@@ -213,6 +219,22 @@ def test_fast_full_softmax_gives_the_same_loss_twice_and_without_autograd():
         third = full_softmax_loss(model, model(inputs, events), targets)
     torch.testing.assert_close(first, second)
     torch.testing.assert_close(first.detach(), third)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_drops_a_share_p_scales_the_rest_and_repeats_under_a_seed(p):
+    x = torch.ones(64, 50, 32, requires_grad=True)
+    drop = Dropout(p).train()
+    torch.manual_seed(3)
+    y = drop(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(drop(x), y)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.01  # 102,400 elements: sd of the share ~0.0016
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d y / d x = the mask
+    assert torch.equal(drop.eval()(x), x)
 
 
 def test_attention_dropout_is_its_own_setting():
