@@ -48,11 +48,12 @@ from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_tabl
 
 
 def encoder_config(t: TrainConfig, num_items: int, max_len: int) -> UserEncoderConfig:
-    """The nightly encoder's shape from [train] (item facets: jobs/steps/item_facets.py)."""
+    """The nightly encoder's shape from [train] (item facets: jobs/steps/item_facets.py; time gaps:
+    train.time_buckets)."""
     return UserEncoderConfig(
         num_items=num_items, max_len=max_len, d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
         dropout=t.dropout, temperature=t.temperature, item_facets=len(item_facets.LEVELS) if t.item_facets else 0,
-        facet_buckets=t.facet_buckets if t.item_facets else 0)
+        facet_buckets=t.facet_buckets if t.item_facets else 0, n_time_buckets=t.time_buckets)
 
 
 def initial_state(encoder_cfg: UserEncoderConfig, champion: UserEncoder | None,
