@@ -205,12 +205,19 @@ def run_day(cfg, ds: str, table: pa.Table, champion: registry.RegisteredEncoder)
     return users, counts, plan
 
 
-def two_days(n: int = 20, active: tuple[int, ...] = (2, 5)) -> tuple[pa.Table, pa.Table]:
+def two_days(n: int = 20, active: tuple[int, ...] = (2, 5), retimed: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """Two days of n users; the active ones have one more play the second day. With `retimed`, both days
+    have ts lists, and that user's last event alone moves 10^6 s later on the second day (same items)."""
     items, events = histories(n, seed=3)
     users = [f"u{i:02d}" for i in range(n)]
     later = [np.append(s, 7) if i in active else s for i, s in enumerate(items)]
     later_events = [np.append(e, 1) if i in active else e for i, e in enumerate(events)]
-    return sequences_table(users, items, events), sequences_table(users, later, later_events)
+    if retimed is None:
+        return sequences_table(users, items, events), sequences_table(users, later, later_events)
+    ts = event_times(items)
+    later_ts = [np.append(t, t[-1] + 60_000) if i in active else t + 10**9 * (i == retimed) * (np.arange(len(t)) == len(t) - 1)
+                for i, t in enumerate(ts)]
+    return sequences_table(users, items, events, ts), sequences_table(users, later, later_events, later_ts)
 
 
 def test_without_yesterday_every_user_is_inferred(lake_cfg):
@@ -322,9 +329,11 @@ def test_actors_leave_a_cpu_for_the_read_tasks(monkeypatch, tmp_path, cpus, acto
         assert embed.actor_count(cfg) == expected
 
 
-def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("time_buckets", [0, 24])
+def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tmp_path, one_torch_thread, time_buckets):
     """embed_day_to_folders: the day's rows reach the table only through files the Ray actors and
-    Spark's executors wrote (the driver commits their metadata), equal to the in-memory embed_day's."""
+    Spark's executors wrote (the driver commits their metadata), equal to the in-memory embed_day's.
+    User 7's ts alone changes: changed input for a champion with time gaps only."""
     import ray
 
     from jobs.lakehouse import commit
@@ -332,8 +341,9 @@ def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tm
     started = not ray.is_initialized()
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "8",
                                  "ray.inference_threads": "1"})
-    champion = registry.RegisteredEncoder("3", model(), {})
-    day0, day1 = two_days()
+    champion = registry.RegisteredEncoder("3", model(n_time_buckets=time_buckets), {})
+    day0, day1 = two_days(retimed=7)
+    changed = (2, 5, 7) if time_buckets else (2, 5)
     results = {}
     try:
         for ds, table in ((shift(DS, -1), day0), (DS, day1)):
@@ -347,10 +357,11 @@ def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tm
     yesterday, counts0, plan0 = results[shift(DS, -1)]
     today, counts1, plan1 = results[DS]
     assert plan0.startswith("full") and counts0 == {"users_inferred": 20, "users_carried_forward": 0}
-    assert plan1.startswith("incremental") and counts1 == {"users_inferred": 2, "users_carried_forward": 18}
+    assert plan1.startswith("incremental")
+    assert counts1 == {"users_inferred": len(changed), "users_carried_forward": 20 - len(changed)}
     assert today.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(20)]
     for i in range(20):
-        assert (today.column("embedding")[i] == yesterday.column("embedding")[i]) == (i not in (2, 5)), i
+        assert (today.column("embedding")[i] == yesterday.column("embedding")[i]) == (i not in changed), i
     full = predictor(champion.model)(day1.sort_by("user_id"))
     np.testing.assert_allclose(np.stack(today.column("embedding").to_numpy(zero_copy_only=False)),
                                np.stack(full.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)
