@@ -30,6 +30,17 @@ def test_the_world_publishes_new_items_every_day_and_sequences_keep_the_latest_e
     assert world.plays_on(2) and all(items <= set(range(1, 85)) for items in world.plays_on(2).values())
 
 
+def test_the_worlds_sequences_carry_each_events_time_oldest_first():
+    world = simulate(GeneratorConfig(**WORLD, days=2))
+    who, table = world.sequences(1, max_len=5)
+    ts, items = table.column("ts").to_pylist(), table.column("item_idx").to_pylist()
+    assert [len(t) for t in ts] == [len(s) for s in items]
+    assert all(t == sorted(t) for t in ts)
+    for user, times, row in zip(who[:20].tolist(), ts, items):  # the user's last events, as simulated
+        mine = (world.users == user) & (world.day <= 1)
+        assert times == world.ts[mine][-5:].tolist() and row == world.items[mine][-5:].tolist()
+
+
 def test_compatibility_benchmark_writes_the_issues_summary_rows(tmp_path):
     out = tmp_path / "compatibility.json"
     result = compatibility.run_benchmark(out, "test", first_day=1, promotions=3, compat_weight=10.0,
