@@ -149,7 +149,7 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
         if weights is not None:
             model.load_state_dict(weights)
     _, table = world.sequences(day, settings.max_len)
-    data = build_training_data(table, settings.max_len, settings.seed + day)
+    data = build_training_data(table, settings.max_len, settings.seed + day, cfg.n_time_buckets)
     loop = LoopConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + day,
                       max_epochs=settings.warm_epochs if start is not None else settings.epochs, patience=settings.patience,
                       compat_weight=compat_weight if start is not None else 0.0,
