@@ -9,6 +9,8 @@ validation NDCG@10, and promotes the result to `champion` only if it does not lo
 run also logs how compatible the new space is with the old one (jobs/steps/compatibility.py: cross-
 version HR@10 both ways, neighbour overlap, the rotation) and publishes the alignment map as an
 artifact; `train.compat_weight` > 0 anchors the known items' vectors to the champion's while training.
+With `train.time_buckets` > 0 the encoder also reads each event's time-gap bucket (from user_sequences'
+ts lists; `data_time_buckets` says how many buckets the day's data is built with).
 
 The day's users never pass through the driver: Ray Data reads the day's user_sequences files,
 samples users by hash and picks the validation users on the cluster (jobs/steps/train_data.py); each
