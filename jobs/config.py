@@ -202,6 +202,11 @@ class TrainConfig:
     # (1 - cosine) of each known item's new vector to the champion's, keeping the space where
     # consumers of yesterday's vectors expect it. 0 = off. Its cost in quality: docs/benchmarks.md.
     compat_weight: float = 0.0
+    # The encoder's time-gap input: each event also carries the bucket of the time since the user's
+    # previous event (models.sequences.time_gap_buckets over user_sequences' ts: 1 = first event, then
+    # 2 + floor(log2(1 + gap seconds)), the last bucket holding every longer gap; 24 buckets reach ~3 days).
+    # 0 = off; else the number of buckets, >= 2. Changing it trains a fresh model (no warm start).
+    time_buckets: int = 0
     # torch threads per Ray Train worker; 0 = the cluster's CPUs / train workers. With one thread a fit
     # is bitwise reproducible from process to process; with more, a fresh process's first optimiser
     # step now and then comes out different in the last bits (measured: 0 to 1 of every 8-20 fresh
@@ -220,6 +225,9 @@ class TrainConfig:
             raise ConfigError(f"train.compat_weight must be >= 0 (0 = off); got {self.compat_weight!r}.")
         if self.facet_buckets < 1:
             raise ConfigError(f"train.facet_buckets must be >= 1; got {self.facet_buckets!r}.")
+        if self.time_buckets < 0 or self.time_buckets == 1:
+            raise ConfigError(f"train.time_buckets must be 0 (off) or >= 2 (e.g. 24: gaps up to ~3 days); "
+                              f"got {self.time_buckets!r}.")
 
 
 @dataclass(frozen=True)

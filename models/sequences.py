@@ -1,7 +1,8 @@
 """Turning per-user item histories into model inputs (numpy only).
 
 A history is a 1-D integer array of item ids, oldest first (ids 1..num_items; 0 is padding), with an
-aligned array of event types (1 = play, 2 = skip, 3 = save). Everything here LEFT-pads, so the last
+aligned array of event types (1 = play, 2 = skip, 3 = save) and, for the encoder's optional time-gap
+feature, aligned time-gap buckets (time_gap_buckets). Everything here LEFT-pads, so the last
 column is always the most recent item (the user encoder reads its user vector there).
 """
 
@@ -60,27 +61,47 @@ def time_gap_buckets(timestamps: np.ndarray, n_buckets: int) -> np.ndarray:
     (0 stays free for padding): 1 = no earlier event, then 2 + floor(log2(1 + gap seconds)),
     capped at n_buckets - 1 (with 32 buckets the last one starts at ~34 years; 24 at ~3 days).
     """
+    return time_gap_buckets_flat(timestamps, np.array([0, len(timestamps)]), n_buckets)
+
+
+def time_gap_buckets_flat(timestamps: np.ndarray, offsets: np.ndarray, n_buckets: int) -> np.ndarray:
+    """time_gap_buckets of ragged rows stored flat (timestamps[offsets[i]:offsets[i + 1]] is row i,
+    offsets from 0), without a Python loop: (len(timestamps),) int64, each row's first event 1."""
     if n_buckets < 2:
         raise ValueError(f"n_buckets must be >= 2, got {n_buckets}.")
-    ts = np.asarray(timestamps, dtype=np.int64)
+    ts, offsets = np.asarray(timestamps, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
     out = np.ones(len(ts), dtype=np.int64)
     if len(ts) > 1:
         gaps = np.maximum(np.diff(ts), 0).astype(np.float64)
         out[1:] = 2 + np.floor(np.log2(1.0 + gaps)).astype(np.int64)
+    out[offsets[:-1][offsets[:-1] < offsets[1:]]] = 1  # a row's first event has no earlier one
     return np.minimum(out, n_buckets - 1)
 
 
-def _check_aligned(item_seqs: Sequence[np.ndarray], event_seqs: Sequence[np.ndarray]) -> None:
-    if len(item_seqs) != len(event_seqs):
+def _check_aligned(item_seqs: Sequence[np.ndarray], other_seqs: Sequence[np.ndarray], what: str = "event types") -> None:
+    if len(item_seqs) != len(other_seqs):
         raise ValueError(
-            f"item_seqs has {len(item_seqs)} sequences but event_seqs has {len(event_seqs)}; pass one "
-            "event-type array per item sequence."
+            f"item_seqs has {len(item_seqs)} sequences but there are {len(other_seqs)} sequences of {what}; "
+            "pass one per item sequence."
         )
-    for i, (items, events) in enumerate(zip(item_seqs, event_seqs)):
-        if len(items) != len(events):
+    for i, (items, other) in enumerate(zip(item_seqs, other_seqs)):
+        if len(items) != len(other):
             raise ValueError(
-                f"sequence {i} has {len(items)} items but {len(events)} event types; they must align."
+                f"sequence {i} has {len(items)} items but {len(other)} {what}; they must align."
             )
+
+
+def _windows(seqs: Sequence[np.ndarray], max_len: int, all_windows: bool) -> list[np.ndarray]:
+    """Each sequence's last max_len entries; with all_windows also the earlier ones, as further rows
+    of max_len each (the oldest may be shorter). Rows of one sequence are consecutive, most recent first."""
+    rows = []
+    for seq in seqs:
+        end = len(seq)
+        while end > 0:
+            start = max(0, end - max_len)
+            rows.append(seq[start:end])
+            end = start if all_windows else 0
+    return rows
 
 
 def next_item_examples(
@@ -95,19 +116,25 @@ def next_item_examples(
     than max_len transitions gives its most recent max_len; with all_windows=True also the earlier
     ones, as further rows of max_len transitions each (the oldest row may be shorter), so every
     transition is trained on exactly once. Rows of one sequence are consecutive, most recent first.
+    Any further per-event input (time-gap buckets) is cut into the same rows by next_item_inputs.
     """
     _check_aligned(item_seqs, event_seqs)
-    inputs, events, targets = [], [], []
-    for items, evs in zip(item_seqs, event_seqs):
-        items, evs = np.asarray(items), np.asarray(evs)
-        end = len(items) - 1  # transitions t -> t + 1 for t < end
-        while end > 0:
-            start = max(0, end - max_len)
-            inputs.append(items[start:end])
-            events.append(evs[start:end])
-            targets.append(items[start + 1 : end + 1])
-            end = start if all_windows else 0
-    return pad_left(inputs, max_len), pad_left(events, max_len), pad_left(targets, max_len)
+    items = [np.asarray(s) for s in item_seqs]
+    return (pad_left(_windows([s[:-1] for s in items], max_len, all_windows), max_len),
+            next_item_inputs(items, event_seqs, max_len, all_windows),
+            pad_left(_windows([s[1:] for s in items], max_len, all_windows), max_len))
+
+
+def next_item_inputs(
+    item_seqs: Sequence[np.ndarray], value_seqs: Sequence[np.ndarray], max_len: int, all_windows: bool = False
+) -> np.ndarray:
+    """A per-event input aligned with item_seqs (event types, time-gap buckets) cut into the rows of
+    next_item_examples(item_seqs, ..., max_len, all_windows): (N', max_len) int64, left-padded, row r
+    aligned with its inputs row r. Compute the values on whole sequences first: a row that starts
+    mid-sequence then keeps what came before it (its first gap bucket is the gap, not "first event").
+    """
+    _check_aligned(item_seqs, value_seqs, "per-event values")
+    return pad_left(_windows([np.asarray(v)[:-1] for v in value_seqs], max_len, all_windows), max_len)
 
 
 def leave_last_out(

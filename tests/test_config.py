@@ -58,3 +58,17 @@ def test_negative_training_sample_or_budget_is_rejected(tmp_path):
 def test_negative_train_threads_is_a_clear_error():
     with pytest.raises(ConfigError, match="train.threads must be >= 0"):
         load_config(overrides={"train.threads": "-1"})
+
+
+@pytest.mark.parametrize("value", ["1", "-1"])
+def test_time_buckets_other_than_off_or_at_least_two_is_a_clear_error(value):
+    with pytest.raises(ConfigError, match="train.time_buckets must be 0 \\(off\\) or >= 2"):
+        load_config(overrides={"train.time_buckets": value})
+
+
+def test_time_buckets_reach_the_encoder_config():
+    from jobs.steps.train import encoder_config
+
+    assert encoder_config(load_config().train, num_items=10, max_len=5).n_time_buckets == 0
+    on = load_config(overrides={"train.time_buckets": "24"}).train
+    assert encoder_config(on, num_items=10, max_len=5).n_time_buckets == 24

@@ -113,7 +113,7 @@ def encoder_flops(cfg: UserEncoderConfig, lengths: np.ndarray) -> tuple[np.ndarr
 
 def plain_loop(cfg: FactoryConfig, files: list[str], champion: registry.RegisteredEncoder, threads: int) -> pa.Table:
     """What embed_users does, without Ray: same files, same batches, same predictor, `threads` torch threads."""
-    table = pads.dataset(files).to_table(columns=embed.INPUT_COLUMNS)
+    table = pads.dataset(files).to_table(columns=embed.input_columns(champion.model.cfg))
     predictor = embed.UserEmbeddingPredictor(**{**embed.predictor_kwargs(cfg, champion), "threads": threads})
     size = cfg.ray.inference_batch_size
     out = [predictor(table.slice(first, size)) for first in range(0, table.num_rows, size)]
@@ -130,7 +130,7 @@ def profile_loop(cfg: FactoryConfig, files: list[str], champion: registry.Regist
              "layernorm / gelu / normalise": ("layer_norm", "gelu", "norm", "clamp_min", "div"),
              "embedding lookups": ("embedding",),
              "masks / residual adds / other torch": ("tril", "eye", "ones", "arange", "add", "__and__", "__or__", "ne")}
-    table = pads.dataset(files).to_table(columns=embed.INPUT_COLUMNS).slice(0, rows)
+    table = pads.dataset(files).to_table(columns=embed.input_columns(champion.model.cfg)).slice(0, rows)
     predictor = embed.UserEmbeddingPredictor(**{**embed.predictor_kwargs(cfg, champion), "threads": threads})
     size = cfg.ray.inference_batch_size
     profiler = cProfile.Profile()
@@ -267,9 +267,10 @@ def bench_incremental(cfg: FactoryConfig, champion: registry.RegisteredEncoder, 
 
 
 def default_encoder(cfg: FactoryConfig) -> UserEncoderConfig:
-    """The pipeline's encoder shape: [train] d_model / n_layers / n_heads, [features] max_seq_len."""
+    """The pipeline's encoder shape: [train] d_model / n_layers / n_heads / time_buckets, [features] max_seq_len."""
     return UserEncoderConfig(num_items=NUM_ITEMS, d_model=cfg.train.d_model, n_layers=cfg.train.n_layers,
-                             n_heads=cfg.train.n_heads, max_len=cfg.features.max_seq_len)
+                             n_heads=cfg.train.n_heads, max_len=cfg.features.max_seq_len,
+                             n_time_buckets=cfg.train.time_buckets)
 
 
 def run(users: int | list[int] = 100_000, cfg: FactoryConfig | None = None,

@@ -8,7 +8,8 @@ defaults (what a user gets without flags):
   users, validation users held out by build_training_data), the train step's model shape and start
   (`encoder_config`, `initial_state`: warm from the champion, its item table grown, the day's facet
   codes) and loop (loop_config: the clock budget `train.minutes`, epochs, loss); the train step's
-  gate (`passes_gate`) promotes it or not;
+  gate (`passes_gate`) promotes it or not; with `train.time_buckets` the model reads the simulated
+  events' time gaps, as the train step reads user_sequences' ts;
 - embed: every user with a history, under the champion;
 - evaluate: as jobs/steps/evaluate.py, users who play on d+1 are ranked against the champion's items
   (no filter: replays count), HR@10 / NDCG@10 of their d+1 plays, against the 10 most played items
@@ -34,7 +35,7 @@ from jobs.config import GeneratorConfig, TrainConfig, load_config
 from jobs.days import shift
 from jobs.steps.compatibility import item_table
 from jobs.steps.encoder_training import TrainingRun, build_training_data, loop_config, validation_metrics
-from jobs.steps.train import encoder_config, grown_to, initial_state, passes_gate
+from jobs.steps.train import data_time_buckets, encoder_config, grown_to, initial_state, passes_gate
 from models.ranking_metrics import hit_rate_multi, ndcg_multi
 from models.space_alignment import top_k
 from models.user_encoder import UserEncoder
@@ -78,7 +79,7 @@ def train_day(world: World, day: int, champion: UserEncoder | None, t: TrainConf
     if t.max_users and t.max_users < table.num_rows:
         rng = np.random.default_rng([t.seed, day])
         table = table.take(np.sort(rng.choice(table.num_rows, t.max_users, replace=False)))
-    data = build_training_data(table, max_len, t.seed + day)
+    data = build_training_data(table, max_len, t.seed + day, data_time_buckets(t, champion))
     torch.manual_seed(t.seed + day)
     model = UserEncoder(encoder_cfg)
     start, warm = initial_state(encoder_cfg, champion, codes)

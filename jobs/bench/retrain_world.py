@@ -23,10 +23,12 @@ from jobs.steps.catalog import item_text
 from jobs.steps.compatibility import user_vectors
 from jobs.steps.encoder_training import PATIENCE, LoopConfig, TrainingRun, build_training_data
 from jobs.steps.train import encoder_config, grown_to, initial_state
+from jobs.steps.user_predictor import TS_COLUMN, gap_buckets
 from jobs.synthetic.catalog import Catalog, add_new_items, build_catalog, edit_items
 from jobs.synthetic.generate import _CATALOG, _DAY
 from jobs.synthetic.listening import PLAY, SAVE, SKIP, Users, add_users, drift_tastes, simulate_day
 from models.ranking_metrics import hit_rate_multi
+from models.sequences import pad_left_flat
 from models.space_alignment import top_k
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
@@ -40,6 +42,7 @@ class World:
     items: np.ndarray  # (E,) vocabulary id (catalog index + 1)
     codes: np.ndarray  # (E,) 1 = play, 2 = skip
     day: np.ndarray  # (E,) day index
+    ts: np.ndarray  # (E,) event time, ms since epoch (the simulation's)
 
     def items_by(self, day: int) -> int:
         """The vocabulary size at the end of day `day` (items are published in id order)."""
@@ -50,17 +53,18 @@ class World:
         return [item_text(self.catalog.row(i)) for i in range(count)]
 
     def sequences(self, day: int, max_len: int) -> tuple[np.ndarray, pa.Table]:
-        """(user indices, table of item_idx / event_type lists): each user's last max_len plays and
-        skips up to and including `day`, oldest first, for users with any."""
+        """(user indices, table of item_idx / event_type / ts lists, as user_sequences holds them): each
+        user's last max_len plays and skips up to and including `day`, oldest first, for users with any."""
         upto = self.day <= day
-        users, items, codes = self.users[upto], self.items[upto], self.codes[upto]
+        users, items, codes, ts = self.users[upto], self.items[upto], self.codes[upto], self.ts[upto]
         order = np.argsort(users, kind="stable")  # within a user: time order kept
-        users, items, codes = users[order], items[order], codes[order]
+        users, items, codes, ts = users[order], items[order], codes[order], ts[order]
         who, starts = np.unique(users, return_index=True)
         ends = np.append(starts[1:], len(users))
         starts = np.maximum(starts, ends - max_len)
         table = pa.table({"item_idx": pa.array([items[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int32())),
-                          "event_type": pa.array([codes[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int8()))})
+                          "event_type": pa.array([codes[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int8())),
+                          "ts": pa.array([ts[s:e].tolist() for s, e in zip(starts, ends)], pa.list_(pa.int64()))})
         return who, table
 
     def facet_codes(self, cfg: UserEncoderConfig, num_items: int | None = None) -> torch.Tensor | None:
@@ -104,9 +108,9 @@ def simulate(cfg: GeneratorConfig) -> World:
         drift_tastes(users, rng)
         keep = events["etype"] != SAVE
         parts.append((events["user"][keep], events["item"][keep] + 1,
-                      np.where(events["etype"][keep] == PLAY, 1, 2), np.full(int(keep.sum()), day)))
-    users_, items, codes, days = (np.concatenate(p) for p in zip(*parts))
-    return World(catalog, users_.astype(np.int64), items.astype(np.int64), codes.astype(np.int64), days.astype(np.int64))
+                      np.where(events["etype"][keep] == PLAY, 1, 2), np.full(int(keep.sum()), day), events["ts"][keep]))
+    users_, items, codes, days, ts = (np.concatenate(p).astype(np.int64) for p in zip(*parts))
+    return World(catalog, users_, items, codes, days, ts)
 
 
 TRAIN = TrainConfig()  # the nightly job's defaults: the benchmarks train what the pipeline trains
@@ -145,7 +149,7 @@ def train(world: World, day: int, settings: ModelSettings, start: UserEncoder | 
         if weights is not None:
             model.load_state_dict(weights)
     _, table = world.sequences(day, settings.max_len)
-    data = build_training_data(table, settings.max_len, settings.seed + day)
+    data = build_training_data(table, settings.max_len, settings.seed + day, cfg.n_time_buckets)
     loop = LoopConfig(lr=settings.lr, batch_size=settings.batch_size, seed=settings.seed + day,
                       max_epochs=settings.warm_epochs if start is not None else settings.epochs, patience=settings.patience,
                       compat_weight=compat_weight if start is not None else 0.0,
@@ -165,11 +169,16 @@ def grown(model: UserEncoder, world: World, day: int) -> UserEncoder:
 
 
 def day_users(world: World, day: int, max_len: int, model: UserEncoder) -> tuple[np.ndarray, np.ndarray]:
-    """(user indices, (U, D) vectors under `model`) of every user with a history up to `day`."""
+    """(user indices, (U, D) vectors under `model`) of every user with a history up to `day` (with
+    their time-gap buckets, as embed's predictor computes them, for a model with time gaps)."""
     who, table = world.sequences(day, max_len)
     items = _padded(table.column("item_idx").to_pylist(), max_len)
     codes = _padded(table.column("event_type").to_pylist(), max_len)
-    return who, user_vectors(model, items, codes)
+    gaps = None
+    if model.cfg.n_time_buckets:
+        values, offsets = gap_buckets(table.column(TS_COLUMN), model.cfg.n_time_buckets)
+        gaps = pad_left_flat(values, offsets[:-1], offsets[1:], max_len)
+    return who, user_vectors(model, items, codes, gaps)
 
 
 def _padded(rows: list[list[int]], max_len: int) -> np.ndarray:

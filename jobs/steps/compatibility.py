@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jobs.steps.encoder_training import gap_input
 from jobs.tracking import plots
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k
 from models.sequences import pad_left
@@ -33,14 +34,19 @@ CROSS_VERSION = "compat_hr10_new_users_old_items"  # the headline: new users ser
 
 
 @torch.inference_mode()
-def user_vectors(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def user_vectors(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, gaps: np.ndarray | None = None,
+                 batch_size: int = 512) -> np.ndarray:
     """(N, D) unit user vectors of left-padded (N, L) histories under `model`; items the model does not
-    know (ids above its num_items) are dropped from the history first, as embed's predictor does."""
-    known = [(row[(row > 0) & (row <= model.cfg.num_items)], ev[(row > 0) & (row <= model.cfg.num_items)])
-             for row, ev in zip(inputs, events)]
-    items = pad_left([k[0] for k in known], inputs.shape[1])
-    kinds = pad_left([k[1] for k in known], inputs.shape[1])
-    out = [model.user_embeddings(torch.from_numpy(items[s:s + batch_size]), torch.from_numpy(kinds[s:s + batch_size]))
+    know (ids above its num_items) are dropped from the history first, as embed's predictor does.
+    gaps: (N, L) time-gap buckets aligned with inputs, needed by a model with time gaps
+    (encoder_training.gap_input); a dropped item's gap goes with it, as in the predictor."""
+    gaps = gap_input(model, gaps)
+    keep = (inputs > 0) & (inputs <= model.cfg.num_items)  # (N, L)
+    items = pad_left([row[k] for row, k in zip(inputs, keep)], inputs.shape[1])
+    kinds = pad_left([ev[k] for ev, k in zip(events, keep)], inputs.shape[1])
+    times = pad_left([g[k] for g, k in zip(gaps, keep)], inputs.shape[1]) if gaps is not None else None
+    out = [model.user_embeddings(torch.from_numpy(items[s:s + batch_size]), torch.from_numpy(kinds[s:s + batch_size]),
+                                 torch.from_numpy(times[s:s + batch_size]) if times is not None else None)
            for s in range(0, len(items), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.d_model), np.float32)
 
@@ -58,10 +64,11 @@ def ranks_of(users: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.nd
 
 
 def compatibility_report(old: UserEncoder, new: UserEncoder, inputs: np.ndarray, events: np.ndarray,
-                         targets: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+                         targets: np.ndarray, gaps: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
     """({metric: value}, R (D, D) old -> new) over the users whose target both versions know.
 
-    inputs, events (N, L): histories without the target; targets (N,) item ids. Needs equal d_model.
+    inputs, events (N, L): histories without the target; targets (N,) item ids; gaps (N, L): their
+    time-gap buckets, needed when either version reads time gaps. Needs equal d_model.
     """
     shared = min(old.cfg.num_items, new.cfg.num_items)
     rows = (targets >= 1) & (targets <= shared)
@@ -71,8 +78,9 @@ def compatibility_report(old: UserEncoder, new: UserEncoder, inputs: np.ndarray,
     metrics.update(compat_users=float(rows.sum()), compat_shared_items=float(shared))
     if not rows.any():
         return metrics, rotation
-    u_old = user_vectors(old, inputs[rows], events[rows])
-    u_new = user_vectors(new, inputs[rows], events[rows])
+    gaps = gaps[rows] if gaps is not None else None
+    u_old = user_vectors(old, inputs[rows], events[rows], gaps)
+    u_new = user_vectors(new, inputs[rows], events[rows], gaps)
     t = targets[rows]
     pairs = {"hr10_same_new": (u_new, new_items), "hr10_same_old": (u_old, old_items),
              "hr10_new_users_old_items": (u_new, old_items), "hr10_old_users_new_items": (u_old, new_items),
@@ -89,9 +97,9 @@ def compatibility_report(old: UserEncoder, new: UserEncoder, inputs: np.ndarray,
 
 
 def log_promotion(step, old: UserEncoder, new: UserEncoder, inputs: np.ndarray, events: np.ndarray,
-                  targets: np.ndarray, old_version: str) -> dict[str, float]:
+                  targets: np.ndarray, old_version: str, gaps: np.ndarray | None = None) -> dict[str, float]:
     """compatibility_report logged to the step's run: metrics, a plot, and the alignment map."""
-    metrics, rotation = compatibility_report(old, new, inputs, events, targets)
+    metrics, rotation = compatibility_report(old, new, inputs, events, targets, gaps)
     step.metrics(**{k: v for k, v in metrics.items() if np.isfinite(v)})
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "rotation_old_to_new.npy"

@@ -10,10 +10,11 @@ champion's normalised item table (a small table: the Arrow path), so users and i
 hypersphere.
 
 Incremental days: when yesterday's user_embeddings partition was computed by today's champion, a
-user whose model input (the item_idx and event_type lists of user_sequences) is identical to
-yesterday's keeps yesterday's vector: Spark finds those users (a join of the two days' sequences),
-its executors copy their rows from yesterday's partition into a writer folder, and write the other
-users' sequences to a staging folder that the actors embed. Any other case (new champion, yesterday
+user whose model input (the item_idx and event_type lists of user_sequences, and the ts lists for a
+champion with time gaps: `input_columns`) is identical to yesterday's keeps yesterday's vector: Spark
+finds those users (a join of the two days' sequences), its executors copy their rows from yesterday's
+partition into a writer folder, and write the other users' sequences to a staging folder that the
+actors embed. Any other case (new champion, yesterday
 missing or mixed versions) embeds everyone. No per-user row passes through the driver.
 
 `embed_users` and `embed_day` are the in-memory forms the inference benchmark compares (they return
@@ -23,12 +24,14 @@ Arrow tables); the step itself uses `embed_day_to_folders`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +60,7 @@ from jobs.steps.user_predictor import (
     actor_num_gpus,
     compute_kwargs,
     flat_lists,
+    input_columns,
 )
 from jobs.tracking import plots, registry
 from jobs.tracking.runs import StepResult, track_step
@@ -92,16 +96,18 @@ def actor_count(cfg: FactoryConfig) -> int:
 def embed_users(cfg: FactoryConfig, source: list[str] | pa.Table, champion: registry.RegisteredEncoder) -> pa.Table:
     """user_id, embedding, model_version for every user of `source`, sorted by user_id (Ray Data).
 
-    source: user_sequences Parquet files, or a table with user_id, item_idx, event_type.
+    source: user_sequences Parquet files, or a table with user_id, item_idx, event_type (and ts for a
+    champion with time gaps: input_columns).
     """
     ensure_ray(cfg)
+    columns = input_columns(champion.model.cfg)
     if cfg.ray.inference_engine == "pool":
         if not isinstance(source, list):  # the pool's actors read files: stage the table as one
             return _embed_table_with_pool(cfg, source, champion)
         tables = inference_pool.embed(source, predictor_kwargs(cfg, champion), **_pool_resources(cfg))
         return pa.concat_tables(tables).sort_by("user_id") if tables else OUTPUT_SCHEMA.empty_table()
-    dataset = (ray.data.read_parquet(source).select_columns(INPUT_COLUMNS) if isinstance(source, list)
-               else ray.data.from_arrow(source.select(INPUT_COLUMNS)))
+    dataset = (ray.data.read_parquet(source).select_columns(columns) if isinstance(source, list)
+               else ray.data.from_arrow(source.select(columns)))
     # A day's file is one block, and one block goes to one actor: cut it so every actor gets work.
     dataset = dataset.repartition(target_num_rows_per_block=cfg.ray.inference_batch_size)
     embedded = dataset.map_batches(
@@ -126,7 +132,7 @@ def embed_to_folder(cfg: FactoryConfig, source: str | list[str], champion: regis
         written = inference_pool.embed(paths, predictor_kwargs(cfg, champion), **_pool_resources(cfg),
                                        folder_uri=folder.uri)
         return sum(int(table.column("rows")[0].as_py()) for table in written)  # one (path, rows) per file
-    dataset = ray.data.read_parquet(source).select_columns(INPUT_COLUMNS)
+    dataset = ray.data.read_parquet(source).select_columns(input_columns(champion.model.cfg))
     dataset = dataset.repartition(target_num_rows_per_block=cfg.ray.inference_batch_size)
     written = dataset.map_batches(
         UserEmbeddingWriter, fn_constructor_kwargs={"folder_uri": folder.uri, **predictor_kwargs(cfg, champion)},
@@ -156,7 +162,7 @@ def _embed_table_with_pool(cfg: FactoryConfig, table: pa.Table, champion: regist
     fs, folder = pafs.FileSystem.from_uri(staging if "://" in staging else f"file://{staging}")
     fs.create_dir(folder, recursive=True)
     try:
-        pq.write_table(table.select(INPUT_COLUMNS), f"{folder}/part-0.parquet", filesystem=fs)
+        pq.write_table(table.select(input_columns(champion.model.cfg)), f"{folder}/part-0.parquet", filesystem=fs)
         return embed_users(cfg, [f"{staging}/part-0.parquet"], champion)
     finally:
         _remove_folder(staging)
@@ -177,9 +183,11 @@ def embed_day_to_folders(cfg: FactoryConfig, ds: str, sequences_version: int, fi
                             "users_carried_forward": 0}, why
     _, today = read_snapshot(cfg, USER_SEQUENCES, {"ds": [ds]}, sequences_version)
     _, before = read_snapshot(cfg, USER_SEQUENCES, {"ds": [yesterday]})
-    today = today.select(*INPUT_COLUMNS)
-    same = today.alias("t").join(before.select(*INPUT_COLUMNS).alias("b"), "user_id").where(
-        (F.col("t.item_idx") == F.col("b.item_idx")) & (F.col("t.event_type") == F.col("b.event_type"))).select("user_id")
+    columns = input_columns(champion.model.cfg)  # user_id and the champion's whole input
+    today = today.select(*columns)
+    equal = [F.col(f"t.{c}") == F.col(f"b.{c}") for c in columns[1:]]
+    same = today.alias("t").join(before.select(*columns).alias("b"), "user_id").where(
+        functools.reduce(lambda a, b: a & b, equal)).select("user_id")
     carried_rows = previous.join(same, "user_id", "left_semi")
     carried = write_files(cfg, carried_rows, USER_EMBEDDINGS, {"ds": ds})  # executors copy yesterday's rows
     staging = _staging_uri(cfg)
@@ -212,15 +220,16 @@ def _rows(folder: commit.WriterFolder) -> int:
     return sum(json.loads(action.stats)["numRecords"] for action in commit.file_actions(folder))
 
 
-def unchanged_inputs(today: pa.Table, before: pa.Table) -> np.ndarray:
-    """(N,) bool over today's rows: the user has a row in `before` with identical item_idx and
-    event_type lists (the model's whole input). Both tables hold user_id, item_idx, event_type."""
+def unchanged_inputs(today: pa.Table, before: pa.Table, columns: Sequence[str] = INPUT_COLUMNS[1:]) -> np.ndarray:
+    """(N,) bool over today's rows: the user has a row in `before` with identical lists in every one of
+    `columns` (the model's whole input: input_columns(cfg)[1:], with ts for a model with time gaps).
+    Both tables hold user_id and those list columns."""
     position = pc.index_in(today.column("user_id"), value_set=before.column("user_id"))
     same = position.is_valid().to_numpy(zero_copy_only=False).copy()
     matched = pa.array(np.flatnonzero(same))
     if not len(matched):
         return same
-    for column in ("item_idx", "event_type"):
+    for column in columns:
         now, now_offsets = flat_lists(today.column(column).take(matched))
         then, then_offsets = flat_lists(before.column(column).take(position.take(matched)))
         lengths = np.diff(now_offsets)
@@ -246,7 +255,8 @@ def embed_day(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[s
     user_id, {users_inferred, users_carried_forward}, why this plan).
 
     Carries a user forward (copies yesterday's row) only when yesterday's partition was computed
-    entirely by this champion version and the user's item_idx and event_type lists equal yesterday's.
+    entirely by this champion version and the user's input lists (item_idx and event_type, and ts for a
+    champion with time gaps) equal yesterday's.
     """
     yesterday = shift(ds, -1)
     previous = delta.read(cfg, USER_EMBEDDINGS, where={"ds": yesterday}, columns=OUTPUT_SCHEMA.names)
@@ -256,9 +266,10 @@ def embed_day(cfg: FactoryConfig, ds: str, sequences_version: int, files: list[s
                f"full: {yesterday} was embedded by model version(s) {sorted(versions)}, champion is {champion.version}")
         users = embed_users(cfg, files, champion)
         return users, {"users_inferred": users.num_rows, "users_carried_forward": 0}, why
-    today = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=INPUT_COLUMNS, version=sequences_version)
-    before = delta.read(cfg, USER_SEQUENCES, where={"ds": yesterday}, columns=INPUT_COLUMNS)
-    carry = unchanged_inputs(today, before) & pc.is_in(
+    columns = input_columns(champion.model.cfg)
+    today = delta.read(cfg, USER_SEQUENCES, where={"ds": ds}, columns=columns, version=sequences_version)
+    before = delta.read(cfg, USER_SEQUENCES, where={"ds": yesterday}, columns=columns)
+    carry = unchanged_inputs(today, before, columns[1:]) & pc.is_in(
         today.column("user_id"), value_set=previous.column("user_id")).to_numpy(zero_copy_only=False)
     carried = previous.filter(pc.is_in(previous.column("user_id"), value_set=today.column("user_id").filter(carry)))
     changed = today.filter(pa.array(~carry))

@@ -57,7 +57,8 @@ def train_loop_per_worker(config: dict) -> None:
         from jobs.steps.train_data import worker_training_data
 
         data = worker_training_data(ray.train.get_dataset_shard(f"train_{rank}"), ray.get(config["data"]),
-                                    set(ray.get(config["held_out"])), config["encoder"]["max_len"])
+                                    set(ray.get(config["held_out"])), config["encoder"]["max_len"],
+                                    config["encoder"]["n_time_buckets"])
     else:  # the benchmark: every worker holds all the data and takes every world-th sequence
         data = training_shard(ray.get(config["data"]), rank, world)
     encoder = UserEncoder(UserEncoderConfig(**config["encoder"]))
@@ -125,7 +126,8 @@ def fit(cfg: FactoryConfig, data: TrainingData, encoder_cfg: UserEncoderConfig, 
         dataset: ray.data.Dataset | None = None, held_out: tuple[str, ...] = ()) -> FitResult:
     """Train under Ray Train (TorchTrainer); return the selected model, the history and the marks.
 
-    With `dataset` (user_id, item_idx, event_type rows; jobs.steps.train_data) each worker trains on
+    With `dataset` (user_id, item_idx, event_type rows, and ts for an encoder with time gaps;
+    jobs.steps.train_data) each worker trains on
     its shard of it and `data` holds only the validation users, whose ids `held_out` lists; without,
     every worker gets `data` whole and takes every world-th training sequence.
 

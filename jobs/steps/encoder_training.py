@@ -20,8 +20,9 @@ import pyarrow as pa
 import torch
 
 from jobs.config import TrainConfig
+from jobs.steps.user_predictor import TS_COLUMN, gap_buckets
 from models.ranking_metrics import hit_rate_at_k, ndcg_at_k, target_ranks
-from models.sequences import length_buckets, next_item_examples, pad_left
+from models.sequences import length_buckets, next_item_examples, next_item_inputs, pad_left
 from models.user_encoder import (
     UserEncoder,
     UserEncoderConfig,
@@ -47,12 +48,41 @@ class TrainingData:
     # Per validation user, every item of the history they are scored on (all of it, not only the
     # last L): hidden from the ranking for seen-filtered metrics. Empty: no seen-filtered metrics.
     val_seen: tuple[np.ndarray, ...] = ()
+    # Time-gap buckets aligned with inputs (N, L) and val_inputs (V, L), or None: no time input. Built
+    # with at least the bucket count of any model trained or ranked on them (see gap_input).
+    input_gaps: np.ndarray | None = None
+    val_gaps: np.ndarray | None = None
 
 
-def build_training_data(sequences: pa.Table, max_len: int, seed: int) -> TrainingData:
-    """Next-item examples from every user's sequence; a sample of users holds out its last item."""
+def gap_lists(sequences: pa.Table, n_buckets: int) -> list[np.ndarray]:
+    """Per row of `sequences` (a ts list column, ms since epoch), the time-gap bucket of each event."""
+    values, offsets = gap_buckets(sequences.column(TS_COLUMN), n_buckets)
+    return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def gap_input(model: UserEncoder, gaps: np.ndarray | None) -> np.ndarray | None:
+    """What `model` reads of time-gap buckets `gaps` (any shape): None for a model without time gaps;
+    else the buckets with every one past its last merged into it, the same numbers as building them
+    with its own count (data built for two models with different counts serves both). Raises
+    ValueError when the model has time gaps and gaps is None."""
+    buckets = model.cfg.n_time_buckets
+    if not buckets:
+        return None
+    if gaps is None:
+        raise ValueError(f"this encoder reads time gaps (n_time_buckets={buckets}) but the data has none: "
+                         "build the TrainingData with time_buckets (from user_sequences' ts).")
+    return np.minimum(gaps, buckets - 1)
+
+
+def build_training_data(sequences: pa.Table, max_len: int, seed: int, time_buckets: int = 0) -> TrainingData:
+    """Next-item examples from every user's sequence; a sample of users holds out its last item.
+
+    sequences: item_idx and event_type lists per user (oldest first), and ts (ms since epoch) when
+    time_buckets > 0: the examples then carry time-gap buckets (input_gaps, val_gaps), each event's
+    measured on the user's whole sequence."""
     items = [np.asarray(s, dtype=np.int64) for s in sequences.column("item_idx").to_pylist()]
     events = [np.asarray(s, dtype=np.int64) for s in sequences.column("event_type").to_pylist()]
+    gaps = gap_lists(sequences, time_buckets) if time_buckets else None
     eligible = np.flatnonzero([len(s) >= 3 for s in items])
     rng = np.random.default_rng(seed)
     val = np.sort(rng.choice(eligible, size=min(VALIDATION_USERS, len(eligible)), replace=False))
@@ -67,22 +97,28 @@ def build_training_data(sequences: pa.Table, max_len: int, seed: int) -> Trainin
         val_events=pad_left([events[i][:-1] for i in val], max_len),
         val_targets=np.array([items[i][-1] for i in val], dtype=np.int64),
         val_seen=tuple(items[i][:-1] for i in val),
+        input_gaps=None if gaps is None else next_item_inputs(
+            train_items, [g[:-1] if v else g for g, v in zip(gaps, is_val)], max_len),
+        val_gaps=None if gaps is None else pad_left([gaps[i][:-1] for i in val], max_len),
     )
 
 
 @torch.inference_mode()
 def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, targets: np.ndarray,
-                 seen: Sequence[np.ndarray] = (), batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+                 seen: Sequence[np.ndarray] = (), batch_size: int = 256,
+                 gaps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """0-based rank of each row's target among all items, as (unfiltered, seen-filtered or None).
 
     inputs, events: (N, L) left-padded histories; targets: (N,) item ids; seen: N arrays of item
-    ids to hide from each row's ranking (its own target never is), or () for no filtered ranks.
+    ids to hide from each row's ranking (its own target never is), or () for no filtered ranks;
+    gaps: (N, L) time-gap buckets, needed by a model with time gaps (gap_input).
     Rows are batched by length and trimmed to their longest history (bucketed inference). A model
     with cfg.history_bias scores each row's input items with its learned bias (UserEncoder.scores).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    gaps = gap_input(model, gaps)
     lengths = (inputs != 0).sum(1)
     order = np.argsort(lengths, kind="stable")
     plain = np.zeros(len(targets), dtype=np.int64)
@@ -91,7 +127,8 @@ def rank_targets(model: UserEncoder, inputs: np.ndarray, events: np.ndarray, tar
         rows = order[start:start + batch_size]
         longest = max(int(lengths[rows].max()), 1)
         history = torch.from_numpy(inputs[rows, -longest:]).to(device)
-        users = model.user_embeddings(history, torch.from_numpy(events[rows, -longest:]).to(device))  # (B, D)
+        times = torch.from_numpy(gaps[rows, -longest:]).to(device) if gaps is not None else None
+        users = model.user_embeddings(history, torch.from_numpy(events[rows, -longest:]).to(device), times)  # (B, D)
         scores, wanted = model.scores(users, history), torch.from_numpy(targets[rows]).to(device)  # (B, V + 1), (B,)
         plain[rows] = target_ranks(scores, wanted)
         if filtered is not None:
@@ -114,7 +151,9 @@ def validation_metrics(model: UserEncoder, data: TrainingData, rank: int = 0, wo
     sums = np.zeros(len(names))
     if len(rows):
         seen = [data.val_seen[i] for i in rows] if data.val_seen else ()
-        plain, filtered = rank_targets(model, data.val_inputs[rows], data.val_events[rows], data.val_targets[rows], seen)
+        gaps = data.val_gaps[rows] if data.val_gaps is not None else None
+        plain, filtered = rank_targets(model, data.val_inputs[rows], data.val_events[rows], data.val_targets[rows], seen,
+                                       gaps=gaps)
         ranked = [plain, plain] + ([filtered, filtered] if filtered is not None else [])
         sums = np.array([metric(r, K) * len(rows) for metric, r in zip([hit_rate_at_k, ndcg_at_k] * 2, ranked)])
     if world == 1:
@@ -129,7 +168,8 @@ def training_shard(data: TrainingData, rank: int, world: int) -> TrainingData:
     """Worker `rank`'s share of the training sequences (every world-th; shares may differ by one);
     the validation users stay whole on every worker (see validation_metrics)."""
     return dataclasses.replace(data, inputs=data.inputs[rank::world], input_events=data.input_events[rank::world],
-                               targets=data.targets[rank::world])
+                               targets=data.targets[rank::world],
+                               input_gaps=data.input_gaps[rank::world] if data.input_gaps is not None else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +259,9 @@ class TrainingRun:
                  model: torch.nn.Module | None = None, rank: int = 0, world: int = 1):
         if loop.select_on.endswith("seen_filtered") and not data.val_seen:
             raise ValueError(f"select_on={loop.select_on!r} needs TrainingData.val_seen; pass the seen items.")
+        if encoder.cfg.n_time_buckets and (data.input_gaps is None or data.val_gaps is None):
+            raise ValueError(f"the encoder reads time gaps (n_time_buckets={encoder.cfg.n_time_buckets}) but the "
+                             "TrainingData has no input_gaps / val_gaps: build it with time_buckets.")
         if encoder.cfg.history_bias and (loop.mask_history_in_loss or loop.loss != "full"):
             raise ValueError("a model with history_bias learns it in the full softmax over every item: "
                              "use loss='full' without mask_history_in_loss (the bias replaces the mask).")
@@ -338,20 +381,25 @@ class TrainingRun:
         d = self.data
         if rows is None:
             rows, weight = np.zeros(1, dtype=np.int64), 0.0
+        gaps = None
         if len(d.inputs):
             longest = max(int((d.inputs[rows] != 0).sum(1).max()), 1)
             inputs = torch.from_numpy(d.inputs[rows, -longest:]).to(self.device)  # (B, T) trimmed to the longest
             targets = torch.from_numpy(d.targets[rows, -longest:]).to(self.device)
             events = torch.from_numpy(d.input_events[rows, -longest:]).to(self.device)
+            if self.encoder.cfg.n_time_buckets:
+                gaps = torch.from_numpy(gap_input(self.encoder, d.input_gaps[rows, -longest:])).to(self.device)
         else:  # an empty shard: one real-looking row (item 1 -> item 1), weight 0
             inputs, targets, events = (torch.ones(1, 1, dtype=torch.int64, device=self.device),
                                        torch.ones(1, 1, dtype=torch.int64, device=self.device),
                                        torch.zeros(1, 1, dtype=torch.int64, device=self.device))
+            if self.encoder.cfg.n_time_buckets:
+                gaps = torch.ones(1, 1, dtype=torch.int64, device=self.device)
         if not bool((targets != 0).any()):  # a stand-in row without a target: predict its own item
             targets = inputs.clone()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.loop.bf16 else nullcontext()
         with autocast:
-            hidden = self.model(inputs, events)  # (B, T, D)
+            hidden = self.model(inputs, events, gaps)  # (B, T, D)
             if self.loop.loss == "sampled":
                 negatives = torch.multinomial(self.log_q.exp(), self.loop.sampled_negatives, replacement=True)
                 loss = sampled_softmax_loss(self.encoder, hidden.float(), targets, negatives, self.log_q)

@@ -31,7 +31,7 @@ import ray
 from ray.util import ActorPool
 
 from jobs.steps.embedding_writer import write_part
-from jobs.steps.user_predictor import INPUT_COLUMNS, OUTPUT_SCHEMA, UserEmbeddingPredictor
+from jobs.steps.user_predictor import OUTPUT_SCHEMA, UserEmbeddingPredictor, input_columns
 
 MAX_ITEM_BATCHES = 64  # an item is at most this many inference batches (bounds an actor's memory)
 
@@ -90,9 +90,10 @@ class EmbeddingActor:
         for group in range(parquet.metadata.num_row_groups):
             starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
         groups = tuple(g for g in range(len(starts) - 1) if starts[g] < item.first + item.rows and starts[g + 1] > item.first)
-        key = (item.path, groups)
+        columns = input_columns(self.predictor.model.cfg)  # with ts for a model with time gaps
+        key = (item.path, groups, tuple(columns))
         if self.cached is None or self.cached[0] != key:
-            self.cached = (key, parquet.read_row_groups(list(groups), columns=INPUT_COLUMNS))
+            self.cached = (key, parquet.read_row_groups(list(groups), columns=columns))
         return self.cached[1].slice(item.first - starts[groups[0]] if groups else 0, item.rows)
 
 

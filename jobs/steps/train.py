@@ -9,6 +9,8 @@ validation NDCG@10, and promotes the result to `champion` only if it does not lo
 run also logs how compatible the new space is with the old one (jobs/steps/compatibility.py: cross-
 version HR@10 both ways, neighbour overlap, the rotation) and publishes the alignment map as an
 artifact; `train.compat_weight` > 0 anchors the known items' vectors to the champion's while training.
+With `train.time_buckets` > 0 the encoder also reads each event's time-gap bucket (from user_sequences'
+ts lists; `data_time_buckets` says how many buckets the day's data is built with).
 
 The day's users never pass through the driver: Ray Data reads the day's user_sequences files,
 samples users by hash and picks the validation users on the cluster (jobs/steps/train_data.py); each
@@ -48,11 +50,19 @@ from models.user_encoder import UserEncoder, UserEncoderConfig, expand_item_tabl
 
 
 def encoder_config(t: TrainConfig, num_items: int, max_len: int) -> UserEncoderConfig:
-    """The nightly encoder's shape from [train] (item facets: jobs/steps/item_facets.py)."""
+    """The nightly encoder's shape from [train] (item facets: jobs/steps/item_facets.py; time gaps:
+    train.time_buckets)."""
     return UserEncoderConfig(
         num_items=num_items, max_len=max_len, d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
         dropout=t.dropout, temperature=t.temperature, item_facets=len(item_facets.LEVELS) if t.item_facets else 0,
-        facet_buckets=t.facet_buckets if t.item_facets else 0)
+        facet_buckets=t.facet_buckets if t.item_facets else 0, n_time_buckets=t.time_buckets)
+
+
+def data_time_buckets(t: TrainConfig, champion: UserEncoder | None) -> int:
+    """The time-gap bucket count the day's training data is built with: the new model's
+    (train.time_buckets) or the champion's, the larger, since the gate ranks both on the same
+    validation users and each reads its own count of them (encoder_training.gap_input); 0: no ts read."""
+    return max(t.time_buckets, champion.cfg.n_time_buckets if champion is not None else 0)
 
 
 def initial_state(encoder_cfg: UserEncoderConfig, champion: UserEncoder | None,
@@ -81,8 +91,9 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         champion = registry.load_alias(cfg, registry.CHAMPION)
         if not force and _keeps_serving(cfg, ds, champion, step):
             return step.result
-        train_input, num_items = _read_day(cfg, ds, step)
         t = cfg.train
+        time_buckets = data_time_buckets(t, champion.model if champion is not None else None)
+        train_input, num_items = _read_day(cfg, ds, step, time_buckets)
         encoder_cfg = encoder_config(t, num_items, cfg.features.max_seq_len)
         data = train_input.validation  # the validation users only; training rows stay on the cluster
         # Today's facet codes, for a model with facets (and for the gate's copy of a champion with them).
@@ -105,7 +116,7 @@ def run(ds: str, cfg: FactoryConfig, run_key: str | None = None, force: bool = F
         if promote and champion is not None and champion.model.cfg.d_model == encoder_cfg.d_model:
             # The space moves at a promotion: how far, and what consumers of the old vectors lose (issue 19).
             log_promotion(step, champion.model, fitted.model, data.val_inputs, data.val_events, data.val_targets,
-                          champion.version)
+                          champion.version, data.val_gaps)
         alias = registry.CHAMPION if promote else registry.CHALLENGER
         version = registry.register(cfg, fitted.model, {"trained_ds": ds, **{k: f"{v:.6f}" for k, v in new.items()}}, alias)
         step.note(f"version {version} -> {alias}: {reason} (training stopped: {fitted.state.stop_reason})")
@@ -130,8 +141,9 @@ def _keeps_serving(cfg: FactoryConfig, ds: str, champion: registry.RegisteredEnc
     return False
 
 
-def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, int]:
-    """(the day's sampled users as a Ray Dataset + the validation users, the vocabulary's largest item id)."""
+def _read_day(cfg: FactoryConfig, ds: str, step: StepRun, time_buckets: int) -> tuple[TrainInput, int]:
+    """(the day's sampled users as a Ray Dataset + the validation users, the vocabulary's largest item id);
+    with time_buckets > 0 the ts lists too (data_time_buckets)."""
     sequences_version, files = delta.snapshot_files(cfg, USER_SEQUENCES, where_in={"ds": [ds]})
     vocab = delta.read(cfg, ITEM_VOCAB, columns=["item_idx"])  # one int column per item: small
     step.read(USER_SEQUENCES, sequences_version)
@@ -140,7 +152,7 @@ def _read_day(cfg: FactoryConfig, ds: str, step: StepRun) -> tuple[TrainInput, i
         raise FactoryError(f"ds={ds}: user_sequences has no rows for this day; run the features step first.")
     ensure_ray(cfg)
     inference_pool.release()  # an earlier day's embedding actors (a backfill) would hold the CPUs Ray Train needs
-    train_input = read_train_input(files, cfg.features.max_seq_len, cfg.train.seed, cfg.train.max_users)
+    train_input = read_train_input(files, cfg.features.max_seq_len, cfg.train.seed, cfg.train.max_users, time_buckets)
     return train_input, int(pa.compute.max(vocab.column("item_idx")).as_py())
 
 

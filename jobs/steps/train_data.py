@@ -21,16 +21,19 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from jobs.steps.encoder_training import VALIDATION_USERS, TrainingData
-from models.sequences import next_item_examples, pad_left
+from jobs.steps.encoder_training import VALIDATION_USERS, TrainingData, gap_lists
+from jobs.steps.user_predictor import TS_COLUMN
+from models.sequences import next_item_examples, next_item_inputs, pad_left
 
-COLUMNS = ["user_id", "item_idx", "event_type"]
+COLUMNS = ["user_id", "item_idx", "event_type"]  # and TS_COLUMN when the models read time gaps
+SCHEMA = pa.schema([("user_id", pa.string()), ("item_idx", pa.list_(pa.int64())), ("event_type", pa.list_(pa.int64())),
+                    (TS_COLUMN, pa.list_(pa.int64()))])
 MIN_VALIDATION_LENGTH = 3  # a validation user keeps >= 2 items of history before the held-out one
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainInput:
-    dataset: ray.data.Dataset  # the sampled users' user_id, item_idx, event_type (materialised on the cluster)
+    dataset: ray.data.Dataset  # the sampled users' user_id, item_idx, event_type[, ts] (materialised on the cluster)
     users: int  # sampled users
     day_users: int  # users of the day
     validation: TrainingData  # the validation users only (training arrays empty)
@@ -43,9 +46,15 @@ def unit_hash(user_ids: list[str], salt: str) -> np.ndarray:
                      for u in user_ids], dtype=np.float64) / 2.0**64
 
 
-def read_train_input(files: list[str], max_len: int, seed: int, max_users: int) -> TrainInput:
-    """The sampled users as a Ray Dataset, and the validation users' data (bounded) on the driver."""
-    day = ray.data.read_parquet(files).select_columns(COLUMNS)
+def columns(time_buckets: int) -> list[str]:
+    """The user_sequences columns the train step reads: COLUMNS, and ts when time_buckets > 0."""
+    return COLUMNS + ([TS_COLUMN] if time_buckets else [])
+
+
+def read_train_input(files: list[str], max_len: int, seed: int, max_users: int, time_buckets: int = 0) -> TrainInput:
+    """The sampled users as a Ray Dataset, and the validation users' data (bounded) on the driver;
+    with time_buckets > 0 the ts lists too, and the validation data's time-gap buckets."""
+    day = ray.data.read_parquet(files).select_columns(columns(time_buckets))
     day_users = day.count()  # from the Parquet footers
     share = max_users / day_users if 0 < max_users < day_users else 1.0
     sampled = day if share >= 1.0 else day.map_batches(functools.partial(_sampled, seed=seed, share=share),
@@ -59,9 +68,9 @@ def read_train_input(files: list[str], max_len: int, seed: int, max_users: int) 
     held_out = tuple(sorted(user for _, user in proposed[:VALIDATION_USERS]))
     rows = sampled.map_batches(functools.partial(_only_users, users=held_out), batch_format="pyarrow",
                                batch_size=None).take_all()  # bounded: the validation users
-    table = pa.Table.from_pylist(rows, schema=pa.schema([("user_id", pa.string()), ("item_idx", pa.list_(pa.int64())),
-                                                         ("event_type", pa.list_(pa.int64()))])).sort_by("user_id")
-    return TrainInput(sampled, sampled.count(), day_users, validation_data(table, max_len), held_out)
+    schema = pa.schema([SCHEMA.field(c) for c in columns(time_buckets)])
+    table = pa.Table.from_pylist(rows, schema=schema).sort_by("user_id")
+    return TrainInput(sampled, sampled.count(), day_users, validation_data(table, max_len, time_buckets), held_out)
 
 
 def _sampled(batch: pa.Table, seed: int, share: float) -> pa.Table:
@@ -80,31 +89,40 @@ def _only_users(batch: pa.Table, users: tuple[str, ...]) -> pa.Table:
     return batch.filter(pc.is_in(batch.column("user_id"), value_set=pa.array(users, pa.string())))
 
 
-def validation_data(table: pa.Table, max_len: int) -> TrainingData:
-    """TrainingData with the validation arrays of `table`'s users (last item held out), no training arrays."""
+def validation_data(table: pa.Table, max_len: int, time_buckets: int = 0) -> TrainingData:
+    """TrainingData with the validation arrays of `table`'s users (last item held out), no training
+    arrays; with time_buckets > 0 also their time-gap buckets (from `table`'s ts lists)."""
     items = [np.asarray(s, dtype=np.int64) for s in table.column("item_idx").to_pylist()]
     events = [np.asarray(s, dtype=np.int64) for s in table.column("event_type").to_pylist()]
     empty = np.zeros((0, max_len), dtype=np.int64)
+    gaps = gap_lists(table, time_buckets) if time_buckets else None
     return TrainingData(
         empty, empty, empty,
         val_inputs=pad_left([s[:-1] for s in items], max_len), val_events=pad_left([e[:-1] for e in events], max_len),
         val_targets=np.array([s[-1] for s in items], dtype=np.int64), val_seen=tuple(s[:-1] for s in items),
+        input_gaps=None if gaps is None else empty,
+        val_gaps=None if gaps is None else pad_left([g[:-1] for g in gaps], max_len),
     )
 
 
-def worker_training_data(shard, validation: TrainingData, held_out: set[str], max_len: int) -> TrainingData:
+def worker_training_data(shard, validation: TrainingData, held_out: set[str], max_len: int,
+                         time_buckets: int = 0) -> TrainingData:
     """This worker's TrainingData: next-item examples of its shard's users (sorted by user_id, so one
-    worker trains on the same rows on every run), the held-out users without their last item."""
+    worker trains on the same rows on every run), the held-out users without their last item; with
+    time_buckets > 0 their time-gap buckets too (the shard then holds ts)."""
     batches = [b for b in shard.iter_batches(batch_format="pyarrow", batch_size=4096) if b.num_rows]
-    table = pa.concat_tables(batches).sort_by("user_id") if batches else pa.table(
-        {c: pa.array([], t) for c, t in (("user_id", pa.string()), ("item_idx", pa.list_(pa.int64())),
-                                         ("event_type", pa.list_(pa.int64())))})
+    table = pa.concat_tables(batches).sort_by("user_id") if batches else pa.schema(
+        [SCHEMA.field(c) for c in columns(time_buckets)]).empty_table()
     users = table.column("user_id").to_pylist()
     items = [np.asarray(s, dtype=np.int64) for s in table.column("item_idx").to_pylist()]
     events = [np.asarray(s, dtype=np.int64) for s in table.column("event_type").to_pylist()]
     cut = [slice(None, -1) if u in held_out else slice(None) for u in users]
-    inputs, input_events, targets = next_item_examples([s[c] for s, c in zip(items, cut)],
-                                                       [e[c] for e, c in zip(events, cut)], max_len)
+    train_items = [s[c] for s, c in zip(items, cut)]
+    inputs, input_events, targets = next_item_examples(train_items, [e[c] for e, c in zip(events, cut)], max_len)
+    gaps = None
+    if time_buckets:
+        gaps = next_item_inputs(train_items, [g[c] for g, c in zip(gap_lists(table, time_buckets), cut)], max_len)
     inputs, input_events, targets = (np.asarray(a, dtype=np.int64).reshape(-1, max_len)
                                      for a in (inputs, input_events, targets))
-    return dataclasses.replace(validation, inputs=inputs, input_events=input_events, targets=targets)
+    return dataclasses.replace(validation, inputs=inputs, input_events=input_events, targets=targets,
+                               input_gaps=None if gaps is None else gaps.reshape(-1, max_len))

@@ -5,6 +5,9 @@ dependencies.
 [compute] reaches it as constructor arguments (`compute_kwargs`) and the actor pool's resources
 (`actor_num_gpus`): device "cuda" runs the model on the actor's GPU; inference_dtype "bf16" runs it
 under bf16 autocast, refused on the first batch if that moves vectors below cosine 0.999 of fp32.
+
+A model with time gaps (n_time_buckets > 0) also reads each row's ts list (`input_columns`): its
+buckets come from `gap_buckets`, the function the training data is built with.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 
 from jobs.config import FactoryConfig
 from jobs.runtime.compute import DTYPES, check_bf16_cosine, device_name, uses_gpu
-from models.sequences import left_pad_index
+from models.sequences import left_pad_index, time_gap_buckets_flat
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
-INPUT_COLUMNS = ["user_id", "item_idx", "event_type"]
+INPUT_COLUMNS = ["user_id", "item_idx", "event_type"]  # what a model without time gaps reads
+TS_COLUMN = "ts"  # user_sequences' event times (ms since epoch), read too by a model with time gaps
 OUTPUT_SCHEMA = pa.schema([("user_id", pa.string()), ("embedding", pa.list_(pa.float32())),
                            ("model_version", pa.string())])
 
@@ -30,6 +34,20 @@ def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = array.offsets.to_numpy().astype(np.int64)
     return array.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
+
+
+def input_columns(cfg: UserEncoderConfig) -> list[str]:
+    """The user_sequences columns a model of `cfg` reads: INPUT_COLUMNS, and ts when it has time gaps."""
+    return INPUT_COLUMNS + ([TS_COLUMN] if cfg.n_time_buckets else [])
+
+
+def gap_buckets(ts: pa.ChunkedArray | pa.Array, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ts list column (ms since epoch, oldest first in each row) as the encoder's time input:
+    (time-gap bucket of every event, int64, flat; offsets from 0), each row's buckets computed over
+    the whole row in whole seconds (models.sequences.time_gap_buckets_flat). Training and inference
+    both take their buckets from here."""
+    values, offsets = flat_lists(ts)
+    return time_gap_buckets_flat(values.astype(np.int64) // 1000, offsets, n_buckets), offsets
 
 
 class UserEmbeddingPredictor:
@@ -56,7 +74,8 @@ class UserEmbeddingPredictor:
         self.bf16_min_cosine: float | None = None  # measured on the first batch when dtype is bf16
 
     def vectors(self, batch: pa.Table) -> np.ndarray:
-        """(B,) rows with item_idx / event_type list columns -> (B, D) float32 unit vectors, in row order."""
+        """(B,) rows with item_idx / event_type list columns (and ts for a model with time gaps) ->
+        (B, D) float32 unit vectors, in row order."""
         if self.dtype == "bf16" and self.bf16_min_cosine is None:
             sample = batch.slice(0, self.BF16_CHECK_ROWS)
             self.bf16_min_cosine = min_cosine(self._vectors(sample, "fp32"), self._vectors(sample, "bf16"))
@@ -69,12 +88,15 @@ class UserEmbeddingPredictor:
         events, event_offsets = flat_lists(batch.column("event_type"))
         if not np.array_equal(offsets, event_offsets):
             raise ValueError("item_idx and event_type lists must have the same length in every row.")
+        gaps = self._gaps(batch, offsets)  # None for a model without time gaps
         keep = items <= known
         if not keep.all():
             # Items newer than the model's vocabulary have no row in its table: they are left out of
-            # the history until the next retrain learns them.
+            # the history until the next retrain learns them. Gaps were measured on the whole row, so
+            # the next event keeps the time since the left-out one (as a window's first position does).
             offsets = np.concatenate([[0], np.cumsum(keep)])[offsets]
             items, events = items[keep], events[keep]
+            gaps = gaps[keep] if gaps is not None else None
         starts, ends = offsets[:-1], offsets[1:]
         order = np.argsort(np.minimum(ends - starts, max_len), kind="stable")
         widths = np.maximum(np.minimum(ends - starts, max_len), 1)[order]  # ascending
@@ -82,20 +104,38 @@ class UserEmbeddingPredictor:
         first = 0
         autocast = (torch.autocast(self.device.type, dtype=getattr(torch, DTYPES[dtype])) if dtype != "fp32"
                     else contextlib.nullcontext())
+
+        def padded(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.where(valid, values[index] if len(values) else 0, 0).astype(np.int64)).to(self.device)
+
         with torch.inference_mode(), autocast:
             while first < len(order):
                 last = chunk_end(widths, first, self.tokens_per_forward)
                 rows, width = order[first:last], int(widths[last - 1])
                 index, valid = left_pad_index(starts[rows], ends[rows], width)  # (R, width)
-                ids = torch.from_numpy(np.where(valid, items[index] if len(items) else 0, 0).astype(np.int64))
-                evs = torch.from_numpy(np.where(valid, events[index] if len(events) else 0, 0).astype(np.int64))
-                vectors = self.model.user_embeddings(ids.to(self.device), evs.to(self.device))  # (R, D)
+                times = padded(gaps, index, valid) if gaps is not None else None
+                vectors = self.model.user_embeddings(padded(items, index, valid), padded(events, index, valid),
+                                                     times)  # (R, D)
                 out[rows] = vectors.float().cpu().numpy()
                 first = last
         return out
 
+    def _gaps(self, batch: pa.Table, offsets: np.ndarray) -> np.ndarray | None:
+        """The flat time-gap buckets of the batch's events, or None for a model without time gaps."""
+        buckets = self.model.cfg.n_time_buckets
+        if not buckets:
+            return None
+        if TS_COLUMN not in batch.column_names:
+            raise ValueError(f"model version {self.model_version} reads time gaps (n_time_buckets={buckets}) but the "
+                             f"batch has no '{TS_COLUMN}' column: pass user_sequences' {TS_COLUMN} lists (ms since "
+                             "epoch) with item_idx and event_type.")
+        gaps, gap_offsets = gap_buckets(batch.column(TS_COLUMN), buckets)
+        if not np.array_equal(offsets, gap_offsets):
+            raise ValueError(f"item_idx and {TS_COLUMN} lists must have the same length in every row.")
+        return gaps
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """{user_id, item_idx, event_type} -> {user_id, embedding list<float32>(D), model_version}."""
+        """{user_id, item_idx, event_type[, ts]} -> {user_id, embedding list<float32>(D), model_version}."""
         vectors = self.vectors(batch)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         return pa.table({

@@ -46,6 +46,23 @@ def test_generated_days_have_the_stated_shape():
     assert new[new_offsets[i + 1] - 1] > old.max()
 
 
+def test_the_plain_loop_feeds_ts_to_the_pipelines_encoder_with_time_gaps(tmp_path, one_torch_thread):
+    import pyarrow.parquet as pq
+
+    from jobs.config import load_config
+    from jobs.tracking import registry
+
+    cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "train.time_buckets": "24", "train.d_model": "16",
+                                 "features.max_seq_len": "8", "ray.inference_threads": "1"})
+    encoder = bench_inference.default_encoder(cfg)
+    assert encoder.n_time_buckets == 24
+    day = bench_inference.generate_sequences(30, max_len=8)
+    pq.write_table(day, tmp_path / "day.parquet")
+    champion = registry.RegisteredEncoder("1", UserEncoder(encoder).eval(), {})
+    out = bench_inference.plain_loop(cfg, [str(tmp_path / "day.parquet")], champion, threads=1)
+    assert out.column("user_id").to_pylist() == sorted(day.column("user_id").to_pylist())
+
+
 def test_gemm_rate_is_positive_and_restores_threads():
     before = torch.get_num_threads()
     rate = bench_inference.gemm_rate(d=16, rows=64, threads=1, seconds=0.05)

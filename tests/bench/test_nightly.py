@@ -34,6 +34,24 @@ def test_the_week_trains_when_due_warm_starts_and_judges_every_day_after_the_fir
     assert json.loads(out.read_text())["summary"] == rows
 
 
+def test_with_time_buckets_the_nightly_model_trains_and_embeds_on_the_simulated_events_times():
+    import dataclasses
+
+    import numpy as np
+
+    from jobs.bench.retrain_world import day_users, simulate
+
+    world = simulate(nightly.generator_config(dataclasses.replace(SMALL, days=1)))
+    timed = dataclasses.replace(TINY_TRAIN, epochs=1, time_buckets=24)
+    model, facts = nightly.train_day(world, 0, None, timed, SMALL.max_len, progress=lambda line: None)
+    assert model.cfg.n_time_buckets == 24 and facts["trained"]
+    assert 0 <= nightly.evaluate_day(world, 0, model, SMALL.max_len)["encoder_hr10"] <= 1
+    who, before = day_users(world, 0, SMALL.max_len, model)
+    world.ts[world.users == who[0]] //= 2  # one user's events closer together (as far as time goes)
+    _, after = day_users(world, 0, SMALL.max_len, model)
+    assert not np.allclose(before[0], after[0]) and np.array_equal(before[1:], after[1:])
+
+
 def test_the_gate_allows_a_small_regression_and_refuses_a_larger_one():
     assert passes_gate(0.30, 0.31, max_regression=0.02)
     assert not passes_gate(0.28, 0.31, max_regression=0.02)

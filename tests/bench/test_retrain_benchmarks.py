@@ -3,6 +3,7 @@ their world, their figures and the summary rows the issue names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,6 +29,29 @@ def test_the_world_publishes_new_items_every_day_and_sequences_keep_the_latest_e
     assert all(1 <= i <= 78 for s in table.column("item_idx").to_pylist() for i in s)
     assert set(np.unique(world.codes)) <= {1, 2}
     assert world.plays_on(2) and all(items <= set(range(1, 85)) for items in world.plays_on(2).values())
+
+
+def test_the_worlds_sequences_carry_each_events_time_oldest_first():
+    world = simulate(GeneratorConfig(**WORLD, days=2))
+    who, table = world.sequences(1, max_len=5)
+    ts, items = table.column("ts").to_pylist(), table.column("item_idx").to_pylist()
+    assert [len(t) for t in ts] == [len(s) for s in items]
+    assert all(t == sorted(t) for t in ts)
+    for user, times, row in zip(who[:20].tolist(), ts, items):  # the user's last events, as simulated
+        mine = (world.users == user) & (world.day <= 1)
+        assert times == world.ts[mine][-5:].tolist() and row == world.items[mine][-5:].tolist()
+
+
+def test_with_time_buckets_in_train_the_retrain_benchmarks_model_trains_on_the_events_times(monkeypatch):
+    from jobs.bench import retrain_world
+    from jobs.config import TrainConfig
+
+    monkeypatch.setattr(retrain_world, "TRAIN", TrainConfig(time_buckets=24))
+    world = simulate(GeneratorConfig(**WORLD, days=1))
+    model = retrain_world.train(world, 0, dataclasses.replace(TINY_MODEL, epochs=1))
+    assert model.cfg.n_time_buckets == 24
+    who, users = retrain_world.day_users(world, 0, TINY_MODEL.max_len, model)
+    assert users.shape == (len(who), TINY_MODEL.d_model)
 
 
 def test_compatibility_benchmark_writes_the_issues_summary_rows(tmp_path):

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.sequences import leave_last_out, length_buckets, next_item_examples, pad_left, time_gap_buckets
+from models.sequences import (
+    leave_last_out,
+    length_buckets,
+    next_item_examples,
+    next_item_inputs,
+    pad_left,
+    time_gap_buckets,
+    time_gap_buckets_flat,
+)
 from models.user_encoder import (
     Dropout,
     UserEncoder,
@@ -113,6 +121,14 @@ def test_time_gap_feature_changes_the_user_vector_only_when_enabled():
 def test_time_gap_buckets_are_log2_of_the_gap_and_capped():
     buckets = time_gap_buckets(np.array([100, 100, 101, 104, 10**9]), n_buckets=12)
     assert buckets.tolist() == [1, 2, 3, 4, 11]  # first event, gap 0, gap 1, gap 3 (log2 4 = 2), capped
+
+
+def test_flat_time_gap_buckets_restart_at_every_row_as_per_row_buckets_do():
+    rows = [np.array([5, 9, 9, 70]), np.array([], dtype=np.int64), np.array([3]), np.array([100, 10**7])]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    flat = time_gap_buckets_flat(np.concatenate(rows), offsets, n_buckets=20)
+    assert flat.tolist() == np.concatenate([time_gap_buckets(r, 20) for r in rows]).tolist()
+    assert flat.tolist() == [1, 4, 2, 7, 1, 1, 19]  # row 3 starts at 3 (after 70) and row 4 at 100: bucket 1
 
 
 def test_user_and_item_embeddings_have_unit_norm():
@@ -405,6 +421,24 @@ def test_next_item_examples_with_all_windows_train_every_transition_once():
     assert inputs.tolist() == [[5, 6, 7], [2, 3, 4], [0, 0, 1], [0, 0, 4]]
     assert targets.tolist() == [[6, 7, 8], [3, 4, 5], [0, 0, 2], [0, 0, 5]]
     assert input_events.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
+
+
+def test_windowed_gap_buckets_keep_the_gap_before_a_later_windows_first_position():
+    items = [np.arange(1, 9), np.array([4, 5])]
+    seconds = [np.array([0, 1, 4, 11, 26, 57, 120, 247]), np.array([50, 50])]
+    gaps = [time_gap_buckets(s, 24) for s in seconds]  # on the whole sequence: [1, 3, 4, 5, 6, 7, 8, 9], [1, 2]
+    inputs, _, _ = next_item_examples(items, [np.ones(len(s)) for s in items], max_len=3, all_windows=True)
+    windowed = next_item_inputs(items, gaps, max_len=3, all_windows=True)
+    assert inputs.tolist() == [[5, 6, 7], [2, 3, 4], [0, 0, 1], [0, 0, 4]]
+    # Row 0 starts at item 5, 15 s after item 4: bucket 6, not "first event" (1); row 2 is the true start.
+    assert windowed.tolist() == [[6, 7, 8], [3, 4, 5], [0, 0, 1], [0, 0, 1]]
+    latest = next_item_inputs(items, gaps, max_len=3)  # without all_windows: the most recent rows only
+    assert latest.tolist() == [[6, 7, 8], [0, 0, 1]]
+
+
+def test_windowed_values_must_align_with_the_items():
+    with pytest.raises(ValueError, match="align"):
+        next_item_inputs([np.array([1, 2, 3])], [np.array([1, 1])], max_len=4)
 
 
 def test_next_item_examples_reject_misaligned_event_types():

@@ -18,7 +18,7 @@ from jobs.steps import embed
 from jobs.steps.embed import embed_day, unchanged_inputs
 from jobs.steps.user_predictor import UserEmbeddingPredictor, chunk_end
 from jobs.tracking import registry
-from models.sequences import pad_left, pad_left_flat
+from models.sequences import pad_left, pad_left_flat, time_gap_buckets
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 DS = "2026-01-05"
@@ -39,10 +39,18 @@ def histories(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]
             [rng.integers(1, 4, k).astype(np.int8) for k in lengths])
 
 
-def sequences_table(users: list[str], items, events) -> pa.Table:
-    return pa.table({"user_id": pa.array(users, pa.string()),
-                     "item_idx": pa.array([list(map(int, s)) for s in items], pa.list_(pa.int32())),
-                     "event_type": pa.array([list(map(int, s)) for s in events], pa.list_(pa.int8()))})
+def sequences_table(users: list[str], items, events, ts=None) -> pa.Table:
+    """user_id, item_idx, event_type lists (and ts lists, ms since epoch, when given)."""
+    table = pa.table({"user_id": pa.array(users, pa.string()),
+                      "item_idx": pa.array([list(map(int, s)) for s in items], pa.list_(pa.int32())),
+                      "event_type": pa.array([list(map(int, s)) for s in events], pa.list_(pa.int8()))})
+    return table if ts is None else table.append_column("ts", pa.array([list(map(int, s)) for s in ts], pa.list_(pa.int64())))
+
+
+def event_times(items, seed: int = 0, scale_ms: int = 60_000) -> list[np.ndarray]:
+    """Increasing event times (ms) aligned with `items`, gaps up to ~`scale_ms` x 1000."""
+    rng = np.random.default_rng(seed)
+    return [1_700_000_000_000 + np.cumsum(rng.integers(0, 1000, len(s)) * scale_ms) for s in items]
 
 
 def predictor(m: UserEncoder, tokens_per_forward: int = 7, version: str = "3") -> UserEmbeddingPredictor:
@@ -82,6 +90,47 @@ def test_bucketed_vectors_equal_full_padding_whatever_the_batch(one_torch_thread
                                      torch.from_numpy(pad_left([k[1] for k in kept], 12))).numpy()
     got = predictor(m, tokens_per_forward).vectors(sequences_table([f"u{i}" for i in range(50)], items, events))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens_per_forward", [1, 7, 10_000])
+def test_time_aware_bucketed_vectors_equal_full_padding_of_whole_row_gap_buckets(one_torch_thread, tokens_per_forward):
+    m = model(n_time_buckets=24)
+    items, events = histories(50)
+    ts = event_times(items)
+    # Gaps measured on the whole row (ms -> s), then the vocabulary filter drops new items and their gaps.
+    gaps = [time_gap_buckets(t // 1000, 24) for t in ts]
+    kept = [(s[s <= NUM_ITEMS], e[s <= NUM_ITEMS], g[s <= NUM_ITEMS]) for s, e, g in zip(items, events, gaps)]
+    with torch.inference_mode():
+        expected = m.user_embeddings(*(torch.from_numpy(pad_left([k[j] for k in kept], 12)) for j in range(3))).numpy()
+    got = predictor(m, tokens_per_forward).vectors(sequences_table([f"u{i}" for i in range(50)], items, events, ts))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_vectors_follow_ts_only_for_a_time_aware_model(one_torch_thread):
+    items, events = histories(20, seed=2)
+    users = [f"u{i}" for i in range(20)]
+    quick, slow = (sequences_table(users, items, events, event_times(items, scale_ms=scale)) for scale in (1_000, 3_600_000))
+    timed = predictor(model(n_time_buckets=24))
+    moved = ~np.isclose(timed.vectors(quick), timed.vectors(slow)).all(1)
+    assert moved[[len(s[s <= NUM_ITEMS]) > 1 for s in items]].all()  # every history with a gap to tell apart
+    plain = predictor(model())
+    np.testing.assert_array_equal(plain.vectors(quick), plain.vectors(slow))
+    np.testing.assert_array_equal(plain.vectors(quick), plain.vectors(quick.drop_columns(["ts"])))
+
+
+def test_a_time_aware_model_refuses_a_batch_without_ts():
+    items, events = histories(5)
+    table = sequences_table([f"u{i}" for i in range(5)], items, events)
+    with pytest.raises(ValueError, match="reads time gaps .* no 'ts' column"):
+        predictor(model(n_time_buckets=24)).vectors(table)
+    misaligned = table.append_column("ts", pa.array([[1] * (len(s) + 1) for s in items], pa.list_(pa.int64())))
+    with pytest.raises(ValueError, match="same length"):
+        predictor(model(n_time_buckets=24)).vectors(misaligned)
+
+
+def test_the_predictor_reads_ts_only_for_a_model_with_time_gaps():
+    assert embed.input_columns(model().cfg) == ["user_id", "item_idx", "event_type"]
+    assert embed.input_columns(model(n_time_buckets=24).cfg) == ["user_id", "item_idx", "event_type", "ts"]
 
 
 def test_predictor_output_keeps_row_order_ids_and_version(one_torch_thread):
@@ -124,7 +173,8 @@ def inferred(monkeypatch, one_torch_thread) -> list[list[str]]:
     calls: list[list[str]] = []
 
     def plain_embed_users(cfg, source, champion):
-        table = source if isinstance(source, pa.Table) else pads.dataset(source).to_table(columns=embed.INPUT_COLUMNS)
+        columns = embed.input_columns(champion.model.cfg)
+        table = source if isinstance(source, pa.Table) else pads.dataset(source).to_table(columns=columns)
         calls.append(table.column("user_id").to_pylist())
         return predictor(champion.model, version=champion.version)(table).sort_by("user_id")
 
@@ -140,7 +190,8 @@ def lake_cfg(lake_cfg, inferred):
 
 def write_sequences(cfg, ds: str, table: pa.Table) -> tuple[int, list[str]]:
     rows = table.append_column("events_in_window", pa.array([1] * table.num_rows, pa.int64()))
-    rows = rows.append_column("ts", pa.array([[0]] * table.num_rows, pa.list_(pa.int64())))
+    if "ts" not in rows.column_names:
+        rows = rows.append_column("ts", pa.array([[0]] * table.num_rows, pa.list_(pa.int64())))
     rows = rows.append_column("last_ts", pa.nulls(table.num_rows, USER_SEQUENCES.schema.field("last_ts").type))
     rows = rows.append_column("ds", pa.array([ds] * table.num_rows, pa.string()))
     delta.replace_partition(cfg, USER_SEQUENCES, rows, {"ds": ds})
@@ -154,12 +205,19 @@ def run_day(cfg, ds: str, table: pa.Table, champion: registry.RegisteredEncoder)
     return users, counts, plan
 
 
-def two_days(n: int = 20, active: tuple[int, ...] = (2, 5)) -> tuple[pa.Table, pa.Table]:
+def two_days(n: int = 20, active: tuple[int, ...] = (2, 5), retimed: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """Two days of n users; the active ones have one more play the second day. With `retimed`, both days
+    have ts lists, and that user's last event alone moves 10^6 s later on the second day (same items)."""
     items, events = histories(n, seed=3)
     users = [f"u{i:02d}" for i in range(n)]
     later = [np.append(s, 7) if i in active else s for i, s in enumerate(items)]
     later_events = [np.append(e, 1) if i in active else e for i, e in enumerate(events)]
-    return sequences_table(users, items, events), sequences_table(users, later, later_events)
+    if retimed is None:
+        return sequences_table(users, items, events), sequences_table(users, later, later_events)
+    ts = event_times(items)
+    later_ts = [np.append(t, t[-1] + 60_000) if i in active else t + 10**9 * (i == retimed) * (np.arange(len(t)) == len(t) - 1)
+                for i, t in enumerate(ts)]
+    return sequences_table(users, items, events, ts), sequences_table(users, later, later_events, later_ts)
 
 
 def test_without_yesterday_every_user_is_inferred(lake_cfg):
@@ -215,16 +273,35 @@ def test_users_new_today_or_gone_since_yesterday(lake_cfg):
     assert users.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(1, 20)]
 
 
-@pytest.mark.parametrize("engine", ["pool", "ray_data"])
-def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread, engine):
+@pytest.mark.parametrize("time_buckets, carried", [(24, 19), (0, 20)])
+def test_a_changed_ts_alone_is_changed_input_only_for_a_time_aware_champion(lake_cfg, inferred, time_buckets, carried):
+    items, events = histories(20, seed=3)
+    users = [f"u{i:02d}" for i in range(20)]
+    ts = event_times(items)
+    moved = next(i for i, s in enumerate(items) if len(s) >= 2 and s[-1] <= NUM_ITEMS)  # its last item is known
+    # Only the moved user's last event changes: 10^6 s (12 days) later.
+    later = [t + (10**9 if i == moved else 0) * (np.arange(len(t)) == len(t) - 1) for i, t in enumerate(ts)]
+    champion = registry.RegisteredEncoder("3", model(n_time_buckets=time_buckets), {})
+    yesterday, _, _ = run_day(lake_cfg, shift(DS, -1), sequences_table(users, items, events, ts), champion)
+    inferred.clear()
+    today, counts, plan = run_day(lake_cfg, DS, sequences_table(users, items, events, later), champion)
+    assert plan.startswith("incremental")
+    assert counts == {"users_inferred": 20 - carried, "users_carried_forward": carried}
+    assert inferred == ([[users[moved]]] if carried < 20 else [])
+    vectors = [np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in (yesterday, today)]
+    assert (~np.isclose(*vectors).all(1)).tolist() == [i == moved and carried < 20 for i in range(20)]
+
+
+@pytest.mark.parametrize("engine, time_buckets", [("pool", 0), ("ray_data", 0), ("pool", 24), ("ray_data", 24)])
+def test_ray_job_gives_the_plain_predictor_vectors(tmp_path, one_torch_thread, engine, time_buckets):
     import ray
 
     started = not ray.is_initialized()
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "16",
                                  "ray.inference_threads": "1", "ray.inference_engine": engine})
-    champion = registry.RegisteredEncoder("3", model(), {})
+    champion = registry.RegisteredEncoder("3", model(n_time_buckets=time_buckets), {})
     items, events = histories(40, seed=4)
-    table = sequences_table([f"u{i:02d}" for i in reversed(range(40))], items, events)
+    table = sequences_table([f"u{i:02d}" for i in reversed(range(40))], items, events, event_times(items))  # with ts
     try:
         users = embed.embed_users(cfg, table, champion)
     finally:
@@ -252,9 +329,11 @@ def test_actors_leave_a_cpu_for_the_read_tasks(monkeypatch, tmp_path, cpus, acto
         assert embed.actor_count(cfg) == expected
 
 
-def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("time_buckets", [0, 24])
+def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tmp_path, one_torch_thread, time_buckets):
     """embed_day_to_folders: the day's rows reach the table only through files the Ray actors and
-    Spark's executors wrote (the driver commits their metadata), equal to the in-memory embed_day's."""
+    Spark's executors wrote (the driver commits their metadata), equal to the in-memory embed_day's.
+    User 7's ts alone changes: changed input for a champion with time gaps only."""
     import ray
 
     from jobs.lakehouse import commit
@@ -262,8 +341,9 @@ def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tm
     started = not ray.is_initialized()
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.inference_batch_size": "8",
                                  "ray.inference_threads": "1"})
-    champion = registry.RegisteredEncoder("3", model(), {})
-    day0, day1 = two_days()
+    champion = registry.RegisteredEncoder("3", model(n_time_buckets=time_buckets), {})
+    day0, day1 = two_days(retimed=7)
+    changed = (2, 5, 7) if time_buckets else (2, 5)
     results = {}
     try:
         for ds, table in ((shift(DS, -1), day0), (DS, day1)):
@@ -277,10 +357,11 @@ def test_on_the_engines_actors_write_the_files_and_spark_copies_carried_users(tm
     yesterday, counts0, plan0 = results[shift(DS, -1)]
     today, counts1, plan1 = results[DS]
     assert plan0.startswith("full") and counts0 == {"users_inferred": 20, "users_carried_forward": 0}
-    assert plan1.startswith("incremental") and counts1 == {"users_inferred": 2, "users_carried_forward": 18}
+    assert plan1.startswith("incremental")
+    assert counts1 == {"users_inferred": len(changed), "users_carried_forward": 20 - len(changed)}
     assert today.column("user_id").to_pylist() == [f"u{i:02d}" for i in range(20)]
     for i in range(20):
-        assert (today.column("embedding")[i] == yesterday.column("embedding")[i]) == (i not in (2, 5)), i
+        assert (today.column("embedding")[i] == yesterday.column("embedding")[i]) == (i not in changed), i
     full = predictor(champion.model)(day1.sort_by("user_id"))
     np.testing.assert_allclose(np.stack(today.column("embedding").to_numpy(zero_copy_only=False)),
                                np.stack(full.column("embedding").to_numpy(zero_copy_only=False)), rtol=1e-5, atol=1e-6)

@@ -95,7 +95,7 @@ def test_a_worker_out_of_batches_joins_with_zero_weight_steps_and_an_empty_worke
 
 
 def write_day(folder, users: int = 60, seed: int = 0) -> list[str]:
-    """user_sequences-like Parquet files (user_id, item_idx, event_type) of `users` users, in two files."""
+    """user_sequences-like Parquet files (user_id, item_idx, event_type, ts) of `users` users, in two files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -104,7 +104,9 @@ def write_day(folder, users: int = 60, seed: int = 0) -> list[str]:
                  for _ in range(users)]
     table = pa.table({"user_id": [f"u{i:04d}" for i in range(users)],
                       "item_idx": pa.array(sequences, pa.list_(pa.int32())),
-                      "event_type": pa.array([[1] * len(s) for s in sequences], pa.list_(pa.int8()))})
+                      "event_type": pa.array([[1] * len(s) for s in sequences], pa.list_(pa.int8())),
+                      "ts": pa.array([np.cumsum(rng.integers(1, 10**7, len(s))).tolist() for s in sequences],
+                                     pa.list_(pa.int64()))})
     files = []
     for part, rows in enumerate((slice(0, users // 2), slice(users // 2, users))):
         files.append(str(folder / f"part-{part}.parquet"))
@@ -112,7 +114,9 @@ def write_day(folder, users: int = 60, seed: int = 0) -> list[str]:
     return files
 
 
-def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_on_its_shards(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("time_buckets", [0, 24])
+def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_on_its_shards(tmp_path, one_torch_thread,
+                                                                                             time_buckets):
     import ray
 
     from jobs.steps import train_data
@@ -120,11 +124,12 @@ def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_o
     cfg = load_config(overrides={"paths.state_dir": str(tmp_path), "ray.num_cpus": "2", "ray.train_workers": "2"})
     files = write_day(tmp_path, users=80)
     loop = encoder_training.LoopConfig(lr=1e-2, batch_size=8, max_epochs=2, seed=0, minutes=5.0)
+    encoder = dataclasses.replace(ENCODER, n_time_buckets=time_buckets)
     try:
         encoder_fit.ensure_ray(cfg)
-        first = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40)
-        again = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40)
-        fitted = encoder_fit.fit(cfg, first.validation, ENCODER, None, "two_workers", loop,
+        first = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40, time_buckets=time_buckets)
+        again = train_data.read_train_input(files, ENCODER.max_len, seed=3, max_users=40, time_buckets=time_buckets)
+        fitted = encoder_fit.fit(cfg, first.validation, encoder, None, "two_workers", loop,
                                  dataset=first.dataset, held_out=first.held_out)
         sampled = sorted(r["user_id"] for r in first.dataset.select_columns(["user_id"]).take_all())
     finally:
@@ -138,6 +143,7 @@ def test_train_input_samples_users_by_hash_on_the_engine_and_two_workers_train_o
     assert fitted.state.epoch == 2 and fitted.state.stop_reason == "max_epochs"
     assert all(np.isfinite(r["train_loss"]) for r in fitted.history if r["kind"] == "epoch")
     assert encoder_training.weights_are_finite(fitted.model)
+    assert (first.validation.val_gaps is not None) == bool(time_buckets) and fitted.model.cfg.n_time_buckets == time_buckets
 
 
 def test_train_threads_fixes_each_workers_torch_threads_and_zero_shares_the_cluster_cpus():

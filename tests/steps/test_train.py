@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from jobs.bench import encoder as bench_encoder
+from jobs.config import TrainConfig
 from jobs.steps import encoder_training
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
@@ -175,3 +177,101 @@ def test_the_train_gate_refuses_a_diverged_run_even_with_finite_selected_weights
     assert not promote and reason == "training diverged at epoch 3: its loss or weights are not finite"
     healthy = replace(diverged, state=encoder_training.LoopState(epoch=3, stop_reason="max_epochs"))
     assert train._gate(load_config(), healthy, None, training, {}, step=None) == (True, "no champion yet")
+
+
+# --- time gaps (train.time_buckets) -------------------------------------------------------------------
+
+def timed_sequences(users: int = 24, seed: int = 0, spread_ms: int = 1_000) -> pa.Table:
+    """user_sequences-like rows (item_idx, event_type, ts in ms) of users walking the items; the gaps
+    between events are multiples of `spread_ms`."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 20, users)  # some longer than max_len 12
+    items = [[(int(rng.integers(NUM_ITEMS)) + j) % NUM_ITEMS + 1 for j in range(k)] for k in lengths]
+    ts = [np.cumsum(rng.integers(1, 5_000, k) * spread_ms).tolist() for k in lengths]
+    return pa.table({"item_idx": items, "event_type": [[1] * len(s) for s in items], "ts": ts})
+
+
+def timed_encoder() -> UserEncoderConfig:
+    return replace(tiny_encoder(), n_time_buckets=24)
+
+
+def test_training_data_with_time_buckets_feeds_the_model_different_inputs_when_only_ts_differs():
+    from jobs.steps.compatibility import user_vectors
+
+    quick, slow = timed_sequences(spread_ms=1_000), timed_sequences(spread_ms=3_600_000)
+    a, b = (encoder_training.build_training_data(t, 12, seed=0, time_buckets=24) for t in (quick, slow))
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    np.testing.assert_array_equal(a.val_inputs, b.val_inputs)
+    assert a.input_gaps.shape == a.inputs.shape and a.val_gaps.shape == a.val_inputs.shape
+    np.testing.assert_array_equal(a.input_gaps != 0, a.inputs != 0)  # a bucket for every input position, 0 for padding
+    assert (a.input_gaps != b.input_gaps).any() and (a.val_gaps != b.val_gaps).any()
+    torch.manual_seed(0)
+    model = UserEncoder(timed_encoder()).eval()
+    assert not np.allclose(user_vectors(model, a.val_inputs, a.val_events, a.val_gaps),
+                           user_vectors(model, b.val_inputs, b.val_events, b.val_gaps))
+    losses = []
+    for data in (a, b):  # the same seeds: only the time input differs
+        torch.manual_seed(0)
+        run = encoder_training.TrainingRun(UserEncoder(timed_encoder()), data, tiny_loop(max_epochs=1, select_on="val_ndcg10"))
+        losses.append(run.run().history[-1]["train_loss"])
+    assert losses[0] != losses[1]
+    off = encoder_training.build_training_data(quick, 12, seed=0)  # time_buckets 0: no time input at all
+    assert off.input_gaps is None and off.val_gaps is None
+    np.testing.assert_array_equal(off.inputs, a.inputs)
+
+
+def test_a_time_aware_encoder_refuses_data_without_time_gaps():
+    data = encoder_training.build_training_data(timed_sequences(), 12, seed=0)
+    with pytest.raises(ValueError, match="time gaps"):
+        encoder_training.TrainingRun(UserEncoder(timed_encoder()), data, tiny_loop(select_on="val_ndcg10"))
+    with pytest.raises(ValueError, match="time gaps"):
+        encoder_training.rank_targets(UserEncoder(timed_encoder()), data.val_inputs, data.val_events, data.val_targets)
+
+
+def test_gap_buckets_built_with_more_buckets_serve_a_model_with_fewer_as_its_own_would():
+    from jobs.steps.train import data_time_buckets
+    from models.sequences import time_gap_buckets
+
+    seconds = np.array([0, 1, 100, 10_000, 10**6, 10**8])
+    small = UserEncoder(replace(tiny_encoder(), n_time_buckets=12))
+    np.testing.assert_array_equal(encoder_training.gap_input(small, time_gap_buckets(seconds, 32)),
+                                  time_gap_buckets(seconds, 12))
+    assert encoder_training.gap_input(UserEncoder(tiny_encoder()), time_gap_buckets(seconds, 32)) is None
+    t = TrainConfig(time_buckets=12)
+    assert data_time_buckets(t, None) == 12
+    assert data_time_buckets(t, UserEncoder(replace(tiny_encoder(), n_time_buckets=32))) == 32  # the gate ranks it too
+    assert data_time_buckets(replace(t, time_buckets=0), UserEncoder(tiny_encoder())) == 0
+
+
+class FakeShard:
+    """What ray.train.get_dataset_shard gives a worker, for worker_training_data without Ray."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def iter_batches(self, batch_format: str, batch_size: int):
+        return iter([self.table.slice(i, batch_size) for i in range(0, self.table.num_rows, batch_size)])
+
+
+def test_the_train_steps_data_carries_gap_buckets_of_whole_sequences_held_out_item_excluded():
+    from jobs.steps import train_data
+    from models.sequences import time_gap_buckets
+
+    table = timed_sequences(users=6)
+    table = table.add_column(0, "user_id", pa.array([f"u{i}" for i in range(6)])).cast(
+        pa.schema([train_data.SCHEMA.field(c) for c in train_data.columns(24)]))
+    held_out = {"u1", "u4"}
+    validation = train_data.validation_data(table.filter(pa.array([u in held_out for u in table.column("user_id").to_pylist()])),
+                                            12, time_buckets=24)
+    data = train_data.worker_training_data(FakeShard(table), validation, held_out, 12, time_buckets=24)
+    whole = [time_gap_buckets(np.asarray(ts) // 1000, 24) for ts in table.column("ts").to_pylist()]
+    assert data.input_gaps.shape == data.inputs.shape
+    for row, user in enumerate(table.column("user_id").to_pylist()):
+        gaps = whole[row][:-1] if user in held_out else whole[row]
+        tail = gaps[:-1][-12:]  # inputs are the sequence less its last item, last 12 of them
+        assert data.input_gaps[row, 12 - len(tail):].tolist() == tail.tolist()
+    assert validation.val_gaps.tolist() == [np.pad(whole[i][:-1][-12:], (12 - len(whole[i][:-1][-12:]), 0)).tolist()
+                                            for i in (1, 4)]
+    off = train_data.worker_training_data(FakeShard(table.select(train_data.COLUMNS)),
+                                          train_data.validation_data(table.slice(1, 1), 12), held_out, 12)
+    assert off.input_gaps is None and off.val_gaps is None
