@@ -22,10 +22,9 @@ import ray
 import ray.data
 
 from jobs.steps.encoder_training import VALIDATION_USERS, TrainingData, gap_lists
-from jobs.steps.user_predictor import TS_COLUMN
+from jobs.steps.user_predictor import TS_COLUMN, sequence_columns
 from models.sequences import next_item_examples, next_item_inputs, pad_left
 
-COLUMNS = ["user_id", "item_idx", "event_type"]  # and TS_COLUMN when the models read time gaps
 SCHEMA = pa.schema([("user_id", pa.string()), ("item_idx", pa.list_(pa.int64())), ("event_type", pa.list_(pa.int64())),
                     (TS_COLUMN, pa.list_(pa.int64()))])
 MIN_VALIDATION_LENGTH = 3  # a validation user keeps >= 2 items of history before the held-out one
@@ -46,15 +45,15 @@ def unit_hash(user_ids: list[str], salt: str) -> np.ndarray:
                      for u in user_ids], dtype=np.float64) / 2.0**64
 
 
-def columns(time_buckets: int) -> list[str]:
-    """The user_sequences columns the train step reads: COLUMNS, and ts when time_buckets > 0."""
-    return COLUMNS + ([TS_COLUMN] if time_buckets else [])
+def schema(time_buckets: int) -> pa.Schema:
+    """The schema of the user_sequences columns the train step reads (user_predictor.sequence_columns)."""
+    return pa.schema([SCHEMA.field(c) for c in sequence_columns(time_buckets)])
 
 
 def read_train_input(files: list[str], max_len: int, seed: int, max_users: int, time_buckets: int = 0) -> TrainInput:
     """The sampled users as a Ray Dataset, and the validation users' data (bounded) on the driver;
     with time_buckets > 0 the ts lists too, and the validation data's time-gap buckets."""
-    day = ray.data.read_parquet(files).select_columns(columns(time_buckets))
+    day = ray.data.read_parquet(files).select_columns(sequence_columns(time_buckets))
     day_users = day.count()  # from the Parquet footers
     share = max_users / day_users if 0 < max_users < day_users else 1.0
     sampled = day if share >= 1.0 else day.map_batches(functools.partial(_sampled, seed=seed, share=share),
@@ -68,8 +67,7 @@ def read_train_input(files: list[str], max_len: int, seed: int, max_users: int, 
     held_out = tuple(sorted(user for _, user in proposed[:VALIDATION_USERS]))
     rows = sampled.map_batches(functools.partial(_only_users, users=held_out), batch_format="pyarrow",
                                batch_size=None).take_all()  # bounded: the validation users
-    schema = pa.schema([SCHEMA.field(c) for c in columns(time_buckets)])
-    table = pa.Table.from_pylist(rows, schema=schema).sort_by("user_id")
+    table = pa.Table.from_pylist(rows, schema=schema(time_buckets)).sort_by("user_id")
     return TrainInput(sampled, sampled.count(), day_users, validation_data(table, max_len, time_buckets), held_out)
 
 
@@ -111,8 +109,7 @@ def worker_training_data(shard, validation: TrainingData, held_out: set[str], ma
     worker trains on the same rows on every run), the held-out users without their last item; with
     time_buckets > 0 their time-gap buckets too (the shard then holds ts)."""
     batches = [b for b in shard.iter_batches(batch_format="pyarrow", batch_size=4096) if b.num_rows]
-    table = pa.concat_tables(batches).sort_by("user_id") if batches else pa.schema(
-        [SCHEMA.field(c) for c in columns(time_buckets)]).empty_table()
+    table = pa.concat_tables(batches).sort_by("user_id") if batches else schema(time_buckets).empty_table()
     users = table.column("user_id").to_pylist()
     items = [np.asarray(s, dtype=np.int64) for s in table.column("item_idx").to_pylist()]
     events = [np.asarray(s, dtype=np.int64) for s in table.column("event_type").to_pylist()]

@@ -36,9 +36,15 @@ def flat_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     return array.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
 
 
+def sequence_columns(time_buckets: int) -> list[str]:
+    """The user_sequences columns an encoder with `time_buckets` time-gap buckets reads (0 = none):
+    INPUT_COLUMNS, and ts when it has time gaps."""
+    return INPUT_COLUMNS + ([TS_COLUMN] if time_buckets else [])
+
+
 def input_columns(cfg: UserEncoderConfig) -> list[str]:
-    """The user_sequences columns a model of `cfg` reads: INPUT_COLUMNS, and ts when it has time gaps."""
-    return INPUT_COLUMNS + ([TS_COLUMN] if cfg.n_time_buckets else [])
+    """The user_sequences columns a model of `cfg` reads (sequence_columns)."""
+    return sequence_columns(cfg.n_time_buckets)
 
 
 def gap_buckets(ts: pa.ChunkedArray | pa.Array, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:

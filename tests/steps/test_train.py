@@ -259,7 +259,7 @@ def test_the_train_steps_data_carries_gap_buckets_of_whole_sequences_held_out_it
 
     table = timed_sequences(users=6)
     table = table.add_column(0, "user_id", pa.array([f"u{i}" for i in range(6)])).cast(
-        pa.schema([train_data.SCHEMA.field(c) for c in train_data.columns(24)]))
+        train_data.schema(24))
     held_out = {"u1", "u4"}
     validation = train_data.validation_data(table.filter(pa.array([u in held_out for u in table.column("user_id").to_pylist()])),
                                             12, time_buckets=24)
@@ -272,6 +272,6 @@ def test_the_train_steps_data_carries_gap_buckets_of_whole_sequences_held_out_it
         assert data.input_gaps[row, 12 - len(tail):].tolist() == tail.tolist()
     assert validation.val_gaps.tolist() == [np.pad(whole[i][:-1][-12:], (12 - len(whole[i][:-1][-12:]), 0)).tolist()
                                             for i in (1, 4)]
-    off = train_data.worker_training_data(FakeShard(table.select(train_data.COLUMNS)),
+    off = train_data.worker_training_data(FakeShard(table.select(train_data.sequence_columns(0))),
                                           train_data.validation_data(table.slice(1, 1), 12), held_out, 12)
     assert off.input_gaps is None and off.val_gaps is None
