@@ -52,7 +52,8 @@ def encoder(
                                                   "else the file's stem).")] = None,
     workers: Annotated[int, typer.Option(help="Ray Train workers (each gets cores // workers threads).")] = 1,
     d_model: Annotated[int, typer.Option(help="Width of the transformer.")] = 64,
-    n_layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    n_layers: Annotated[int | None, typer.Option(help="Transformer blocks (default: 4 for long histories and "
+                                                                  "--minutes >= 30, else 2).")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout on embeddings, residuals and MLP (default: 0.5 for short "
                                                        "histories, < 20 events per user; else 0.2).")] = None,
     max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,

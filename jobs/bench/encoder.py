@@ -123,14 +123,22 @@ class Regime:
     anneal_after: int
     temperature: float  # scores are cosine / temperature
     history_bias: bool  # learn a score for the user's own history items (models.user_encoder)
+    n_layers: int  # transformer blocks for budgets under DEEP_BUDGET_MINUTES
+    deep_n_layers: int  # transformer blocks from DEEP_BUDGET_MINUTES on
+
+    def blocks_for(self, minutes: float) -> int:
+        return self.deep_n_layers if minutes >= DEEP_BUDGET_MINUTES else self.n_layers
 
 
 TEMPERATURE_SHORT = 0.1  # chosen on Beauty's validation NDCG@10 (0.05: .0582, 0.1: .0628); docs/benchmarks.md
 SHORT_HISTORY_EVENTS = 20  # mean events per user below which histories count as short (Beauty 8.9, ML-1M 165)
+# A deeper model learns more per epoch but runs fewer: on ML-1M's validation 4 blocks beat 2 in 60
+# minutes (0.2050 against 0.2007) and lost in 15 (0.1754 against 0.1798); docs/benchmarks.md.
+DEEP_BUDGET_MINUTES = 30.0
 SHORT = Regime("short histories", dropout=0.5, mask_history_in_loss=False, all_windows=False, anneal_after=0,
-               temperature=TEMPERATURE_SHORT, history_bias=True)
+               temperature=TEMPERATURE_SHORT, history_bias=True, n_layers=2, deep_n_layers=2)
 LONG = Regime("long histories", dropout=0.2, mask_history_in_loss=True, all_windows=True, anneal_after=0, temperature=0.05,
-              history_bias=False)
+              history_bias=False, n_layers=2, deep_n_layers=4)
 
 
 def result_name(path: Path) -> str:
@@ -192,7 +200,8 @@ def both_protocols(plain: np.ndarray, filtered: np.ndarray) -> dict:
 
 
 def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, marks=DEFAULT_MARKS,
-                  workers: int = 1, d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float | None = None,
+                  workers: int = 1, d_model: int = 64, n_layers: int | None = None, n_heads: int = 2,
+                  dropout: float | None = None,
                   max_len: int = 200, temperature: float | None = None, lr: float = 3e-3, batch_size: int = 128,
                   warmup_steps: int = 100, weight_decay: float = 0.0, patience: int = 20, anneal_after: int | None = None,
                   mask_history_in_loss: bool | None = None, all_windows: bool | None = None,
@@ -207,7 +216,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
     and the exact settings; `out` (if given) receives it as JSON. run_name: reuse one to resume a
     run that was interrupted (Ray Train restores its latest checkpoint). trainer: encoder_fit.fit (Ray
     Train) or encoder_fit.fit_in_process (same loop without Ray, for tests). dropout, temperature,
-    mask_history_in_loss, all_windows, anneal_after and history_bias left None come from the data's Regime
+    mask_history_in_loss, all_windows, anneal_after, history_bias and n_layers left None come from the data's Regime
     (regime_for). item_codes: a SID
     index file (LETTER's item_id0 -> ["<a_12>", ...]) whose codes become the item table's facets (one
     vector per level and code, plus a per-item residual: models.user_encoder `item_facets`).
@@ -222,6 +231,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
         flags = {"dropout": dropout, "mask_history_in_loss": mask_history_in_loss, "all_windows": all_windows,
                  "anneal_after": anneal_after, "temperature": temperature, "history_bias": history_bias}
         settings = dataclasses.replace(regime, **{k: v for k, v in flags.items() if v is not None})
+        n_layers = regime.blocks_for(minutes) if n_layers is None else n_layers
         dropout, mask_history_in_loss = settings.dropout, settings.mask_history_in_loss
         all_windows, anneal_after, temperature = settings.all_windows, settings.anneal_after, settings.temperature
         if settings.history_bias and mask_history_in_loss:
@@ -229,9 +239,9 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
                                f"mask) and this run has both ({regime.name} default to "
                                f"{'the bias' if regime.history_bias else 'the mask'}): pass --no-history-bias or "
                                "--no-mask-history-in-loss.")
-        log.info("%s: %.1f events per user, %s: dropout %s, temperature %s, history mask %s, all windows %s, "
+        log.info("%s: %.1f events per user, %s: %s blocks, dropout %s, temperature %s, history mask %s, all windows %s, "
                  "anneal after %s, history bias %s", data, dataset.interactions / len(dataset.sequences), regime.name,
-                 dropout, temperature, mask_history_in_loss, all_windows, anneal_after, settings.history_bias)
+                 n_layers, dropout, temperature, mask_history_in_loss, all_windows, anneal_after, settings.history_bias)
         training, test = leave_one_out(dataset, max_len, all_windows)
         if len(test.targets) == 0:
             raise FactoryError(f"{data}: no user has 3 or more items, so nothing can be validated and tested.")

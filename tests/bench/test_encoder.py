@@ -72,7 +72,7 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path / "state"))
     out = tmp_path / "result.json"
     result = bench_encoder.run_benchmark(
-        tmp_path / "tiny.txt", minutes=0.02, seed=3, out=out, marks=(0.01, 60), d_model=16, n_layers=1,
+        tmp_path / "tiny.txt", minutes=0.02, seed=3, out=out, marks=(0.01, 60), d_model=16,
         max_len=12, batch_size=16, lr=1e-2, warmup_steps=2, patience=10_000, cfg=load_config(), log_to_mlflow=False,
         trainer=encoder_fit.fit_in_process, command="test",
     )
@@ -91,6 +91,7 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert result["load"]["samples"] and result["load"]["cores"] == os.cpu_count()
     assert result["machine"]["nproc"] == os.cpu_count() and result["known_dataset"] is None
     assert result["encoder_config"]["temperature"] == bench_encoder.SHORT.temperature  # no flag: the data's regime
+    assert result["encoder_config"]["n_layers"] == bench_encoder.SHORT.blocks_for(0.02)
     assert result["encoder_config"]["history_bias"] and result["training"]["learned_history_bias"] < 0  # no repeats here
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
@@ -120,6 +121,9 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     assert bench_encoder.regime_for(bench_encoder.read_sasrec(tmp_path / "long.txt")) == bench_encoder.LONG
     assert bench_encoder.SHORT.dropout > bench_encoder.LONG.dropout
     assert bench_encoder.SHORT.temperature > bench_encoder.LONG.temperature  # softer scores for sparse data
+    long_budget = bench_encoder.DEEP_BUDGET_MINUTES
+    assert bench_encoder.LONG.blocks_for(long_budget) > bench_encoder.LONG.blocks_for(long_budget - 1)  # deeper given time
+    assert bench_encoder.SHORT.blocks_for(long_budget) == bench_encoder.SHORT.blocks_for(long_budget - 1)
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
 
 
