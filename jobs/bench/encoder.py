@@ -114,8 +114,9 @@ def read_sasrec(path: Path) -> SasrecData:
 
 @dataclasses.dataclass(frozen=True)
 class Regime:
-    """Training settings that depend on how long users' histories are, chosen on validation
-    (docs/benchmarks.md, "How the defaults were chosen"): a flag given on the command line wins."""
+    """Training settings that depend on how long users' histories are (depth also on the budget:
+    blocks_for), chosen on validation (docs/benchmarks.md, "How the defaults were chosen" and "Four
+    blocks"): a flag given on the command line wins."""
     name: str
     dropout: float
     mask_history_in_loss: bool
