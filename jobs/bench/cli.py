@@ -55,7 +55,8 @@ def encoder(
     n_layers: Annotated[int | None, typer.Option(help="Transformer blocks (default: 4 for long histories and "
                                                                   "--minutes >= 30, else 2).")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout on embeddings, residuals and MLP (default: 0.5 for short "
-                                                       "histories, < 20 events per user; else 0.2).")] = None,
+                                                       "histories, < 20 events per user; else 0.1, 0.2 for "
+                                                       "--minutes >= 30).")] = None,
     max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,
     lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay over the budget).")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,

@@ -386,8 +386,9 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         encoder_cfg, max_len = encoder.cfg, encoder.cfg.max_len
         training, test = leave_one_out(dataset, max_len)
     else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
-        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2,
-                                        dropout=regime.dropout, temperature=regime.temperature,
+        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64,
+                                        n_layers=regime.blocks_for(encoder_minutes), n_heads=2,
+                                        dropout=regime.dropout_for(encoder_minutes), temperature=regime.temperature,
                                         history_bias=regime.history_bias)
         loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,

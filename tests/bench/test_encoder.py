@@ -124,6 +124,7 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     long_budget = bench_encoder.DEEP_BUDGET_MINUTES
     assert bench_encoder.LONG.blocks_for(long_budget) > bench_encoder.LONG.blocks_for(long_budget - 1)  # deeper given time
     assert bench_encoder.SHORT.blocks_for(long_budget) == bench_encoder.SHORT.blocks_for(long_budget - 1)
+    assert bench_encoder.LONG.dropout_for(long_budget) > bench_encoder.LONG.dropout_for(long_budget - 1)  # a short clock underfits
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
 
 
