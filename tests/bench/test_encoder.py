@@ -92,6 +92,7 @@ def test_run_benchmark_reports_both_protocols_curve_load_and_baseline(tmp_path, 
     assert result["machine"]["nproc"] == os.cpu_count() and result["known_dataset"] is None
     assert result["encoder_config"]["temperature"] == bench_encoder.SHORT.temperature  # no flag: the data's regime
     assert result["encoder_config"]["n_layers"] == bench_encoder.SHORT.blocks_for(0.02)
+    assert result["encoder_config"]["dropout"] == bench_encoder.SHORT.dropout_for(0.02)
     assert result["encoder_config"]["history_bias"] and result["training"]["learned_history_bias"] < 0  # no repeats here
     assert result["inference"]["sequences_per_s"] > 0 and result["training"]["train_sequences_per_s"] > 0
     markdown = bench_encoder.render_markdown(result)
@@ -124,7 +125,7 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     long_budget = bench_encoder.DEEP_BUDGET_MINUTES
     assert bench_encoder.LONG.blocks_for(long_budget) > bench_encoder.LONG.blocks_for(long_budget - 1)  # deeper given time
     assert bench_encoder.SHORT.blocks_for(long_budget) == bench_encoder.SHORT.blocks_for(long_budget - 1)
-    assert bench_encoder.LONG.dropout_for(long_budget) > bench_encoder.LONG.dropout_for(long_budget - 1)  # a short clock underfits
+    assert bench_encoder.LONG.dropout_for(long_budget) > bench_encoder.LONG.dropout_for(long_budget - 1)  # short clocks underfit
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
 
 
@@ -134,9 +135,10 @@ def test_item_codes_from_a_sid_index_become_the_item_tables_facets_and_a_bad_ind
     monkeypatch.setenv("FACTORY__PATHS__STATE_DIR", str(tmp_path / "state"))
     index = {str(i): [f"<a_{i % 3}>", f"<b_{i % 5}>"] for i in range(NUM_ITEMS)}
     (tmp_path / "index.json").write_text(json.dumps(index))
-    common = dict(minutes=0.01, seed=0, out=None, marks=(), d_model=16, n_layers=1, max_len=12, batch_size=16,
+    common = dict(minutes=0.01, seed=0, out=None, marks=(), d_model=16, n_layers=1, max_len=12, batch_size=16, dropout=0.3,
                   cfg=load_config(), log_to_mlflow=False, trainer=encoder_fit.fit_in_process, command="test")
     result = bench_encoder.run_benchmark(tmp_path / "tiny.txt", item_codes=tmp_path / "index.json", **common)
+    assert result["encoder_config"]["dropout"] == 0.3 and result["encoder_config"]["n_layers"] == 1  # flags win
     assert result["encoder_config"]["item_facets"] == 2 and result["encoder_config"]["facet_buckets"] == 5
     assert result["item_codes"] == str(tmp_path / "index.json")
     (tmp_path / "short.json").write_text(json.dumps({"0": ["<a_1>"]}))
