@@ -129,10 +129,15 @@ class Regime:
     deep_n_layers: int  # transformer blocks from DEEP_BUDGET_MINUTES on
 
     def blocks_for(self, minutes: float) -> int:
-        return self.deep_n_layers if minutes >= DEEP_BUDGET_MINUTES else self.n_layers
+        return self.deep_n_layers if is_long_budget(minutes) else self.n_layers
 
     def dropout_for(self, minutes: float) -> float:
-        return self.deep_dropout if minutes >= DEEP_BUDGET_MINUTES else self.dropout
+        return self.deep_dropout if is_long_budget(minutes) else self.dropout
+
+
+def is_long_budget(minutes: float) -> bool:
+    """The budgets that get the deep settings (Regime.deep_n_layers, Regime.deep_dropout)."""
+    return minutes >= DEEP_BUDGET_MINUTES
 
 
 TEMPERATURE_SHORT = 0.1  # chosen on Beauty's validation NDCG@10 (0.05: .0582, 0.1: .0628); docs/benchmarks.md
@@ -141,7 +146,8 @@ SHORT_HISTORY_EVENTS = 20  # mean events per user below which histories count as
 # minutes (0.2050 against 0.2007) and lost in 15 (0.1754 against 0.1798); 6 blocks tied 4 in 60 minutes
 # (mean of 2 seeds 0.2041 against 0.2042) at 78% of the epochs, so 4 stays; 3 blocks tied 2 in 15 minutes.
 # A short budget underfits ML-1M: dropout 0.1 beat 0.2 on validation in 15 minutes (mean of 3 seeds
-# 0.1909 against 0.1854, every seed ahead); 60 minutes keeps 0.2, the value its headline was measured with. docs/benchmarks.md.
+# 0.1909 against 0.1854, every seed ahead); 60 minutes keeps 0.2, the value its headline was measured
+# with. docs/benchmarks.md.
 DEEP_BUDGET_MINUTES = 30.0
 SHORT = Regime("short histories", dropout=0.5, deep_dropout=0.5, mask_history_in_loss=False, all_windows=False,
                anneal_after=0, temperature=TEMPERATURE_SHORT, history_bias=True, n_layers=2, deep_n_layers=2)
