@@ -59,7 +59,8 @@ def encoder(
                                                        "--minutes >= 30).")] = None,
     max_len: Annotated[int, typer.Option(help="Longest history the model reads.")] = 200,
     lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine decay over the budget).")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step (length-bucketed).")] = 128,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step, length-bucketed (default: 64 for long "
+                                                        "histories and --minutes < 30, else 128).")] = None,
     warmup_steps: Annotated[int, typer.Option(help="Linear lr warmup steps.")] = 100,
     weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 0.0,
     temperature: Annotated[float | None, typer.Option(help="Scores are cosine / temperature (default: 0.1 for short "

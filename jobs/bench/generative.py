@@ -390,7 +390,8 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
                                         n_layers=regime.blocks_for(encoder_minutes), n_heads=2,
                                         dropout=regime.dropout_for(encoder_minutes), temperature=regime.temperature,
                                         history_bias=regime.history_bias)
-        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=128, max_epochs=10_000, patience=20, seed=0,
+        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=regime.batch_size_for(encoder_minutes),
+                                           max_epochs=10_000, patience=20, seed=0,
                                            schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
                                            select_on="val_ndcg10_seen_filtered", threads=2,
                                            mask_history_in_loss=regime.mask_history_in_loss, anneal_after=regime.anneal_after)

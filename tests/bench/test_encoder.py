@@ -126,6 +126,8 @@ def test_short_histories_get_the_sparse_regime_and_long_ones_the_dense_one(tmp_p
     assert bench_encoder.LONG.blocks_for(long_budget) > bench_encoder.LONG.blocks_for(long_budget - 1)  # deeper given time
     assert bench_encoder.SHORT.blocks_for(long_budget) == bench_encoder.SHORT.blocks_for(long_budget - 1)
     assert bench_encoder.LONG.dropout_for(long_budget) > bench_encoder.LONG.dropout_for(long_budget - 1)  # short clocks underfit
+    assert bench_encoder.LONG.batch_size_for(long_budget - 1) < bench_encoder.LONG.batch_size_for(long_budget)  # more updates
+    assert bench_encoder.SHORT.batch_size_for(long_budget - 1) == bench_encoder.SHORT.batch_size_for(long_budget)
     assert bench_encoder.result_name(tmp_path / "short.txt") == "short"  # an unknown file: its stem
 
 
@@ -139,6 +141,7 @@ def test_item_codes_from_a_sid_index_become_the_item_tables_facets_and_a_bad_ind
                   cfg=load_config(), log_to_mlflow=False, trainer=encoder_fit.fit_in_process, command="test")
     result = bench_encoder.run_benchmark(tmp_path / "tiny.txt", item_codes=tmp_path / "index.json", **common)
     assert result["encoder_config"]["dropout"] == 0.3 and result["encoder_config"]["n_layers"] == 1  # flags win
+    assert result["loop_config"]["batch_size"] == 16
     assert result["encoder_config"]["item_facets"] == 2 and result["encoder_config"]["facet_buckets"] == 5
     assert result["item_codes"] == str(tmp_path / "index.json")
     (tmp_path / "short.json").write_text(json.dumps({"0": ["<a_1>"]}))
