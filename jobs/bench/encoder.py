@@ -225,14 +225,24 @@ def both_protocols(plain: np.ndarray, filtered: np.ndarray) -> dict:
     return {"seen_filtered": ranking_summary(filtered), "unfiltered": ranking_summary(plain)}
 
 
+# The settings that depend on neither the data nor the budget: run_benchmark's defaults, which
+# `factory bench generative`'s in-process encoder uses too (jobs/bench/cli.py repeats them as option
+# defaults, as it must not import torch).
+D_MODEL, N_HEADS, MAX_LEN = 64, 2, 200
+PEAK_LR, WARMUP_STEPS, PATIENCE = 3e-3, 100, 20  # cosine decay over the clock after the warmup
+SELECT_ON = "val_ndcg10_seen_filtered"  # model selection and early stopping
+MAX_EPOCHS = 10_000  # the clock or early stopping ends a run first
+
+
 def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, marks=DEFAULT_MARKS,
-                  workers: int = 1, d_model: int = 64, n_layers: int | None = None, n_heads: int = 2,
+                  workers: int = 1, d_model: int = D_MODEL, n_layers: int | None = None, n_heads: int = N_HEADS,
                   dropout: float | None = None,
-                  max_len: int = 200, temperature: float | None = None, lr: float = 3e-3, batch_size: int | None = None,
-                  warmup_steps: int = 100, weight_decay: float = 0.0, patience: int = 20, anneal_after: int | None = None,
+                  max_len: int = MAX_LEN, temperature: float | None = None, lr: float = PEAK_LR,
+                  batch_size: int | None = None, warmup_steps: int = WARMUP_STEPS, weight_decay: float = 0.0,
+                  patience: int = PATIENCE, anneal_after: int | None = None,
                   mask_history_in_loss: bool | None = None, all_windows: bool | None = None,
                   history_bias: bool | None = None, bf16: bool = False,
-                  max_epochs: int = 10_000, item_codes: Path | None = None,
+                  max_epochs: int = MAX_EPOCHS, item_codes: Path | None = None,
                   cfg: FactoryConfig | None = None, log_to_mlflow: bool = True, run_name: str | None = None,
                   command: str | None = None, trainer=encoder_fit.fit) -> dict:
     """Train for `minutes` of training clock on `data`, evaluate, and return (and write) the result.
@@ -285,7 +295,7 @@ def run_benchmark(data: Path, minutes: float, seed: int, out: Path | None, *, ma
             lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed, schedule="cosine",
             warmup_steps=warmup_steps, weight_decay=weight_decay, anneal_after=anneal_after, minutes=minutes,
             mark_minutes=curve_marks,
-            select_on="val_ndcg10_seen_filtered", mask_history_in_loss=mask_history_in_loss, bf16=bf16)
+            select_on=SELECT_ON, mask_history_in_loss=mask_history_in_loss, bf16=bf16)
         run_name = run_name or f"bench_encoder_{Path(data).stem}_{uuid.uuid4().hex[:6]}"
         log.info("training %s for %s minutes of training clock (Ray run %s)", data, minutes, run_name)
         fit_started = time.perf_counter()

@@ -51,7 +51,21 @@ import pandas as pd
 import torch
 
 from jobs.bench.common import LoadSampler, benchmark_run, machine, summary_row, write_result
-from jobs.bench.encoder import KNOWN_DATASETS, SHORT, leave_one_out, read_sasrec, regime_for
+from jobs.bench.encoder import (
+    D_MODEL,
+    KNOWN_DATASETS,
+    MAX_EPOCHS,
+    MAX_LEN,
+    N_HEADS,
+    PATIENCE,
+    PEAK_LR,
+    SELECT_ON,
+    SHORT,
+    WARMUP_STEPS,
+    leave_one_out,
+    read_sasrec,
+    regime_for,
+)
 from jobs.config import load_config
 from jobs.errors import FactoryError
 from jobs.steps import encoder_fit, encoder_training
@@ -376,7 +390,7 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
              phases: dict, sids_file: Path | None = None, encoder_model: str = "",
              titles: bool = False) -> tuple[Ablation, np.ndarray, np.ndarray]:
     """Train the encoder, code the items, build the examples and test users; (ablation, train users, evaluated users)."""
-    max_len, folder, regime = 200, data.parent, regime_for(dataset)
+    max_len, folder, regime = MAX_LEN, data.parent, regime_for(dataset)
     training, test = leave_one_out(dataset, max_len, regime.all_windows)
     if len(test.targets) != len(dataset.sequences):
         raise FactoryError(f"{data}: every user needs at least 3 items for this benchmark.")
@@ -386,14 +400,14 @@ def _prepare(cfg, data: Path, dataset, user_ids: np.ndarray, encoder_minutes: fl
         encoder_cfg, max_len = encoder.cfg, encoder.cfg.max_len
         training, test = leave_one_out(dataset, max_len)
     else:  # `factory bench encoder`'s defaults for this data (its Regime), in process, for encoder_minutes
-        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=64,
-                                        n_layers=regime.blocks_for(encoder_minutes), n_heads=2,
+        encoder_cfg = UserEncoderConfig(num_items=dataset.num_items, max_len=max_len, d_model=D_MODEL,
+                                        n_layers=regime.blocks_for(encoder_minutes), n_heads=N_HEADS,
                                         dropout=regime.dropout_for(encoder_minutes), temperature=regime.temperature,
                                         history_bias=regime.history_bias)
-        loop = encoder_training.LoopConfig(lr=3e-3, batch_size=regime.batch_size_for(encoder_minutes),
-                                           max_epochs=10_000, patience=20, seed=0,
-                                           schedule="cosine", warmup_steps=100, minutes=encoder_minutes,
-                                           select_on="val_ndcg10_seen_filtered", threads=2,
+        loop = encoder_training.LoopConfig(lr=PEAK_LR, batch_size=regime.batch_size_for(encoder_minutes),
+                                           max_epochs=MAX_EPOCHS, patience=PATIENCE, seed=0,
+                                           schedule="cosine", warmup_steps=WARMUP_STEPS,
+                                           minutes=encoder_minutes, select_on=SELECT_ON, threads=2,
                                            mask_history_in_loss=regime.mask_history_in_loss, anneal_after=regime.anneal_after)
         encoder = encoder_fit.fit_in_process(cfg, training, encoder_cfg, None, "bench_generative_encoder", loop).model
     phases["encoder_training"] = time.perf_counter() - t
